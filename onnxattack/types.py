@@ -1,0 +1,35 @@
+"""Small shared value types."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ScoresKind(str, Enum):
+    """How the score output is read."""
+
+    LOGITS = "logits"
+    PROBABILITIES = "probabilities"  # independent sigmoid probabilities
+    SOFTMAX = "softmax"  # probabilities that sum to one over the labels
+
+    @classmethod
+    def parse(cls, text: str) -> "ScoresKind":
+        try:
+            return cls(text)
+        except ValueError:
+            names = ", ".join(k.value for k in cls)
+            raise ValueError(f"unknown scores kind {text!r} (expected one of: {names})") from None
+
+
+class Task(str, Enum):
+    """Which success criterion an attack aims at."""
+
+    CLASSIFICATION = "classification"  # thresholded label set must equal the target
+    RANKING = "ranking"  # the target labels must outrank all the others
+
+
+DEFAULT_THRESHOLD = {
+    ScoresKind.LOGITS: 0.0,
+    ScoresKind.PROBABILITIES: 0.5,
+    ScoresKind.SOFTMAX: 0.5,
+}
