@@ -1,0 +1,1 @@
+"""Reference models trained from real data that packages ship (no downloads)."""

@@ -1,0 +1,42 @@
+"""The zoo's models by name: what `onnxattack zoo list` shows and `zoo build` builds."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DIR = Path(__file__).resolve().parent / "built"
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    description: str
+    task: str  # "classifier" or "ranker"
+    input_range: tuple[float, float]
+    top_k: int | None = None
+
+
+MODELS: dict[str, ZooModel] = {
+    model.name: model
+    for model in (
+        ZooModel("digits-mosaic", "CNN multi-label classifier on 2x2 mosaics of scikit-learn's digits "
+                 "(1x16x16 in [0,1], 10 labels, sigmoid probabilities; dynamo exporter, opset 18)",
+                 "classifier", (0.0, 1.0)),
+        ZooModel("digits-ranker", "CNN label ranker on mosaics of 3 distinct digits, trained with a "
+                 "pairwise ranking loss (raw scores, top-3; legacy exporter, opset 13)",
+                 "ranker", (0.0, 1.0), top_k=3),
+        ZooModel("yeast-mlp", "MLP on the Yeast benchmark from river (103 raw features, 14 labels, "
+                 "logits; standardisation inside the graph; legacy exporter, opset 17)",
+                 "classifier", (-1.0, 1.0)),
+    )
+}
+
+
+def zoo_dir() -> Path:
+    return Path(os.environ.get("ONNXATTACK_ZOO_DIR", DEFAULT_DIR))
+
+
+def model_path(name: str, directory: Path | None = None) -> Path:
+    return (directory or zoo_dir()) / f"{name}.onnx"
