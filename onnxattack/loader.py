@@ -211,3 +211,41 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
         loaded.fidelity = check_fidelity(loaded.graph, reader, scorer, probe, tolerance,
                                          torch_dtype, torch_device)
     return loaded
+
+
+def inspect_model(path: str | os.PathLike, *, output: str | None = None, scores: str = "auto",
+                  labels_file: str | os.PathLike | None = None, device: str = "cpu",
+                  box: tuple[float, float] = (0.0, 1.0), tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """Everything `onnxattack inspect` reports; conversion problems are reported, not raised."""
+    from .bridge.convert import blocking_ops
+
+    proto = read_model(path)
+    info = describe(proto, path)
+    report: dict = {
+        "path": str(info.path), "sha256": info.sha256, "producer": info.producer,
+        "ir_version": info.ir_version, "opsets": info.opsets,
+        "inputs": [i.to_dict() for i in info.inputs], "outputs": [o.to_dict() for o in info.outputs],
+        "metadata": {k: v for k, v in info.metadata.items() if k != "labels"},
+        "labels": read_labels(info, labels_file), "score_output": None, "scores_kind": None,
+        "converts": False, "blocking_ops": [], "reason": None, "fidelity": None, "notes": [],
+    }
+    try:
+        chosen = choose_score_output(info, output)
+        report["score_output"] = chosen.name
+        report["scores_kind"] = detect_scores_kind(proto, chosen.name).value
+        tensor_name, _ = attack_tensor(proto, chosen.name, cut_activation=True)
+        report["attack_tensor"] = tensor_name
+        report["blocking_ops"] = blocking_ops(_score_graph(proto, tensor_name, chosen.name))
+    except OnnxAttackError as exc:
+        report["reason"] = str(exc)
+        return report
+    try:
+        loaded = load(path, device=device, output=output, scores=scores, labels_file=labels_file,
+                      tolerance=tolerance, box=box)
+    except OnnxAttackError as exc:
+        report["reason"] = str(exc)
+        return report
+    report.update(converts=True, fidelity=loaded.fidelity, notes=loaded.notes, labels=loaded.labels,
+                  num_labels=loaded.num_labels, threshold=loaded.reader.threshold,
+                  scores_kind=loaded.reader.kind.value, providers=loaded.scorer.providers)
+    return report

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import torch
 
+# Torch and onnxruntime differ by ~1e-6 on the same float32 input. An optimiser that stops on
+# the boundary (kappa = 0) leaves a margin that small, and onnxruntime may then disagree, so
+# the gradient attacks aim for, and only count, margins of at least FLOAT_GUARD (attack units).
+FLOAT_GUARD = 1e-3
+
 
 def signs(target: torch.Tensor) -> torch.Tensor:
     """0/1 target -> -1/+1."""
@@ -30,9 +35,10 @@ def hinge(value: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(value), finite.clamp_min(0), torch.zeros_like(value))
 
 
-def ordered_pairs(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """How many (i in T, j not in T) pairs already have s_i > s_j."""
+def ordered_pairs(scores: torch.Tensor, target: torch.Tensor, gap: float = FLOAT_GUARD) -> tuple[torch.Tensor, torch.Tensor]:
+    """(how many (i in T, j not in T) pairs have s_i > s_j + gap, whether all of them do)."""
     in_target = target.bool()
-    above = scores.unsqueeze(2) > scores.unsqueeze(1)  # [n, i, j] = s_i > s_j
+    above = scores.unsqueeze(2) > scores.unsqueeze(1) + gap  # [n, i, j] = s_i > s_j + gap
     pairs = in_target.unsqueeze(2) & ~in_target.unsqueeze(1)
-    return (above & pairs).sum(dim=(1, 2)).to(scores.dtype)
+    ordered = (above & pairs).sum(dim=(1, 2))
+    return ordered.to(scores.dtype), (ordered == pairs.sum(dim=(1, 2))) & in_target.any(dim=1)

@@ -6,7 +6,7 @@ import torch
 
 from ..types import Task
 from ._search import SearchSettings, constant_search
-from ._terms import label_margins
+from ._terms import FLOAT_GUARD, label_margins
 from .base import Attack, AttackResult, Victim
 
 
@@ -34,14 +34,14 @@ class MLCarliniWagner(Attack):
 
     def run(self, victim: Victim, x: torch.Tensor, target: torch.Tensor) -> AttackResult:
         threshold = victim.threshold
-        criterion = victim.criterion(self.task)
+        kappa = self.kappa + FLOAT_GUARD
 
         def loss_term(scores: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-            return (self.kappa - label_margins(scores, goal, threshold)).clamp_min(0).sum(dim=1)
+            return (kappa - label_margins(scores, goal, threshold)).clamp_min(0).sum(dim=1)
 
         def quality(scores: torch.Tensor, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            matched = (label_margins(scores, goal, threshold) > 0).sum(dim=1).to(scores.dtype)
-            return matched, criterion.reached_tensor(scores, goal)
+            matched = (label_margins(scores, goal, threshold) > FLOAT_GUARD).sum(dim=1)
+            return matched.to(scores.dtype), matched == goal.shape[1]
 
         settings = SearchSettings(self.max_iter, self.binary_steps, self.initial_const,
                                   self.learning_rate, self.abort_early)

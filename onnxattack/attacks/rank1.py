@@ -6,14 +6,14 @@ import torch
 
 from ..types import Task
 from ._search import SearchSettings, constant_search
-from ._terms import hinge, masked_max, masked_min, ordered_pairs
+from ._terms import FLOAT_GUARD, hinge, masked_max, masked_min, ordered_pairs
 from .base import Attack, AttackResult, Victim
 
 
 def rank1_term(scores: torch.Tensor, target: torch.Tensor, kappa: float) -> torch.Tensor:
     """max(0, kappa + max_{j not in T} s_j - min_{i in T} s_i)."""
     in_target = target.bool()
-    return hinge(kappa + masked_max(scores, ~in_target) - masked_min(scores, in_target))
+    return hinge(kappa + FLOAT_GUARD + masked_max(scores, ~in_target) - masked_min(scores, in_target))
 
 
 class RankI(Attack):
@@ -36,10 +36,8 @@ class RankI(Attack):
         return lambda scores, goal: rank1_term(scores, goal, self.kappa)
 
     def run(self, victim: Victim, x: torch.Tensor, target: torch.Tensor) -> AttackResult:
-        criterion = victim.criterion(self.task)
-
         def quality(scores: torch.Tensor, goal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return ordered_pairs(scores, goal), criterion.reached_tensor(scores, goal)
+            return ordered_pairs(scores, goal)
 
         settings = SearchSettings(self.max_iter, self.binary_steps, self.initial_const,
                                   self.learning_rate, self.abort_early)

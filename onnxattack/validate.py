@@ -1,0 +1,59 @@
+"""Success as onnxruntime sees it on the original model, torch's agreement, and transfer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .loader import LoadedModel
+from .runtime import to_input_dtype
+from .scores import RankingCriterion, ThresholdCriterion
+
+Criterion = ThresholdCriterion | RankingCriterion
+
+
+@dataclass(frozen=True)
+class Verdict:
+    scores: np.ndarray  # float32 [N, L], onnxruntime
+    predicted: np.ndarray  # int8 [N, L]
+    reached: np.ndarray  # bool [N]: the target holds on these scores
+
+
+def ort_verdict(model: LoadedModel, criterion: Criterion, x: np.ndarray, target: np.ndarray) -> Verdict:
+    """Re-score x in the model's own input dtype with onnxruntime: the verdict that is recorded."""
+    scores = model.ort_scores(to_input_dtype(x, model.input.dtype))
+    return Verdict(scores, criterion.predict(scores), criterion.reached(scores, target))
+
+
+def torch_reached(model: LoadedModel, criterion: Criterion, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The torch graph's verdict on the same (dtype-cast) inputs, to count disagreements."""
+    with torch.no_grad():
+        scores = model.torch_scores(model.as_tensor(to_input_dtype(x, model.input.dtype)))
+    return criterion.reached(scores.float().cpu().numpy(), target)
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    model_name: str
+    scores_adv: np.ndarray
+    y_adv: np.ndarray
+    success: np.ndarray  # the other model's prediction on x_adv reaches the target
+    flipped: np.ndarray  # its prediction on x_adv differs from its prediction on x
+
+    def rates(self, attacked: np.ndarray) -> dict[str, float]:
+        count = int(attacked.sum())
+        return {
+            "attacked": count,
+            "success_rate": float(self.success[attacked].mean()) if count else 0.0,
+            "flip_rate": float(self.flipped[attacked].mean()) if count else 0.0,
+        }
+
+
+def transfer(model: LoadedModel, criterion: Criterion, x: np.ndarray, x_adv: np.ndarray,
+             target: np.ndarray) -> TransferResult:
+    clean = ort_verdict(model, criterion, x, target)
+    adversarial = ort_verdict(model, criterion, x_adv, target)
+    flipped = np.any(clean.predicted != adversarial.predicted, axis=1)
+    return TransferResult(model.name, adversarial.scores, adversarial.predicted, adversarial.reached, flipped)
