@@ -121,9 +121,11 @@ def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str
     if fixed is None:
         return original
     renamed = symbolic_batch(proto)
+    if len(probe) < 2:  # a batch of one proves nothing about batching
+        probe = np.concatenate([probe, probe[::-1] * 0.5])
     if renamed is not None:
         try:
-            batched = OrtScorer(make_session(renamed.SerializeToString(), device), input_info.name,
+            batched = OrtScorer(make_session(renamed.SerializeToString(), device, quiet=True), input_info.name,
                                 input_info.dtype, output_name)
             if np.allclose(batched(probe), original(probe), atol=1e-6, rtol=1e-5):
                 notes.append(f"batch size {fixed} is baked into the model; onnxruntime runs it batched "
@@ -185,7 +187,7 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
     notes: list[str] = []
     fixed = input_info.shape[0] if input_info.shape and isinstance(input_info.shape[0], int) else None
     if probe is None:
-        probe = _probe_batch(input_info, fixed or PROBE_SIZE, box, seed)
+        probe = _probe_batch(input_info, PROBE_SIZE, box, seed)
     probe = np.asarray(probe)
     scorer = _ort_scorer(proto, input_info, score_output.name, torch_device.type, probe, notes)
     probe_scores = scorer(probe)

@@ -16,7 +16,8 @@ def optional_constant_list(graph: OnnxGraph, name: str | None) -> list[Any] | No
         value = get_const_value(name, graph)
     except KeyError:
         return None
-    return value.tolist() if hasattr(value, "tolist") else list(value)
+    values = value.tolist() if hasattr(value, "tolist") else value
+    return values if isinstance(values, list) else [values]
 
 
 def normalise_axes(axes: list[int], rank: int) -> list[int]:

@@ -1,0 +1,31 @@
+"""Shared fixtures: zoo models built once (cached under model_zoo/built), small exports."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from model_zoo.build import build
+from model_zoo.sample_inputs import test_inputs
+
+warnings.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="session")
+def zoo_model():
+    """Path of a zoo model, built on first use and cached between runs."""
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            cache[name] = build(name).path
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def zoo_inputs():
+    return test_inputs

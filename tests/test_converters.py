@@ -1,0 +1,82 @@
+"""Each project converter, on a one-node graph, against onnxruntime over a wide input range."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxattack.bridge.convert import to_torch
+
+
+def _graph(node: onnx.NodeProto, opset: int, in_shape, out_shapes, initializers=()) -> onnx.ModelProto:
+    del out_shapes
+    elem = TensorProto.INT64 if node.op_type == "Shape" else TensorProto.FLOAT
+    outputs = [helper.make_tensor_value_info(name, elem, None) for name in node.output]
+    graph = helper.make_graph([node], "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return model
+
+
+def _ints(name: str, values) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
+
+
+CASES = [
+    ("gelu-exact-20", helper.make_node("Gelu", ["x"], ["y"]), 20, (), (3, 50)),
+    ("gelu-tanh-20", helper.make_node("Gelu", ["x"], ["y"], approximate="tanh"), 20, (), (3, 50)),
+    ("reducemean-18-neg-axis", helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=0), 18,
+     (_ints("axes", [-1]),), (3, 4, 5)),
+    ("reducemax-18-two-axes", helper.make_node("ReduceMax", ["x", "axes"], ["y"], keepdims=1), 18,
+     (_ints("axes", [0, -1]),), (3, 4, 5)),
+    ("reducemin-20-no-axes", helper.make_node("ReduceMin", ["x"], ["y"], keepdims=0), 20, (), (3, 4, 5)),
+    ("reducel2-18", helper.make_node("ReduceL2", ["x", "axes"], ["y"]), 18, (_ints("axes", [1]),), (3, 4, 5)),
+    ("reduceprod-18-two-axes", helper.make_node("ReduceProd", ["x", "axes"], ["y"], keepdims=0), 18,
+     (_ints("axes", [2, 1]),), (2, 3, 2)),
+    ("reducelogsumexp-18", helper.make_node("ReduceLogSumExp", ["x", "axes"], ["y"]), 18,
+     (_ints("axes", [1]),), (3, 4, 5)),
+    ("reducemean-18-noop", helper.make_node("ReduceMean", ["x"], ["y"], noop_with_empty_axes=1), 18, (), (3, 4)),
+    ("reshape-19", helper.make_node("Reshape", ["x", "shape"], ["y"]), 19, (_ints("shape", [0, -1]),), (3, 4, 5)),
+    ("reshape-21-allowzero", helper.make_node("Reshape", ["x", "shape"], ["y"], allowzero=1), 21,
+     (_ints("shape", [3, 20]),), (3, 4, 5)),
+    ("split-18-num-outputs", helper.make_node("Split", ["x"], ["a", "b", "c"], axis=1, num_outputs=3), 18, (), (2, 8)),
+    ("split-18-sizes", helper.make_node("Split", ["x", "sizes"], ["a", "b"], axis=1), 18,
+     (_ints("sizes", [3, 5]),), (2, 8)),
+    ("pad-19-axes-reflect", helper.make_node("Pad", ["x", "pads", "", "axes"], ["y"], mode="reflect"), 19,
+     (_ints("pads", [1, 2]), _ints("axes", [-1])), (2, 3, 6)),
+    ("pad-18-constant", helper.make_node("Pad", ["x", "pads", "value"], ["y"]), 18,
+     (_ints("pads", [0, 1, 2, 0, 2, 1]), numpy_helper.from_array(np.array(0.5, dtype=np.float32), "value")),
+     (2, 3, 4)),
+    ("averagepool-19", helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2]), 19, (),
+     (1, 2, 6, 6)),
+    ("cast-19", helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT), 19, (), (3, 4)),
+    ("shape-19-slice", helper.make_node("Shape", ["x"], ["y"], start=1), 19, (), (3, 4, 5)),
+]
+
+
+@pytest.mark.parametrize("name,node,opset,initializers,shape", CASES, ids=[c[0] for c in CASES])
+def test_converter_matches_onnxruntime(name, node, opset, initializers, shape):
+    model = _graph(node, opset, list(shape), None, initializers)
+    x = np.random.default_rng(0).uniform(-4, 4, size=shape).astype(np.float32)
+    if "prod" in name or "logsumexp" in name:
+        x = np.abs(x) + 0.5
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    module = to_torch(model)
+    got = module(torch.from_numpy(x))
+    got = list(got) if isinstance(got, (tuple, list)) else [got]
+    assert len(got) == len(expected)
+    for mine, theirs in zip(got, expected):
+        assert tuple(mine.shape) == theirs.shape
+        np.testing.assert_allclose(mine.detach().numpy().astype(np.float64), theirs.astype(np.float64),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_dilated_average_pool_is_refused_not_mistranslated():
+    node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2])
+    model = _graph(node, 19, [1, 1, 6, 6], None)
+    with pytest.raises(Exception, match="dilations"):
+        to_torch(model)
