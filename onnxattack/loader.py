@@ -113,6 +113,15 @@ def _probe_batch(input_info: TensorInfo, size: int, box: tuple[float, float], se
     return probe
 
 
+def check_sample_shape(input_info: TensorInfo, sample_shape: tuple[int, ...]) -> None:
+    """Inputs must come in the model's own layout: the engine never guesses one."""
+    expected = tuple(input_info.shape[1:])
+    if len(expected) != len(sample_shape) or any(
+            isinstance(e, int) and e != s for e, s in zip(expected, sample_shape)):
+        raise BadInputError(f"inputs have sample shape {list(sample_shape)}, the model expects "
+                            f"{list(expected)} (give inputs in the model's own layout)")
+
+
 def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str, device: str,
                 probe: np.ndarray, notes: list[str]) -> OrtScorer:
     fixed = input_info.shape[0] if input_info.shape and isinstance(input_info.shape[0], int) else None
@@ -189,6 +198,7 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
     if probe is None:
         probe = _probe_batch(input_info, PROBE_SIZE, box, seed)
     probe = np.asarray(probe)
+    check_sample_shape(input_info, tuple(probe.shape[1:]))
     scorer = _ort_scorer(proto, input_info, score_output.name, torch_device.type, probe, notes)
     probe_scores = scorer(probe)
     if probe_scores.ndim != 2:

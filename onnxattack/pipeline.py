@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ import torch
 from . import __version__
 from .attacks import METHODS, Attack, Victim
 from .errors import BadInputError
+from .faults import maybe_crash
 from .inputs import InputSource, open_inputs
 from .loader import LoadedModel, load
 from .runtime import to_input_dtype
@@ -24,10 +25,6 @@ from .store import ResultWriter
 from .targets import TargetSpec, check_target_file, make_targets, parse_target
 from .types import Task
 from .validate import ort_verdict, torch_reached
-
-# Fault injection for the crash tests: "after-batch:N" or "mid-batch:N" sends SIGKILL to this
-# process after N batches were written (or in the middle of writing batch N + 1).
-FAULT_ENV = "ONNXATTACK_FAULT"
 
 Progress = Callable[[int, int, int, int], None]  # rows done, rows total, successes, attacked
 
@@ -63,10 +60,15 @@ def build_attack(method: str, max_iter: int | None, options: dict) -> Attack:
     kwargs = dict(options)
     if max_iter is not None:
         kwargs["max_iter"] = max_iter
-    try:
-        return METHODS[method](**kwargs)
-    except TypeError as exc:
-        raise BadInputError(f"option not accepted by {method}: {exc}") from None
+    accepted = inspect.signature(METHODS[method]).parameters
+    refused = [name for name in kwargs if name not in accepted]
+    if refused:
+        def flag(name: str) -> str:
+            return "--" + name.replace("_", "-")
+
+        raise BadInputError(f"{', '.join(map(flag, refused))} does not apply to {method} "
+                            f"(it takes {', '.join(flag(n) for n in accepted if n != 'jacobian')})")
+    return METHODS[method](**kwargs)
 
 
 def resolve_top_k(config: AttackConfig, spec: TargetSpec | None, model: LoadedModel) -> int:
@@ -83,12 +85,6 @@ def resolve_top_k(config: AttackConfig, spec: TargetSpec | None, model: LoadedMo
 def _validate_box(box: tuple[float, float]) -> None:
     if not box[0] < box[1]:
         raise BadInputError(f"--range {box[0]} {box[1]}: LO must be below HI")
-
-
-def _inject_fault(stage: str, batches_written: int) -> None:
-    fault = os.environ.get(FAULT_ENV, "")
-    if fault and fault == f"{stage}:{batches_written}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -115,11 +111,6 @@ def plan(model_path: str | os.PathLike, inputs_path: str | os.PathLike, config: 
     model = load(model_path, device=config.device, output=config.output, scores=config.scores,
                  threshold=config.threshold, labels_file=config.labels_file, tolerance=config.tolerance,
                  box=config.box, probe=np.asarray(probe, dtype=np.float64), seed=config.seed)
-    expected = tuple(model.input.shape[1:])
-    if len(expected) != len(source.sample_shape) or any(
-            isinstance(e, int) and e != s for e, s in zip(expected, source.sample_shape)):
-        raise BadInputError(f"inputs have sample shape {list(source.sample_shape)}, the model expects "
-                            f"{list(expected)} (give inputs in the model's own layout)")
     spec, target_rows = None, None
     if config.target_file is not None:
         try:
@@ -169,13 +160,11 @@ def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, ou
         attacked_total = int(np.sum(writer.handle["attacked"][:start])) if start else 0
         if progress:
             progress(start, run.count, successes, attacked_total)
-        for batches_written, (first, x) in enumerate(run.source.batches(start, run.count, config.batch_size),
-                                                      start=start // config.batch_size):
+        for first, x in run.source.batches(start, run.count, config.batch_size):
             rows = attack_batch(run, criterion, victim, x, first, config.seed)
-            _inject_fault("mid-batch", batches_written)  # only acts under the crash tests
             writer.append(rows)
             writer.set_attrs(elapsed_s=elapsed_before + time.monotonic() - started)
-            _inject_fault("after-batch", batches_written + 1)
+            maybe_crash("after-batch", writer.rows_written // config.batch_size)
             successes += int(rows["success"].sum())
             attacked_total += int(rows["attacked"].sum())
             if progress:

@@ -59,7 +59,11 @@ class OrtScorer:
         return list(self.session.get_providers())
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        (scores,) = self.session.run([self.output_name], {self.input_name: x})
+        try:
+            (scores,) = self.session.run([self.output_name], {self.input_name: x})
+        except Exception as exc:  # onnxruntime's own exception types
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnsupportedModelError(f"onnxruntime failed to run the model: {first_line}") from None
         return np.asarray(scores, dtype=np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

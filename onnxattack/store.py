@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from .errors import BadInputError
+from .faults import maybe_crash
 
 ROW_DATASETS = ("x", "x_adv", "scores", "scores_adv", "y_pred", "y_target", "y_adv",
                 "success", "attacked", "torch_agrees", "l2", "linf", "iterations")
@@ -90,10 +91,13 @@ class ResultWriter:
     def append(self, rows: dict[str, np.ndarray]) -> None:
         count = len(rows["x"])
         start = self.rows_written
-        for name in ROW_DATASETS:
+        for position, name in enumerate(ROW_DATASETS):
             dataset = self.handle[name]
             dataset.resize(start + count, axis=0)
             dataset[start:start + count] = rows[name]
+            if position == 1:
+                self.handle.flush()
+                maybe_crash("mid-batch", start // count)
         self.handle.attrs["rows_written"] = start + count
         self.handle.flush()
 
