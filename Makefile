@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev,zoo,report
 DEMO_DIR := demo_output
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench table lint clean
 
 install: $(STAMP)
 
@@ -29,6 +29,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+table: $(STAMP)
+	$(BIN)/python -m bench.table --out docs/results.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check onnxattack cli model_zoo tests bench

@@ -11,7 +11,7 @@ import json
 import signal
 import sys
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import click
 
@@ -56,7 +56,8 @@ def main() -> None:
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--output", "output_name", metavar="NAME", help="Model output that holds the label scores.")
-@click.option("--labels", "labels_file", type=click.Path(dir_okay=False), help="Label names (JSON list or one per line).")
+@click.option("--labels", "labels_file", type=click.Path(dir_okay=False),
+              help="Label names (JSON list or one per line).")
 @click.option("--range", "box", nargs=2, type=float, default=(0.0, 1.0), show_default=True,
               metavar="LO HI", help="Valid input box, used for the conversion probe.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -31,7 +31,7 @@ def _mosaics(images: np.ndarray, targets: np.ndarray, count: int, digits_per_mos
         shown = rng.integers(digits_per_mosaic[0], digits_per_mosaic[1] + 1)
         classes = rng.choice(10, size=shown, replace=False)
         cells = rng.choice(4, size=shown, replace=False)
-        for digit, cell in zip(classes, cells):
+        for digit, cell in zip(classes, cells, strict=True):
             image = images[rng.choice(by_class[digit])]
             row, col = divmod(int(cell), 2)
             x[i, 0, row * 8:(row + 1) * 8, col * 8:(col + 1) * 8] = image

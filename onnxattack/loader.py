@@ -117,7 +117,7 @@ def check_sample_shape(input_info: TensorInfo, sample_shape: tuple[int, ...]) ->
     """Inputs must come in the model's own layout: the engine never guesses one."""
     expected = tuple(input_info.shape[1:])
     if len(expected) != len(sample_shape) or any(
-            isinstance(e, int) and e != s for e, s in zip(expected, sample_shape)):
+            isinstance(e, int) and e != s for e, s in zip(expected, sample_shape, strict=True)):
         raise BadInputError(f"inputs have sample shape {list(sample_shape)}, the model expects "
                             f"{list(expected)} (give inputs in the model's own layout)")
 
@@ -127,6 +127,9 @@ def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str
     fixed = input_info.shape[0] if input_info.shape and isinstance(input_info.shape[0], int) else None
     original = OrtScorer(make_session(proto.SerializeToString(), device), input_info.name,
                          input_info.dtype, output_name, fixed_batch=fixed)
+    if device == "cuda" and "CUDAExecutionProvider" not in original.providers:
+        notes.append("onnxruntime validates on the CPU: its CUDA provider is not available "
+                     "(install the 'gpu' extra, onnxruntime-gpu, instead of 'cpu')")
     if fixed is None:
         return original
     renamed = symbolic_batch(proto)

@@ -33,7 +33,7 @@ class ScoreReader:
     head: str | None = None  # "sigmoid", "softmax" or None
 
     @classmethod
-    def create(cls, kind: ScoresKind, threshold: float | None, head: str | None) -> "ScoreReader":
+    def create(cls, kind: ScoresKind, threshold: float | None, head: str | None) -> ScoreReader:
         chosen = DEFAULT_THRESHOLD[kind] if threshold is None else float(threshold)
         if head is not None and not 0.0 < chosen < 1.0:
             raise ValueError(f"a threshold on probabilities must lie in (0, 1), got {chosen}")

@@ -47,7 +47,7 @@ class ResultWriter:
 
     @classmethod
     def create(cls, path: str | os.PathLike, sample_shape: tuple[int, ...], input_dtype: np.dtype,
-               num_labels: int, attrs: dict[str, Any], overwrite: bool = False) -> "ResultWriter":
+               num_labels: int, attrs: dict[str, Any], overwrite: bool = False) -> ResultWriter:
         path = Path(path)
         if path.exists() and not overwrite:
             raise BadInputError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
@@ -69,7 +69,7 @@ class ResultWriter:
         return cls(handle)
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, attrs: dict[str, Any]) -> "ResultWriter":
+    def resume(cls, path: str | os.PathLike, attrs: dict[str, Any]) -> ResultWriter:
         try:
             handle = h5py.File(path, "r+")
         except OSError as exc:

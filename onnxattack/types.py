@@ -13,7 +13,7 @@ class ScoresKind(str, Enum):
     SOFTMAX = "softmax"  # probabilities that sum to one over the labels
 
     @classmethod
-    def parse(cls, text: str) -> "ScoresKind":
+    def parse(cls, text: str) -> ScoresKind:
         try:
             return cls(text)
         except ValueError:

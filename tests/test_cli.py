@@ -182,7 +182,8 @@ def test_resume_refuses_other_settings(mosaic, tmp_path):
 def test_transfer_and_report(mosaic, tmp_path, zoo_model):
     model_path, _, folder = mosaic
     out = tmp_path / "r.h5"
-    assert invoke("attack", model_path, folder / "x.npy", "-o", out, "--method", "ml-deepfool", "--quiet").exit_code == 0
+    attacked = invoke("attack", model_path, folder / "x.npy", "-o", out, "--method", "ml-deepfool", "--quiet")
+    assert attacked.exit_code == 0
     other = zoo_model("digits-ranker")  # same ten labels, another model
     result = invoke("validate", out, "--model", model_path, "--model", other, "--json")
     assert result.exit_code == 0, result.output
@@ -190,7 +191,8 @@ def test_transfer_and_report(mosaic, tmp_path, zoo_model):
     with h5py.File(out, "r") as handle:
         same = handle["transfer/digits-mosaic/success"][:]
         assert np.array_equal(same, handle["success"][:])  # the model itself: identical verdicts
-        assert rates["digits-mosaic"]["success_rate"] == pytest.approx(handle["success"][:][handle["attacked"][:]].mean())
+        own_rate = handle["success"][:][handle["attacked"][:]].mean()
+        assert rates["digits-mosaic"]["success_rate"] == pytest.approx(own_rate)
         assert handle["transfer/digits-ranker/y_adv"].shape == handle["y_adv"].shape
     assert 0.0 <= rates["digits-ranker"]["flip_rate"] <= 1.0
     png = tmp_path / "figure.png"
@@ -235,3 +237,33 @@ def test_zoo_list_names_every_model():
     assert result.exit_code == 0
     for name in ("digits-mosaic", "digits-ranker", "yeast-mlp"):
         assert name in result.output
+
+
+def test_integer_input_model_is_validated_in_its_own_dtype(tmp_path):
+    import torch
+
+    class Pixels(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = ex.MLP(features=12, labels=4)
+
+        def forward(self, x):
+            return self.net(x.float() / 255.0 * 4 - 2)
+
+    torch.manual_seed(0)
+    path = ex.export_torch(Pixels(), torch.randint(0, 256, (2, 12), dtype=torch.uint8), tmp_path / "u8.onnx",
+                           dynamo=False, opset=17)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(10, 12), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", pixels)
+    out = tmp_path / "u8.h5"
+    result = invoke("attack", path, tmp_path / "x.npy", "-o", out, "--method", "ml-deepfool", "--range", "0", "255",
+                    "--target", "random", "--quiet")
+    assert result.exit_code == 0, result.output
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with h5py.File(out, "r") as handle:
+        x_adv = handle["x_adv"][:]
+        assert x_adv.dtype == np.uint8 and handle["x"].dtype == np.uint8
+        scores = session.run(None, {"input": x_adv})[0]
+        reached = ((scores > 0) == handle["y_target"][:].astype(bool)).all(axis=1)
+        assert np.array_equal(reached & handle["attacked"][:], handle["success"][:])
+        assert handle["success"][:].any()  # rounding to whole pixel values still leaves successes

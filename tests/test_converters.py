@@ -69,7 +69,7 @@ def test_converter_matches_onnxruntime(name, node, opset, initializers, shape):
     got = module(torch.from_numpy(x))
     got = list(got) if isinstance(got, (tuple, list)) else [got]
     assert len(got) == len(expected)
-    for mine, theirs in zip(got, expected):
+    for mine, theirs in zip(got, expected, strict=True):
         assert tuple(mine.shape) == theirs.shape
         np.testing.assert_allclose(mine.detach().numpy().astype(np.float64), theirs.astype(np.float64),
                                    rtol=1e-5, atol=1e-6)

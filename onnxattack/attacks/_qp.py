@@ -18,11 +18,11 @@ def _coordinate_descent(q: torch.Tensor, b: torch.Tensor, sweeps: int, tol: floa
     diagonal = torch.diagonal(q, dim1=1, dim2=2).clamp_min(1e-12)
     for _ in range(sweeps):
         largest_step = torch.zeros(n, dtype=b.dtype, device=b.device)
-        for l in range(labels):
-            gradient = (q[:, l, :] * lam).sum(dim=1) - b[:, l]
-            updated = (lam[:, l] - gradient / diagonal[:, l]).clamp_min(0)
-            largest_step = torch.maximum(largest_step, (updated - lam[:, l]).abs())
-            lam[:, l] = updated
+        for label in range(labels):
+            gradient = (q[:, label, :] * lam).sum(dim=1) - b[:, label]
+            updated = (lam[:, label] - gradient / diagonal[:, label]).clamp_min(0)
+            largest_step = torch.maximum(largest_step, (updated - lam[:, label]).abs())
+            lam[:, label] = updated
         if bool((largest_step <= tol * (1 + lam.abs().amax(dim=1))).all()):
             break
     return lam

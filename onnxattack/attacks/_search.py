@@ -4,8 +4,8 @@ a per-sample quality (higher is better; success is quality == its maximum)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -35,7 +35,8 @@ def hinge(value: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(value), finite.clamp_min(0), torch.zeros_like(value))
 
 
-def ordered_pairs(scores: torch.Tensor, target: torch.Tensor, gap: float = FLOAT_GUARD) -> tuple[torch.Tensor, torch.Tensor]:
+def ordered_pairs(scores: torch.Tensor, target: torch.Tensor,
+                  gap: float = FLOAT_GUARD) -> tuple[torch.Tensor, torch.Tensor]:
     """(how many (i in T, j not in T) pairs have s_i > s_j + gap, whether all of them do)."""
     in_target = target.bool()
     above = scores.unsqueeze(2) > scores.unsqueeze(1) + gap  # [n, i, j] = s_i > s_j + gap

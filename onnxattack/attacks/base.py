@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -47,7 +48,7 @@ class AttackResult:
 
     @classmethod
     def from_inputs(cls, x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor,
-                    iterations: torch.Tensor) -> "AttackResult":
+                    iterations: torch.Tensor) -> AttackResult:
         delta = (x_adv - x).flatten(1)
         return cls(x_adv=x_adv.detach(), success=success, iterations=iterations,
                    l2=delta.norm(dim=1), linf=delta.abs().amax(dim=1))

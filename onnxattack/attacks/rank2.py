@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from ._terms import hinge, masked_max, masked_min
-from .rank1 import RankI, rank1_term
 from .base import Victim
+from .rank1 import RankI, rank1_term
 
 
 class RankII(RankI):

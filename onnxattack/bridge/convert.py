@@ -9,10 +9,10 @@ from onnx import defs
 from onnx2torch import convert as onnx2torch_convert
 from onnx2torch.node_converters.registry import get_converter
 
-from . import converters  # noqa: F401  (registers the project's converters)
 from ..errors import ConversionError, FidelityError
 from ..runtime import OrtScorer
 from ..scores import ScoreReader
+from . import converters  # noqa: F401  (registers the project's converters)
 
 
 def _op_version(node: onnx.NodeProto, opsets: dict[str, int]) -> int:

@@ -7,7 +7,7 @@ old converter would silently ignore.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from onnx2torch.node_converters.registry import add_converter, get_converter
 from onnx2torch.onnx_graph import OnnxGraph

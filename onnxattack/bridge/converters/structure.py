@@ -57,8 +57,8 @@ class PadWithAxes(nn.Module, OnnxToTorchModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         axes = normalise_axes(self.axes, x.dim()) if self.axes else list(range(x.dim()))
-        begins = dict(zip(axes, self.pads[: len(axes)]))
-        ends = dict(zip(axes, self.pads[len(axes):]))
+        begins = dict(zip(axes, self.pads[: len(axes)], strict=True))
+        ends = dict(zip(axes, self.pads[len(axes):], strict=True))
         torch_pads: list[int] = []
         for dim in reversed(range(x.dim())):
             torch_pads += [begins.get(dim, 0), ends.get(dim, 0)]

@@ -1,0 +1,1 @@
+"""Benchmarks and the README's results table (`make bench`, `make table`)."""
