@@ -7,7 +7,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -215,9 +215,6 @@ def versions() -> dict[str, str]:
     return {"onnxattack": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "onnx": onnx.__version__, "onnx2torch": getattr(onnx2torch, "__version__", "1.5.15")}
 
-
-def config_dict(config: AttackConfig) -> dict:
-    return asdict(config)
 
 
 def run_transfer(results_path: str | os.PathLike, model_paths: list[str], device: str = "auto",

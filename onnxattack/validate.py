@@ -42,14 +42,6 @@ class TransferResult:
     success: np.ndarray  # the other model's prediction on x_adv reaches the target
     flipped: np.ndarray  # its prediction on x_adv differs from its prediction on x
 
-    def rates(self, attacked: np.ndarray) -> dict[str, float]:
-        count = int(attacked.sum())
-        return {
-            "attacked": count,
-            "success_rate": float(self.success[attacked].mean()) if count else 0.0,
-            "flip_rate": float(self.flipped[attacked].mean()) if count else 0.0,
-        }
-
 
 def transfer(model: LoadedModel, criterion: Criterion, x: np.ndarray, x_adv: np.ndarray,
              target: np.ndarray) -> TransferResult:

@@ -267,3 +267,22 @@ def test_integer_input_model_is_validated_in_its_own_dtype(tmp_path):
         reached = ((scores > 0) == handle["y_target"][:].astype(bool)).all(axis=1)
         assert np.array_equal(reached & handle["attacked"][:], handle["success"][:])
         assert handle["success"][:].any()  # rounding to whole pixel values still leaves successes
+
+
+def test_target_file_rows_become_the_targets(mosaic, tmp_path):
+    model_path, x, folder = mosaic
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    predicted = (session.run(None, {"input": x})[0] > 0.5).astype(np.int8)
+    targets = predicted.copy()
+    targets[:, 0] = 1 - targets[:, 0]  # flip label "zero" everywhere
+    np.save(tmp_path / "targets.npy", targets)
+    out = tmp_path / "t.h5"
+    result = invoke("attack", model_path, folder / "x.npy", "-o", out, "--method", "ml-deepfool",
+                    "--target-file", tmp_path / "targets.npy", "--quiet")
+    assert result.exit_code == 0, result.output
+    with h5py.File(out, "r") as handle:
+        assert np.array_equal(handle["y_target"][:], targets)
+        assert handle["attacked"][:].all()
+        assert handle.attrs["target"] == "file:targets.npy"
