@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import AttackResult, Victim
+from .base import Attack, AttackResult, Victim
 
 # (attack-space scores [N, L], target [N, L]) -> per-sample tensor [N]
 LossTerm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -89,3 +89,20 @@ def constant_search(victim: Victim, x: torch.Tensor, target: torch.Tensor, loss_
         if bool(best_success.all()) and not bool((upper - lower > 1e-3 * upper).any()):
             break
     return AttackResult.from_inputs(x, best_x, best_success, iterations)
+
+
+class ConstantSearchAttack(Attack):
+    """The hyperparameters ML-CW, Rank I and Rank II share (defaults: the paper's setting)."""
+
+    def __init__(self, max_iter: int = 1000, binary_steps: int = 10, initial_const: float = 1.0,
+                 learning_rate: float = 1e-2, kappa: float = 0.0, abort_early: bool = True) -> None:
+        self.max_iter = max_iter
+        self.binary_steps = binary_steps
+        self.initial_const = initial_const
+        self.learning_rate = learning_rate
+        self.kappa = kappa
+        self.abort_early = abort_early
+
+    def settings(self) -> SearchSettings:
+        return SearchSettings(self.max_iter, self.binary_steps, self.initial_const, self.learning_rate,
+                              self.abort_early)
