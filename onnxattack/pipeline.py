@@ -219,40 +219,43 @@ def versions() -> dict[str, str]:
 
 def run_transfer(results_path: str | os.PathLike, model_paths: list[str], device: str = "auto",
                  chunk: int = 256) -> dict[str, dict]:
-    """Re-score the stored adversarial inputs on other models (same label space); store and return rates."""
-    from .store import json_attr, open_results, read_attrs, write_transfer
+    """Re-score the stored adversarial inputs on other models (same label space), chunk by chunk;
+    store transfer/<model> groups and return per-model success and flip rates."""
+    from .store import begin_transfer, json_attr, open_results, read_attrs
     from .validate import transfer
 
     with open_results(results_path) as handle:
         attrs = read_attrs(handle)
         rows = int(attrs.get("rows_written", handle["x_adv"].shape[0]))
         params = json_attr(handle, "params", {})
-        box = tuple(params.get("box", (0.0, 1.0)))
         probe = np.asarray(handle["x"][:min(rows, 4)], dtype=np.float64)
         labels = json_attr(handle, "labels", [])
     task = Task(attrs.get("task", Task.CLASSIFICATION.value))
     rates: dict[str, dict] = {}
     for model_path in model_paths:
-        other = load(model_path, device=device, convert=False, box=box, probe=probe)
+        other = load(model_path, device=device, convert=False, box=tuple(params.get("box", (0.0, 1.0))),
+                     probe=probe)
         if other.num_labels != len(labels):
             raise BadInputError(f"{model_path} has {other.num_labels} labels, the results have {len(labels)}")
         criterion = criterion_for(task, other.reader, int(params.get("top_k") or 1))
-        parts = []
-        with open_results(results_path) as handle:
+        successes = flips = attacked_count = 0
+        with open_results(results_path, "r+") as handle:
+            group = begin_transfer(handle, other.name, rows, len(labels))
             for start in range(0, rows, chunk):
                 stop = min(rows, start + chunk)
-                parts.append(transfer(other, criterion, handle["x"][start:stop], handle["x_adv"][start:stop],
-                                      handle["y_target"][start:stop]))
-            attacked = np.asarray(handle["attacked"][:rows], dtype=bool)
-        scores_adv = np.concatenate([p.scores_adv for p in parts])
-        y_adv = np.concatenate([p.y_adv for p in parts])
-        success = np.concatenate([p.success for p in parts]) & attacked
-        flipped = np.concatenate([p.flipped for p in parts])
-        count = int(attacked.sum())
-        model_rates = {"model_sha256": other.info.sha256, "attacked": count,
-                       "success_rate": float(success[attacked].mean()) if count else 0.0,
-                       "flip_rate": float(flipped[attacked].mean()) if count else 0.0,
-                       "scores_kind": other.reader.kind.value}
-        write_transfer(results_path, other.name, scores_adv, y_adv, success, model_rates)
+                result = transfer(other, criterion, handle["x"][start:stop], handle["x_adv"][start:stop],
+                                  handle["y_target"][start:stop])
+                attacked = np.asarray(handle["attacked"][start:stop], dtype=bool)
+                group["scores_adv"][start:stop] = result.scores_adv
+                group["y_adv"][start:stop] = result.y_adv
+                group["success"][start:stop] = result.success & attacked
+                successes += int((result.success & attacked).sum())
+                flips += int((result.flipped & attacked).sum())
+                attacked_count += int(attacked.sum())
+            model_rates = {"model_sha256": other.info.sha256, "attacked": attacked_count,
+                           "success_rate": successes / attacked_count if attacked_count else 0.0,
+                           "flip_rate": flips / attacked_count if attacked_count else 0.0,
+                           "scores_kind": other.reader.kind.value}
+            group.attrs.update(model_rates)
         rates[other.name] = model_rates
     return rates

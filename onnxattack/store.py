@@ -143,16 +143,14 @@ def open_results(path: str | os.PathLike, mode: str = "r") -> h5py.File:
     return handle
 
 
-def write_transfer(path: str | os.PathLike, name: str, scores_adv: np.ndarray, y_adv: np.ndarray,
-                   success: np.ndarray, attrs: dict[str, Any]) -> None:
-    """Store (or replace) the group transfer/<name> of a result file."""
-    with open_results(path, "r+") as handle:
-        group_name = f"transfer/{name}"
-        if group_name in handle:
-            del handle[group_name]
-        group = handle.create_group(group_name)
-        group.create_dataset("scores_adv", data=scores_adv.astype(np.float32), compression="gzip")
-        group.create_dataset("y_adv", data=y_adv.astype(np.int8), compression="gzip")
-        group.create_dataset("success", data=success.astype(bool), compression="gzip")
-        for key, value in attrs.items():
-            group.attrs[key] = value
+def begin_transfer(handle: h5py.File, name: str, rows: int, num_labels: int) -> h5py.Group:
+    """Create (or replace) the group transfer/<name> with datasets to fill chunk by chunk."""
+    group_name = f"transfer/{name}"
+    if group_name in handle:
+        del handle[group_name]
+    group = handle.create_group(group_name)
+    for dataset, shape, dtype in (("scores_adv", (rows, num_labels), np.float32),
+                                  ("y_adv", (rows, num_labels), np.int8), ("success", (rows,), np.bool_)):
+        compressed = {"compression": "gzip", "chunks": (min(rows, 4096), *shape[1:])} if rows else {}
+        group.create_dataset(dataset, shape=shape, dtype=dtype, **compressed)
+    return group
