@@ -286,3 +286,27 @@ def test_target_file_rows_become_the_targets(mosaic, tmp_path):
         assert np.array_equal(handle["y_target"][:], targets)
         assert handle["attacked"][:].all()
         assert handle.attrs["target"] == "file:targets.npy"
+
+
+def test_inspect_json_for_a_skl2onnx_model_and_a_legacy_export(tmp_path):
+    skl, _ = ex.sklearn_mlp(tmp_path / "skl.onnx")
+    result = invoke("inspect", skl, "--output", "probabilities", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["producer"].startswith("skl2onnx") and report["opsets"]["ai.onnx.ml"] == 1
+    assert report["converts"] and report["scores_kind"] == "probabilities" and report["num_labels"] == 3
+    import torch
+
+    fixed = ex.export_torch(ex.CNN(), torch.rand(1, 1, 8, 8), tmp_path / "fixed.onnx", dynamo=False, opset=11,
+                            dynamic_batch=False)
+    report = json.loads(invoke("inspect", fixed, "--json").output)
+    assert report["converts"] and report["inputs"][0]["shape"] == [1, 1, 8, 8]
+    assert any("baked" in note for note in report["notes"])
+
+
+def test_zoo_build_reports_metrics_and_refuses_unknown_names(zoo_model):
+    zoo_model("yeast-mlp")
+    result = invoke("zoo", "build", "yeast-mlp")
+    assert result.exit_code == 0 and "hamming_loss" in result.output and "exact_match" in result.output
+    result = CliRunner().invoke(main, ["zoo", "build", "imagenet"])
+    assert result.exit_code == 2 and "unknown zoo model" in result.output
