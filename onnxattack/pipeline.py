@@ -129,6 +129,9 @@ def plan(model_path: str | os.PathLike, inputs_path: str | os.PathLike, config: 
 def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out_path: str | os.PathLike,
                config: AttackConfig, progress: Progress | None = None) -> Path:
     """Attack every input and write the result file; returns its path. Resumable."""
+    out_path = Path(out_path)
+    if out_path.exists() and not (config.resume or config.overwrite):  # before any slow work
+        raise BadInputError(f"{out_path} exists; pass --resume to continue it or --overwrite to replace it")
     run = plan(model_path, inputs_path, config)
     model, attack = run.model, run.attack
     criterion = criterion_for(attack.task, model.reader, run.top_k)
@@ -145,7 +148,6 @@ def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, ou
     attrs = {**identity, "labels": json.dumps(model.labels), "versions": json.dumps(versions()),
              "task": attack.task.value, "inputs": str(inputs_path), "notes": json.dumps(model.notes),
              "output": model.score_output.name, "device": str(model.device)}
-    out_path = Path(out_path)
     if config.resume and out_path.exists():
         writer = ResultWriter.resume(out_path, identity)
     else:
