@@ -48,6 +48,8 @@ CASES = [
      (_ints("sizes", [3, 5]),), (2, 8)),
     ("pad-19-axes-reflect", helper.make_node("Pad", ["x", "pads", "", "axes"], ["y"], mode="reflect"), 19,
      (_ints("pads", [1, 2]), _ints("axes", [-1])), (2, 3, 6)),
+    ("pad-19-unsorted-axes", helper.make_node("Pad", ["x", "pads", "", "axes"], ["y"]), 19,
+     (_ints("pads", [1, 0, 3, 2]), _ints("axes", [-1, 1])), (2, 3, 6)),
     ("pad-18-constant", helper.make_node("Pad", ["x", "pads", "value"], ["y"]), 18,
      (_ints("pads", [0, 1, 2, 0, 2, 1]), numpy_helper.from_array(np.array(0.5, dtype=np.float32), "value")),
      (2, 3, 4)),

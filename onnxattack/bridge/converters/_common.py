@@ -21,4 +21,5 @@ def optional_constant_list(graph: OnnxGraph, name: str | None) -> list[Any] | No
 
 
 def normalise_axes(axes: list[int], rank: int) -> list[int]:
-    return sorted(axis + rank if axis < 0 else axis for axis in axes)
+    """Negative axes made positive, order kept (Pad's pads follow the order of its axes)."""
+    return [axis + rank if axis < 0 else axis for axis in axes]
