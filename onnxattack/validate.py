@@ -9,9 +9,7 @@ import torch
 
 from .loader import LoadedModel
 from .runtime import to_input_dtype
-from .scores import RankingCriterion, ThresholdCriterion
-
-Criterion = ThresholdCriterion | RankingCriterion
+from .scores import Criterion
 
 
 @dataclass(frozen=True)
@@ -22,8 +20,9 @@ class Verdict:
 
 
 def ort_verdict(model: LoadedModel, criterion: Criterion, x: np.ndarray, target: np.ndarray) -> Verdict:
-    """Re-score x in the model's own input dtype with onnxruntime: the verdict that is recorded."""
-    scores = model.ort_scores(to_input_dtype(x, model.input.dtype))
+    """Re-score x with onnxruntime (the scorer casts to the model's own input dtype): the verdict
+    that is recorded."""
+    scores = model.ort_scores(x)
     return Verdict(scores, criterion.predict(scores), criterion.reached(scores, target))
 
 
