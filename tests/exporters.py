@@ -137,8 +137,8 @@ def fixed_batch_reshape_model(path: Path, features: int = 6, labels: int = 4) ->
 
 
 def unconvertible_model(path: Path) -> Path:
-    """Scores pass through ai.onnx.ml Scaler and a custom-domain op: nothing converts them."""
-    nodes = [helper.make_node("Scaler", ["input"], ["scaled"], domain="ai.onnx.ml", offset=[0.0] * 3, scale=[2.0] * 3),
+    """Scores pass through ai.onnx.ml Binarizer and Hardmax: neither has a converter (and neither has a gradient)."""
+    nodes = [helper.make_node("Binarizer", ["input"], ["scaled"], domain="ai.onnx.ml", threshold=0.5),
              helper.make_node("Hardmax", ["scaled"], ["scores"], axis=1)]
     graph = helper.make_graph(nodes, "ml", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3])],
                               [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])])

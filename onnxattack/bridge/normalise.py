@@ -10,6 +10,7 @@ import onnx.inliner
 from onnx import helper, numpy_helper
 from onnx.utils import Extractor
 
+from ..errors import UnsupportedModelError
 from ..model import final_op, graph_inputs
 
 # Constant attributes onnx2torch's KeyError path trips over when weights live in nodes.
@@ -20,7 +21,11 @@ def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     """Inline model-local functions (some exporters emit them; onnx2torch has no converter)."""
     if not model.functions:
         return model
-    return onnx.inliner.inline_local_functions(model)
+    try:
+        return onnx.inliner.inline_local_functions(model)
+    except Exception as exc:  # onnx raises RuntimeError, ValidationError, ... on malformed functions
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"model-local functions cannot be inlined: {first_line}") from None
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -76,7 +81,7 @@ def attack_tensor(model: onnx.ModelProto, score_output: str, cut_activation: boo
     if not cut_activation:
         return score_output, None
     node = final_op(model, score_output)
-    if node is not None and node.op_type in ("Sigmoid", "Softmax"):
+    if node is not None and node.op_type in ("Sigmoid", "Softmax") and node.domain in ("", "ai.onnx"):
         if node.op_type == "Softmax":
             axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
             if axis not in (-1, 1):
@@ -112,4 +117,67 @@ def symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto | None:
     if not changed:
         return None
     del model.graph.value_info[:]  # stale intermediate shapes would pin the batch again
+    return model
+
+
+def split_multi_output_results(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Graph outputs made by a node with several outputs get their own Identity node.
+
+    onnx2torch returns such a node's whole output tuple as the graph output (e.g. all of an
+    LSTM's Y, Y_h, Y_c when only Y_h is the score); through an Identity it returns just the one.
+    """
+    producers = {name: node for node in model.graph.node for name in node.output}
+    wanted = [o.name for o in model.graph.output
+              if o.name in producers and len(producers[o.name].output) > 1]
+    if not wanted:
+        return model
+    model = copy.deepcopy(model)
+    taken = {name for node in model.graph.node for name in node.output}
+    for name in wanted:
+        inner = name + "__onnxattack"
+        while inner in taken:
+            inner += "_"
+        taken.add(inner)
+        for node in model.graph.node:
+            node.input[:] = [inner if value == name else value for value in node.input]
+            node.output[:] = [inner if value == name else value for value in node.output]
+        model.graph.node.append(helper.make_node("Identity", [inner], [name]))
+    return model
+
+
+def fold_constant_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """DequantizeLinear of constant inputs (QDQ models' int8 weights, int32 biases) -> float initializers.
+
+    onnx2torch's Conv, Gemm, ... need their weights as initializers, not computed. The value is
+    what onnxruntime computes: float32(int32(q) - int32(zero_point)) * scale, per tensor or per axis.
+    """
+    constants = {init.name: init for init in model.graph.initializer}
+    foldable = [node for node in model.graph.node
+                if node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx")
+                and all(name in constants for name in node.input if name)
+                and not any(a.name == "block_size" and a.i for a in node.attribute)]
+    if not foldable:
+        return model
+    model = copy.deepcopy(model)
+    folded_outputs = set()
+    for node in foldable:
+        q = numpy_helper.to_array(constants[node.input[0]])
+        scale = numpy_helper.to_array(constants[node.input[1]])
+        if q.dtype.kind not in "iu" or scale.dtype.kind != "f":
+            continue
+        zero = numpy_helper.to_array(constants[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * q.ndim
+        if scale.size > 1:
+            shape[axis % q.ndim] = scale.size
+        values = q.astype(np.int64)
+        if zero is not None:
+            values = values - zero.astype(np.int64).reshape(shape if zero.size > 1 else ())
+        result = values.astype(scale.dtype) * scale.reshape(shape if scale.size > 1 else ())
+        model.graph.initializer.append(numpy_helper.from_array(result.astype(scale.dtype), node.output[0]))
+        folded_outputs.add(node.output[0])
+    kept = [node for node in model.graph.node
+            if not (node.op_type == "DequantizeLinear" and node.output[0] in folded_outputs)]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
     return model

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from onnx2torch.node_converters.registry import add_converter, get_converter
+from onnx2torch.node_converters.registry import get_converter
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OperationConverterResult
+
+from ._common import register
 
 Guard = Callable[[OnnxNode], str | None]
 
@@ -75,5 +77,4 @@ def _make_alias(operation: str, old_version: int, guard: Guard | None):
 
 for _operation, _versions, _old_version, _guard in ALIASES:
     _converter = _make_alias(_operation, _old_version, _guard)
-    for _version in _versions:
-        add_converter(operation_type=_operation, version=_version)(_converter)
+    register(_operation, _versions)(_converter)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from onnx2torch.node_converters.registry import add_converter
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import (
@@ -16,7 +15,7 @@ from onnx2torch.utils.common import (
 )
 from torch import nn
 
-from ._common import normalise_axes, optional_constant_list
+from ._common import normalise_axes, optional_constant_list, register
 
 
 def _amax(x: torch.Tensor, dim: list[int], keepdim: bool) -> torch.Tensor:
@@ -85,6 +84,6 @@ def _convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
 
 for _operation in _REDUCTIONS:
     if _operation != "ReduceSum":  # ReduceSum took its axes as an input since version 13
-        add_converter(operation_type=_operation, version=18)(_convert)
+        register(_operation, [18])(_convert)
 for _operation in ("ReduceMax", "ReduceMin"):
-    add_converter(operation_type=_operation, version=20)(_convert)
+    register(_operation, [20])(_convert)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
-from onnx2torch.node_converters.registry import add_converter
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult, onnx_mapping_from_node
 from torch import nn
+
+from ._common import register
 
 
 class Reshape(nn.Module, OnnxToTorchModule):
@@ -22,8 +23,7 @@ class Reshape(nn.Module, OnnxToTorchModule):
         return torch.reshape(x, sizes)
 
 
-@add_converter(operation_type="Reshape", version=19)
-@add_converter(operation_type="Reshape", version=21)
+@register("Reshape", [19, 21])
 def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     del graph
     module = Reshape(allow_zero=bool(node.attributes.get("allowzero", 0)))

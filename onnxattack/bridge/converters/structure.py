@@ -1,11 +1,11 @@
-"""Split-18, Pad-18+ and AveragePool-19: versions that added attributes or inputs."""
+"""Split-18, Pad (every version, any rank) and AveragePool-19: versions that added attributes or inputs."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from onnx2torch.node_converters.registry import add_converter, get_converter
+from onnx2torch.node_converters.registry import get_converter
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import (
@@ -16,7 +16,7 @@ from onnx2torch.utils.common import (
 )
 from torch import nn
 
-from ._common import normalise_axes, optional_constant_list
+from ._common import inputs_padded, mapping, normalise_axes, optional_constant_list, register
 
 
 class SplitEven(nn.Module, OnnxToTorchModule):
@@ -32,7 +32,7 @@ class SplitEven(nn.Module, OnnxToTorchModule):
         return tuple(torch.split(x, chunk, dim=self.axis))
 
 
-@add_converter(operation_type="Split", version=18)
+@register("Split", [18])
 def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     has_split_input = len(node.input_values) > 1 and node.input_values[1]
     if has_split_input or "num_outputs" not in node.attributes:
@@ -42,54 +42,98 @@ def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
 
 
-_TORCH_PAD_MODE = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+class Pad(nn.Module, OnnxToTorchModule):
+    """ONNX Pad (versions 2 to 25) on any rank and any axis.
 
+    pads lists all begins, then all ends, for `axes` (all dims when absent); negative pads
+    crop. constant mode maps onto torch's pad; reflect (mirror without repeating the edge),
+    edge (repeat the edge) and wrap (periodic) gather along each padded dim, so they work on
+    every dim (torch's own reflect/replicate/circular pads only reach the last 1-3 dims).
+    Pads, value and axes known at conversion are used as such; otherwise read at run time.
+    """
 
-class PadWithAxes(nn.Module, OnnxToTorchModule):
-    """Pad-18+: pads (and optionally axes) as inputs; ONNX lists all begins, then all ends."""
-
-    def __init__(self, mode: str, pads: list[int], axes: list[int] | None, value: float) -> None:
+    def __init__(self, mode: str, pads: list[int] | None, axes: list[int] | None, value: float | None) -> None:
         super().__init__()
+        if mode not in ("constant", "reflect", "edge", "wrap"):
+            raise NotImplementedError(f"Pad mode={mode!r}")
         self.mode = mode
         self.pads = pads
         self.axes = axes
         self.value = value
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        axes = normalise_axes(self.axes, x.dim()) if self.axes else list(range(x.dim()))
-        begins = dict(zip(axes, self.pads[: len(axes)], strict=True))
-        ends = dict(zip(axes, self.pads[len(axes):], strict=True))
-        torch_pads: list[int] = []
-        for dim in reversed(range(x.dim())):
-            torch_pads += [begins.get(dim, 0), ends.get(dim, 0)]
-        while len(torch_pads) > 2 and torch_pads[-2:] == [0, 0]:
-            torch_pads = torch_pads[:-2]
+    def forward(self, x: torch.Tensor, pads: torch.Tensor | None = None, value: torch.Tensor | None = None,
+                axes: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pads is None and pads is None:
+            raise ValueError("Pad needs its pads, as an attribute or an input")
+        pad_list = self.pads if self.pads is not None else [int(p) for p in pads.tolist()]  # type: ignore[union-attr]
+        axis_list = self.axes if self.axes is not None else (axes.tolist() if axes is not None else None)
+        axis_list = normalise_axes(axis_list, x.dim()) if axis_list else list(range(x.dim()))
+        begins = dict(zip(axis_list, pad_list[: len(axis_list)], strict=True))
+        ends = dict(zip(axis_list, pad_list[len(axis_list):], strict=True))
         if self.mode == "constant":
-            return nn.functional.pad(x, torch_pads, mode="constant", value=self.value)
-        return nn.functional.pad(x, torch_pads, mode=self.mode)
+            fill = self.value
+            if fill is None:
+                fill = float(value.reshape(-1)[0]) if value is not None and value.numel() else 0.0
+            torch_pads: list[int] = []
+            for dim in reversed(range(x.dim())):
+                torch_pads += [begins.get(dim, 0), ends.get(dim, 0)]
+            return nn.functional.pad(x, torch_pads, mode="constant", value=fill)
+        for dim in axis_list:
+            x = _gather_pad(x, dim, begins[dim], ends[dim], self.mode)
+        return x
 
 
-@add_converter(operation_type="Pad", version=18)
-@add_converter(operation_type="Pad", version=19)
-@add_converter(operation_type="Pad", version=21)
-@add_converter(operation_type="Pad", version=23)
+def _gather_pad(x: torch.Tensor, dim: int, before: int, after: int, mode: str) -> torch.Tensor:
+    if before < 0:
+        x = x.narrow(dim, -before, x.shape[dim] + before)
+        before = 0
+    if after < 0:
+        x = x.narrow(dim, 0, x.shape[dim] + after)
+        after = 0
+    if before == 0 and after == 0:
+        return x
+    size = x.shape[dim]
+    position = torch.arange(-before, size + after, device=x.device)
+    if mode == "edge":
+        index = position.clamp(0, size - 1)
+    elif mode == "wrap":
+        index = torch.remainder(position, size)
+    elif size == 1:
+        index = torch.zeros_like(position)
+    else:  # reflect: period 2 * (size - 1), the edge element not repeated
+        period = 2 * (size - 1)
+        folded = torch.remainder(position, period)
+        index = torch.where(folded < size, folded, period - folded)
+    return x.index_select(dim, index)
+
+
+@register("Pad", [2], override_upstream=True)
 def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
-    inputs = list(node.input_values) + [""] * (4 - len(node.input_values))
-    pads = optional_constant_list(graph, inputs[1])
-    axes = optional_constant_list(graph, inputs[3])
-    value = optional_constant_list(graph, inputs[2]) if inputs[2] else [0.0]
-    if pads is None or value is None or (inputs[3] and axes is None):
-        if not inputs[3]:
-            return get_converter("Pad", 13)(node, graph)
-        raise NotImplementedError("Pad with run-time pads and axes inputs")
-    mode = node.attributes.get("mode", "constant")
-    module = PadWithAxes(_TORCH_PAD_MODE[mode], [int(p) for p in pads], axes, float(value[0] if value else 0.0))
-    mapping = OnnxMapping(inputs=(inputs[0],), outputs=node.output_values)
-    return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
+    del graph
+    module = Pad(node.attributes.get("mode", "constant"), [int(p) for p in node.attributes["pads"]], None,
+                 float(node.attributes.get("value", 0.0)))
+    return OperationConverterResult(torch_module=module, onnx_mapping=mapping([node.input_values[0]], node))
 
 
-@add_converter(operation_type="AveragePool", version=19)
-@add_converter(operation_type="AveragePool", version=22)
+# onnx2torch's own Pad-11/13 maps reflect/edge onto torch's pad (last 1-3 dims only) and lacks
+# wrap: it is replaced on purpose.
+@register("Pad", [11, 13, 18, 19, 21, 23, 24, 25], override_upstream=True)
+def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    data, pads_name, value_name, axes_name = inputs_padded(node, 4)
+    pads = optional_constant_list(graph, pads_name)
+    value = optional_constant_list(graph, value_name) if value_name else [0.0]
+    axes = optional_constant_list(graph, axes_name)
+    if axes_name and axes is None:
+        raise NotImplementedError("Pad with axes computed at run time")
+    fill = None if value is None else float(value[0]) if value else 0.0
+    module = Pad(node.attributes.get("mode", "constant"), None if pads is None else [int(p) for p in pads],
+                 None if axes is None else [int(a) for a in axes], fill)
+    inputs = [data, pads_name if pads is None else "", value_name if value is None else ""]
+    return OperationConverterResult(torch_module=module, onnx_mapping=mapping(inputs, node))
+
+
+@register("AveragePool", [19])
+@register("AveragePool", [22])
 def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     dilations = node.attributes.get("dilations")
     if dilations and any(d != 1 for d in dilations):
@@ -97,4 +141,4 @@ def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     return get_converter("AveragePool", 11)(node, graph)
 
 
-__all__ = ["PadWithAxes", "SplitEven", "onnx_mapping_from_node"]
+__all__ = ["Pad", "SplitEven", "onnx_mapping_from_node"]
