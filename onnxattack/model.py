@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
-from onnx import external_data_helper
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from onnx import external_data_helper, numpy_helper
 
 from .errors import BadInputError, UnsupportedModelError
 from .types import ScoresKind
@@ -19,6 +21,8 @@ from .types import ScoresKind
 # Ops that pass a tensor through unchanged in value, skipped when looking for the op
 # that ends the graph.
 _PASS_THROUGH_OPS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
+# Inputs with more fixed values than this (batch included) are refused: probing them would exhaust memory.
+MAX_INPUT_VALUES = 2**27
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,26 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _undecodable_text(message: Message, where: str = "model") -> str | None:
+    """The first text field that is not UTF-8 (protobuf then hands back bytes, which nothing expects)."""
+    for descriptor, value in message.ListFields():
+        if descriptor.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE):
+            continue
+        values = value if descriptor.is_repeated else [value]
+        for item in values:
+            if descriptor.type == FieldDescriptor.TYPE_STRING:
+                if not isinstance(item, str):
+                    return f"{where}.{descriptor.name}"
+            elif (found := _undecodable_text(item, f"{where}.{descriptor.name}")) is not None:
+                return found
+    return None
+
+
 def _check_external_data_paths(model: onnx.ModelProto, folder: Path) -> bool:
     """Refuse external-data locations that leave the model's folder. True if any exist."""
     found = False
@@ -67,7 +91,10 @@ def _check_external_data_paths(model: onnx.ModelProto, folder: Path) -> bool:
         if not external_data_helper.uses_external_data(tensor):
             continue
         found = True
-        info = external_data_helper.ExternalDataInfo(tensor)
+        try:
+            info = external_data_helper.ExternalDataInfo(tensor)
+        except ValueError:  # an offset or length that is not a number
+            raise UnsupportedModelError(f"tensor {tensor.name!r} has unreadable external-data fields") from None
         location = Path(info.location)
         target = (root / location).resolve()
         if location.is_absolute() or root not in target.parents:
@@ -80,6 +107,68 @@ def _check_external_data_paths(model: onnx.ModelProto, folder: Path) -> bool:
     return found
 
 
+def _check_tensor(tensor: onnx.TensorProto, most_values: int) -> None:
+    """Every constant tensor must hold exactly the values its type and shape claim."""
+    dims = list(tensor.dims)
+    try:
+        onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    except (KeyError, ValueError, TypeError):
+        raise UnsupportedModelError(f"tensor {tensor.name!r} has unknown data type {tensor.data_type}") from None
+    if any(dim < 0 for dim in dims):
+        raise UnsupportedModelError(f"tensor {tensor.name!r} has a negative dim in its shape {dims}")
+    if math.prod(dims) > most_values:  # before reading it: the claim alone could exhaust memory
+        raise UnsupportedModelError(f"tensor {tensor.name!r} claims shape {dims}, more values than the model holds")
+    try:
+        numpy_helper.to_array(tensor)
+    except Exception as exc:  # numpy and onnx raise ValueError, TypeError, KeyError, ... here
+        raise UnsupportedModelError(f"tensor {tensor.name!r} of shape {dims} cannot be read: "
+                                    f"{_first_line(exc)}") from None
+
+
+def _check_shapes(model: onnx.ModelProto) -> None:
+    """No negative dims on the graph's inputs and outputs; no input that is empty or too large to probe."""
+    for kind, values in (("input", graph_inputs(model)), ("output", model.graph.output)):
+        for value in values:
+            fixed = [dim.dim_value for dim in value.type.tensor_type.shape.dim if dim.HasField("dim_value")]
+            if any(dim < 0 for dim in fixed):
+                raise UnsupportedModelError(f"{kind} {value.name!r} has a negative dim: {fixed}")
+            if kind == "input" and 0 in fixed:
+                raise UnsupportedModelError(f"input {value.name!r} has a dim of 0 (shape {fixed}): it holds no values")
+            if kind == "input" and math.prod(fixed) > MAX_INPUT_VALUES:
+                raise UnsupportedModelError(f"input {value.name!r} has fixed dims {fixed}: over {MAX_INPUT_VALUES} "
+                                            f"values per batch, too large to attack")
+
+
+def _check_function_calls(model: onnx.ModelProto) -> None:
+    """Model-local functions: called with no more inputs and outputs than they declare, and not recursive.
+
+    The checker lets both pass; onnx's inliner then fails with its own exception types.
+    """
+    functions = {(f.domain, f.name): f for f in model.functions}
+    for node in [*model.graph.node, *(n for f in model.functions for n in f.node)]:
+        function = functions.get((node.domain, node.op_type))
+        if function is not None and (len(node.input) > len(function.input)
+                                     or len(node.output) > len(function.output)):
+            raise UnsupportedModelError(
+                f"node {node.name or node.op_type!r} calls function {node.op_type!r} with {len(node.input)} "
+                f"inputs and {len(node.output)} outputs; it declares {len(function.input)} and "
+                f"{len(function.output)}")
+    calls = {key: {(n.domain, n.op_type) for n in f.node} & functions.keys() for key, f in functions.items()}
+    finished: set[tuple[str, str]] = set()
+
+    def visit(key: tuple[str, str], path: tuple[tuple[str, str], ...]) -> None:
+        if key in path:
+            cycle = " -> ".join(name for _, name in (*path[path.index(key):], key))
+            raise UnsupportedModelError(f"model-local functions call each other in a cycle: {cycle}")
+        if key not in finished:
+            for callee in sorted(calls[key]):
+                visit(callee, (*path, key))
+            finished.add(key)
+
+    for key in sorted(functions):
+        visit(key, ())
+
+
 def read_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Load and check an ONNX file. Raises BadInputError / UnsupportedModelError with one line."""
     path = Path(path)
@@ -89,17 +178,33 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise BadInputError(f"model path is not a file: {path}")
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{path} is not a readable ONNX model (truncated or another format): {exc}") from None
+    except Exception as exc:  # DecodeError, RuntimeError, OSError, ... depending on the damage
+        raise BadInputError(f"{path} is not a readable ONNX model (truncated or another format): "
+                            f"{_first_line(exc)}") from None
+    if (field_name := _undecodable_text(model)) is not None:
+        raise BadInputError(f"{path} is not a readable ONNX model: {field_name} is not UTF-8 text")
     if not model.graph.node or not model.graph.output:
         raise BadInputError(f"{path} is not an ONNX model (no graph nodes or outputs found)")
-    if _check_external_data_paths(model, path.parent):
-        external_data_helper.load_external_data_for_model(model, str(path.parent))
     try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
-        raise UnsupportedModelError(f"{path} fails the ONNX checker: {first_line}") from None
+        has_external_data = _check_external_data_paths(model, path.parent)
+    except (BadInputError, UnsupportedModelError):
+        raise
+    except Exception as exc:
+        raise UnsupportedModelError(f"{path}: unreadable external-data fields: {_first_line(exc)}") from None
+    try:  # by path: external data is then found beside the model, and protobufs over 2 GiB pass
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # ValidationError mostly; also UnicodeDecodeError, ValueError from its C++ side
+        raise UnsupportedModelError(f"{path} fails the ONNX checker: {_first_line(exc)}") from None
+    if has_external_data:
+        try:
+            external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise UnsupportedModelError(f"{path}: cannot read its external data: {_first_line(exc)}") from None
+    most_values = 8 * max(path.stat().st_size, model.ByteSize())  # 8: above the densest packing (4 to a byte)
+    for tensor in external_data_helper._get_all_tensors(model):
+        _check_tensor(tensor, most_values)
+    _check_shapes(model)
+    _check_function_calls(model)
     return model
 
 
@@ -107,7 +212,10 @@ def _tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
     tensor_type = value.type.tensor_type
     if not value.type.HasField("tensor_type"):
         return TensorInfo(value.name, np.dtype(object), ())
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+    except (KeyError, ValueError, TypeError):  # UNDEFINED or a type this onnx does not know
+        dtype = np.dtype(object)
     dims: list[int | str | None] = []
     for dim in tensor_type.shape.dim:
         if dim.HasField("dim_value"):
@@ -164,15 +272,53 @@ def final_op(model: onnx.ModelProto, output_name: str) -> onnx.NodeProto | None:
     """The op that produces the output, looking through value-preserving ops (Identity, Reshape, ...)."""
     producers = {out: node for node in model.graph.node for out in node.output}
     node = producers.get(output_name)
-    while node is not None and node.op_type in _PASS_THROUGH_OPS:
+    seen: set[int] = set()
+    while node is not None and node.op_type in _PASS_THROUGH_OPS and node.domain in ("", "ai.onnx"):
+        if not node.input or id(node) in seen:  # malformed: no data input, or a cycle
+            return None
+        seen.add(id(node))
         node = producers.get(node.input[0])
     return node
 
 
+_ML_DOMAIN = "ai.onnx.ml"
+_ML_PROBABILITY_TRANSFORMS = {"LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO", "PROBIT"}
+
+
+def _ml_classifier_scores(model: onnx.ModelProto, output_name: str, depth: int = 16) -> onnx.NodeProto | None:
+    """The ai.onnx.ml classifier whose score output (its second) feeds `output_name` through
+    default-domain ops (skl2onnx slices, gathers and concatenates per-label columns), if any."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    frontier, seen = [output_name], set()
+    for _ in range(depth):
+        following = []
+        for name in frontier:
+            node = producers.get(name)
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.domain == _ML_DOMAIN:
+                if node.op_type.endswith("Classifier") and len(node.output) > 1 and node.output[1] == name:
+                    return node
+                continue
+            if node.domain in ("", "ai.onnx"):
+                following.extend(node.input)
+        frontier = following
+    return None
+
+
 def detect_scores_kind(model: onnx.ModelProto, output_name: str) -> ScoresKind:
-    """Logits unless the graph ends with Sigmoid (probabilities) or Softmax over the labels."""
+    """Logits unless the graph ends with Sigmoid (probabilities) or Softmax over the labels, or the
+    scores come from an ai.onnx.ml classifier that outputs probabilities (tree ensembles: always;
+    linear and SVM classifiers: with a LOGISTIC or SOFTMAX post-transform)."""
     node = final_op(model, output_name)
-    if node is None:
+    classifier = _ml_classifier_scores(model, output_name)
+    if classifier is not None:
+        transform = next((a.s.decode() for a in classifier.attribute if a.name == "post_transform"), "NONE")
+        if classifier.op_type.startswith("TreeEnsemble") or transform in _ML_PROBABILITY_TRANSFORMS:
+            return ScoresKind.PROBABILITIES
+        return ScoresKind.LOGITS
+    if node is None or node.domain not in ("", "ai.onnx"):
         return ScoresKind.LOGITS
     if node.op_type == "Sigmoid":
         return ScoresKind.PROBABILITIES

@@ -33,13 +33,24 @@ class TargetSpec:
         return self.strategy
 
 
+def _is_index(token: str) -> bool:
+    """Plain ASCII digits: int() would also take '+3', '1_0', ' 3' and other scripts' digits."""
+    return token.isascii() and token.isdigit()
+
+
+def _label_list(labels: list[str], shown: int = 12) -> str:
+    """A short one-line listing of the labels, for error messages (names may hold commas, newlines)."""
+    names = ", ".join(repr(label) for label in labels[:shown])
+    return names + (f", ... ({len(labels)} labels)" if len(labels) > shown else "")
+
+
 def _label_index(token: str, labels: list[str]) -> int:
+    """A label by name, else by index; a name wins where it could also read as an index."""
     if token in labels:
         return labels.index(token)
-    try:
-        index = int(token)
-    except ValueError:
-        raise BadInputError(f"unknown label {token!r} in --target (labels: {', '.join(labels)})") from None
+    if not _is_index(token):
+        raise BadInputError(f"unknown label {token!r} in --target (labels: {_label_list(labels)})")
+    index = int(token)
     if not 0 <= index < len(labels):
         raise BadInputError(f"label index {index} in --target is out of range 0..{len(labels) - 1}")
     return index
@@ -52,16 +63,18 @@ def parse_target(text: str, labels: list[str]) -> TargetSpec:
         return TargetSpec(text)
     if text.startswith("top:"):
         parts = text.split(":")
-        if len(parts) not in (2, 3) or not parts[1].isdigit() or int(parts[1]) < 1:
+        if len(parts) not in (2, 3) or not _is_index(parts[1]) or int(parts[1]) < 1:
             raise BadInputError(f"bad --target {text!r}: expected top:K or top:K:best|random|worst")
         k = int(parts[1])
         mode = parts[2] if len(parts) == 3 else "best"
         if mode not in TOP_MODES:
             raise BadInputError(f"bad --target {text!r}: mode must be one of {', '.join(TOP_MODES)}")
-        if k >= len(labels):
-            raise BadInputError(f"bad --target {text!r}: K must be below the number of labels ({len(labels)})")
+        if 2 * k > len(labels):  # T is K labels outside the predicted top K: 2K labels in all
+            raise BadInputError(f"bad --target {text!r}: K must be below the number of labels ({len(labels)}) "
+                                f"and leave K labels outside the predicted top K (K <= {len(labels) // 2})")
         return TargetSpec("top", k=k, mode=mode)
-    show, hide = [], []
+    show: list[int] = []
+    hide: list[int] = []
     for token in filter(None, (t.strip() for t in text.split(","))):
         if token[0] not in "+-" or len(token) < 2:
             known = ", ".join(STRATEGIES)
@@ -96,8 +109,8 @@ def _one_target(spec: TargetSpec, predicted: np.ndarray, scores: np.ndarray,
     elif spec.strategy == "top":
         outside = negatives
         k = spec.k or 1
-        if outside.size < k:
-            return predicted.copy()
+        if outside.size < k:  # the parser rules this out for a top-K prediction
+            raise BadInputError(f"top:{k} needs {k} labels outside the predicted set; only {outside.size} are")
         if spec.mode == "random":
             chosen = rng.choice(outside, size=k, replace=False)
         else:
@@ -115,6 +128,10 @@ def make_targets(spec: TargetSpec, predicted: np.ndarray, scores: np.ndarray, se
     For 'top', `predicted` is the clean top-K set and T is K labels outside it, chosen by
     score (best: highest, worst: lowest) or at random.
     """
+    predicted = np.asarray(predicted).astype(np.int8)  # bool predictions too: `1 - bool` is refused
+    scores = np.asarray(scores)
+    if predicted.ndim != 2 or scores.shape != predicted.shape:
+        raise ValueError(f"predictions {list(predicted.shape)} and scores {list(scores.shape)} must be [N, L] alike")
     rows = [
         _one_target(spec, predicted[i], scores[i], np.random.default_rng([seed, first_index + i]))
         for i in range(len(predicted))
@@ -123,7 +140,11 @@ def make_targets(spec: TargetSpec, predicted: np.ndarray, scores: np.ndarray, se
 
 
 def check_target_file(targets: np.ndarray, count: int | None, num_labels: int) -> np.ndarray:
-    """Validate a user's (N, L) 0/1 target array."""
+    """Validate a user's (N, L) 0/1 target array (N >= count); the rows come back as int8."""
+    if not isinstance(targets, np.ndarray):  # np.load of an .npz gives an archive, not an array
+        raise BadInputError(f"--target-file must hold one array (.npy), not {type(targets).__name__}")
+    if targets.dtype.kind not in "biuf":
+        raise BadInputError(f"--target-file holds {targets.dtype} values; expected 0 and 1")
     if targets.ndim != 2 or targets.shape[1] != num_labels:
         raise BadInputError(f"--target-file holds shape {list(targets.shape)}, expected (N, {num_labels})")
     if count is not None and targets.shape[0] < count:
