@@ -39,17 +39,64 @@ def _mosaics(images: np.ndarray, targets: np.ndarray, count: int, digits_per_mos
     return x, y
 
 
-def digit_mosaics(n_train: int = 6000, n_test: int = 1000, digits_per_mosaic: tuple[int, int] = (1, 4),
-                  seed: int = 0) -> Split:
+@dataclass(frozen=True)
+class DigitImages:
+    images: np.ndarray  # (n, 8, 8) in [0, 1]
+    targets: np.ndarray  # (n,) digit classes
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)
+    return (digits.images / 16.0).astype(np.float32), digits.target
+
+
+def training_digits(shifted: bool = True) -> DigitImages:
+    """The digit images that training mosaics may use; with `shifted`, also each moved by one pixel
+    up, down, left and right (zero filled), which teaches the nets to read digits from unseen writers."""
+    images, targets = _load_digits()
+    images, targets = images[:_TRAIN_SOURCE], targets[:_TRAIN_SOURCE]
+    if not shifted:
+        return DigitImages(images, targets)
+    copies = [images] + [_shift(images, dy, dx) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+    return DigitImages(np.concatenate(copies), np.tile(targets, len(copies)))
+
+
+def _shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    moved = np.zeros_like(images)
+    height, width = images.shape[1:]
+    moved[:, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+        images[:, max(-dy, 0):height + min(-dy, 0), max(-dx, 0):width + min(-dx, 0)]
+    return moved
+
+
+def random_mosaics(source: DigitImages, count: int, rng: np.random.Generator,
+                   digits_per_mosaic: tuple[int, int] = (1, 4)) -> tuple[np.ndarray, np.ndarray]:
+    """Like `_mosaics`, vectorised, for fresh training mosaics every epoch."""
+    counts = np.bincount(source.targets, minlength=10)
+    by_class = np.argsort(source.targets, kind="stable")
+    class_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    shown = rng.integers(digits_per_mosaic[0], digits_per_mosaic[1] + 1, size=count)
+    classes = np.argsort(rng.random((count, 10)), axis=1)[:, :4]  # distinct digits; the first `shown` are used
+    cells = np.argsort(rng.random((count, 4)), axis=1)
+    picked = by_class[class_start[classes] + (rng.random((count, 4)) * counts[classes]).astype(np.int64)]
+    used = np.arange(4) < shown[:, None]
+    tiles = np.where(used[:, :, None, None], source.images[picked], 0.0).astype(np.float32)
+    grid = np.zeros_like(tiles)
+    np.put_along_axis(grid, cells[:, :, None, None], tiles, axis=1)  # cell k: row k // 2, column k % 2
+    x = grid.reshape(count, 2, 2, 8, 8).transpose(0, 1, 3, 2, 4).reshape(count, 1, 16, 16)
+    y = np.zeros((count, 10), dtype=np.int8)
+    np.put_along_axis(y, classes, used.astype(np.int8), axis=1)
+    return x, y
+
+
+def digit_mosaics(n_train: int = 6000, n_test: int = 1000, digits_per_mosaic: tuple[int, int] = (1, 4),
+                  seed: int = 0) -> Split:
+    images, targets = _load_digits()
     rng = np.random.default_rng(seed)
-    x_train, y_train = _mosaics(images[:_TRAIN_SOURCE], digits.target[:_TRAIN_SOURCE], n_train,
-                                digits_per_mosaic, rng)
-    x_test, y_test = _mosaics(images[_TRAIN_SOURCE:], digits.target[_TRAIN_SOURCE:], n_test,
-                              digits_per_mosaic, rng)
+    x_train, y_train = _mosaics(images[:_TRAIN_SOURCE], targets[:_TRAIN_SOURCE], n_train, digits_per_mosaic, rng)
+    x_test, y_test = _mosaics(images[_TRAIN_SOURCE:], targets[_TRAIN_SOURCE:], n_test, digits_per_mosaic, rng)
     return Split(x_train, y_train, x_test, y_test, list(DIGIT_NAMES))
 
 

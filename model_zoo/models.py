@@ -24,6 +24,34 @@ class MosaicCNN(nn.Module):
         return torch.sigmoid(scores) if self.head == "sigmoid" and not self.training else scores
 
 
+def _conv_bn_relu(channels_in: int, channels_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False), nn.BatchNorm2d(channels_out), nn.ReLU()]
+
+
+class CellMaxCNN(nn.Module):
+    """Scores every 8x8 cell of a 1x16x16 mosaic per label; a label's score is that of its best cell.
+
+    The max over cells mirrors how the labels are made (a digit is present when any cell shows it), so the
+    net learns one digit classifier instead of every combination. Sigmoid probabilities in eval mode.
+    """
+
+    def __init__(self, num_labels: int = 10, widths: tuple[int, int, int] = (16, 32, 48)) -> None:
+        super().__init__()
+        first, second, third = widths
+        self.cells = nn.Sequential(
+            *_conv_bn_relu(1, first), nn.MaxPool2d(2),  # 8x8
+            *_conv_bn_relu(first, second), nn.MaxPool2d(2),  # 4x4
+            *_conv_bn_relu(second, third), nn.MaxPool2d(2),  # 2x2: one position per cell
+            nn.Conv2d(third, num_labels, 1),
+        )
+        # A fixed 2x2 MaxPool rather than an adaptive one: it exports as a plain ONNX MaxPool.
+        self.best_cell = nn.Sequential(nn.MaxPool2d(2), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.best_cell(self.cells(x))
+        return scores if self.training else torch.sigmoid(scores)
+
+
 class TabularMLP(nn.Module):
     """Standardises raw features inside the graph, then a two-layer MLP giving logits."""
 

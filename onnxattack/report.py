@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,10 +30,14 @@ def summarize(path: str | os.PathLike) -> dict:
         agrees = _column(handle, "torch_agrees")[:rows].astype(bool)
         l2 = _column(handle, "l2")[:rows]
         linf = _column(handle, "linf")[:rows]
+        queries = _column(handle, "queries")[:rows]
+        nonfinite = np.zeros(rows, dtype=bool)
         hamming = np.zeros(rows)
         for start in range(0, rows, _CHUNK):  # streamed: label arrays can be large
             stop = min(rows, start + _CHUNK)
             hamming[start:stop] = (handle["y_adv"][start:stop] != handle["y_target"][start:stop]).sum(1)
+            for name in ("scores", "scores_adv"):
+                nonfinite[start:stop] |= ~np.isfinite(handle[name][start:stop]).all(axis=1)
         transfer = {}
         if "transfer" in handle:
             for name, group in handle["transfer"].items():
@@ -56,6 +62,10 @@ def summarize(path: str | os.PathLike) -> dict:
         "torch_agreement": float(agrees[attacked].mean()) if n_attacked else 1.0,
         "torch_disagreements": int((~agrees[attacked]).sum()),
         "elapsed_s": float(attrs.get("elapsed_s", 0.0)),
+        "gradients": attrs.get("gradients", "torch"),
+        "queries_mean": stat(queries[attacked], np.mean) if queries.size else None,
+        "queries_max": int(queries[attacked].max()) if queries.size and n_attacked else None,
+        "nonfinite_rows": [int(i) for i in np.flatnonzero(nonfinite)],
         "notes": json.loads(attrs.get("notes", "[]")),
         "transfer": transfer,
     }
@@ -76,6 +86,12 @@ def format_summary(summary: dict) -> str:
                                         f"({summary['torch_disagreements']} disagreements)"),
         ("time", f"{summary['elapsed_s']:.1f} s"),
     ]
+    if summary.get("gradients") == "estimated":
+        lines.append(("gradients", f"estimated: {num(summary['queries_mean'], '{:.0f}')} onnxruntime queries per "
+                                   f"attacked input (max {summary['queries_max']})"))
+    if summary.get("nonfinite_rows"):
+        shown = ", ".join(map(str, summary["nonfinite_rows"][:10]))
+        lines.append(("NaN/inf scores", f"{len(summary['nonfinite_rows'])} row(s): {shown} (kept, never a success)"))
     for name, rates in summary.get("transfer", {}).items():
         lines.append((f"transfer to {name}", f"success {rates.get('success_rate', 0):.1%}, "
                                              f"flip {rates.get('flip_rate', 0):.1%}"))
@@ -84,6 +100,57 @@ def format_summary(summary: dict) -> str:
     for note in summary.get("notes", []):
         text += f"\nnote: {note}"
     return text
+
+
+_MAX_BARS = 24  # labels shown per bar chart; beyond this only the labels that matter are drawn
+_CLEAN, _ADVERSARIAL, _FLIP, _TARGET = "#8fa8c8", "#d9622b", "#c0392b", "#e3f1dc"
+
+
+@dataclass(frozen=True)
+class _Example:
+    index: int
+    x: np.ndarray
+    x_adv: np.ndarray
+    scores: np.ndarray
+    scores_adv: np.ndarray
+    y_pred: np.ndarray
+    y_target: np.ndarray
+    y_adv: np.ndarray
+    success: bool
+    l2: float
+
+
+@dataclass(frozen=True)
+class _Run:
+    labels: list[str]
+    threshold: float | None  # None for ranking runs: their verdicts come from the top k, not a threshold
+    scores_kind: str
+    title: str
+    examples: list[_Example]
+    l2_success: np.ndarray
+    successes: int
+    attacked: int
+
+
+def _read_run(path: str | os.PathLike, examples: int) -> _Run:
+    with open_results(path) as handle:
+        attrs = read_attrs(handle)
+        rows = int(attrs.get("rows_written", handle["success"].shape[0]))
+        success = np.asarray(handle["success"][:rows], dtype=bool)
+        attacked = np.asarray(handle["attacked"][:rows], dtype=bool)
+        l2 = np.asarray(handle["l2"][:rows], dtype=np.float64)
+        num_labels = int(handle["scores"].shape[1])
+        labels = [str(name) for name in json_attr(handle, "labels", None) or range(num_labels)]
+        # Successes first, then failures; inputs that were skipped (nothing to attack) are not shown.
+        picked = np.concatenate([np.flatnonzero(success), np.flatnonzero(attacked & ~success)])[:examples]
+        fields = ("x", "x_adv", "scores", "scores_adv", "y_pred", "y_target", "y_adv")
+        chosen = [_Example(index=int(i), success=bool(success[i]), l2=float(l2[i]),
+                           **{name: np.asarray(handle[name][i]) for name in fields}) for i in picked]
+    ranking = attrs.get("task") == "ranking"
+    threshold = None if ranking else float(attrs.get("threshold", 0.5))
+    title = f"{attrs.get('model_name') or Path(path).stem}: {attrs.get('method')} / target {attrs.get('target')}"
+    return _Run(labels, threshold, str(attrs.get("scores_kind", "scores")), title, chosen, l2[success],
+                int(success.sum()), int(attacked.sum()))
 
 
 def _as_image(sample: np.ndarray) -> np.ndarray | None:
@@ -100,13 +167,137 @@ def _as_image(sample: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _names(labels: list[str], mask: np.ndarray) -> str:
+def _names(labels: list[str], mask: np.ndarray, most: int = 6) -> str:
     chosen = [labels[i] for i in np.flatnonzero(mask)]
-    return ",".join(chosen) if chosen else "(none)"
+    if not chosen:
+        return "\u2205"  # the empty set
+    more = f", +{len(chosen) - most} more" if len(chosen) > most else ""
+    return "{" + ", ".join(chosen[:most]) + more + "}"
+
+
+def _shown_labels(example: _Example) -> np.ndarray:
+    """All labels when few; otherwise those predicted, targeted or flipped, then the highest scores."""
+    count = len(example.scores)
+    if count <= _MAX_BARS:
+        return np.arange(count)
+    needed = np.flatnonzero(example.y_pred | example.y_target | example.y_adv)[:_MAX_BARS]
+    rest = [i for i in np.argsort(-np.maximum(example.scores, example.scores_adv)) if i not in set(needed)]
+    return np.sort(np.concatenate([needed, rest[:_MAX_BARS - len(needed)]]).astype(int))
+
+
+def _draw_images(figure, cells, example: _Example) -> None:
+    x, x_adv = example.x.astype(np.float64), example.x_adv.astype(np.float64)
+    delta = x_adv - x
+    scale = float(np.abs(delta).max()) or 1.0
+    low, high = min(x.min(), x_adv.min()), max(x.max(), x_adv.max())
+    clean, adversarial, change = _as_image(x), _as_image(x_adv), _as_image(delta)
+    assert clean is not None and adversarial is not None and change is not None  # callers check image-likeness
+    panels: list[tuple[Any, ...]]
+    if clean.ndim == 2:
+        panels = [(clean, "clean", "gray", low, high), (adversarial, "adversarial", "gray", low, high),
+                  (change, f"perturbation (\u00b1{scale:.2f})", "RdBu_r", -scale, scale)]
+    else:  # colour: rescaled to [0, 1] for display, the perturbation amplified around grey
+        span = (high - low) or 1.0
+        panels = [((clean - low) / span, "clean", None, None, None),
+                  ((adversarial - low) / span, "adversarial", None, None, None),
+                  (np.clip(0.5 + change / (2 * scale), 0, 1), f"perturbation x{0.5 / scale:.1f}",
+                   None, None, None)]
+    for cell, (image, title, cmap, vmin, vmax) in zip(cells, panels, strict=True):
+        axis = figure.add_subplot(cell)
+        axis.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        axis.set_title(title, fontsize=9)
+        axis.set_xticks([])
+        axis.set_yticks([])
+
+
+def _draw_feature_perturbation(figure, cell, example: _Example) -> None:
+    """Flat inputs: the perturbation per feature, in place of images."""
+    delta = (example.x_adv.astype(np.float64) - example.x.astype(np.float64)).ravel()
+    axis = figure.add_subplot(cell)
+    axis.bar(np.arange(delta.size), delta, width=1.0, color=np.where(delta >= 0, "#b2182b", "#2166ac"))
+    axis.axhline(0, color="black", linewidth=0.6)
+    axis.set_title(f"perturbation per feature ({delta.size})", fontsize=9)
+    axis.set_xlabel("feature", fontsize=8)
+    axis.tick_params(labelsize=7)
+    axis.set_xlim(-0.5, delta.size - 0.5)
+
+
+def _tick_name(label: str, flipped: bool, wanted: bool) -> str:
+    if not flipped:
+        return label
+    return ("\u25b2 " if wanted else "\u25bc ") + label
+
+
+def _draw_scores(figure, cell, example: _Example, run: _Run) -> None:
+    shown = _shown_labels(example)
+    positions = np.arange(len(shown))
+    axis = figure.add_subplot(cell)
+    target = example.y_target[shown].astype(bool)
+    flip = example.y_target[shown] != example.y_pred[shown]
+    for position in positions[target]:
+        axis.axvspan(position - 0.5, position + 0.5, color=_TARGET, zorder=0)
+    axis.bar(positions - 0.2, example.scores[shown], width=0.4, color=_CLEAN, label="clean", zorder=2)
+    axis.bar(positions + 0.2, example.scores_adv[shown], width=0.4, color=_ADVERSARIAL, label="adversarial",
+             zorder=2)
+    if run.threshold is not None:
+        axis.axhline(run.threshold, color="black", linestyle="--", linewidth=1, zorder=3)
+    if run.scores_kind == "probabilities":
+        axis.set_ylim(0, 1.08)
+    names = [_tick_name(run.labels[i], bool(flipped), bool(wanted))
+             for i, flipped, wanted in zip(shown, flip, target, strict=True)]
+    crowded = sum(len(name) for name in names) > 100
+    axis.set_xticks(positions, names, rotation=45 if crowded else 0, ha="right" if crowded else "center",
+                    fontsize=8)
+    for tick, flipped in zip(axis.get_xticklabels(), flip, strict=True):
+        if flipped:
+            tick.set_color(_FLIP)
+            tick.set_fontweight("bold")
+    for position, value in zip(positions[flip], example.scores_adv[shown][flip], strict=True):
+        # The value the attack left on a flipped label: often just past the threshold.
+        axis.annotate(f"{value:.3f}", (position + 0.2, value), xytext=(0, 2), textcoords="offset points",
+                      ha="center", va="bottom", fontsize=7, color=_FLIP, zorder=4)
+    axis.set_xlim(-0.6, len(shown) - 0.4)
+    axis.tick_params(axis="y", labelsize=7)
+    axis.set_ylabel(run.scores_kind, fontsize=8)
+    verdict = "success" if example.success else "FAILED"
+    axis.set_title(f"input #{example.index}: {verdict} (L2 {example.l2:.3f}), target "
+                   f"{_names(run.labels, example.y_target)}\nclean {_names(run.labels, example.y_pred)} "
+                   f"\u2192 adversarial {_names(run.labels, example.y_adv)}", fontsize=9,
+                   color="#1b7837" if example.success else _FLIP)
+
+
+def _legend_handles(run: _Run) -> list:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    return [Patch(color=_CLEAN, label="clean score"), Patch(color=_ADVERSARIAL, label="adversarial score"),
+            Line2D([], [], color="black", linestyle="--", label=_threshold_label(run)),
+            Patch(color=_TARGET, label="in the target set"),
+            Line2D([], [], color=_FLIP, marker="$\u25b2$", linestyle="", label="attack must turn on"),
+            Line2D([], [], color=_FLIP, marker="$\u25bc$", linestyle="", label="attack must turn off")]
+
+
+def _threshold_label(run: _Run) -> str:
+    if run.threshold is None:
+        return "no threshold (ranking: the top k count)"
+    return f"decision threshold ({run.threshold:g} in {run.scores_kind})"
+
+
+def _draw_l2(figure, cell, run: _Run) -> None:
+    axis = figure.add_subplot(cell)
+    if run.l2_success.size:
+        axis.hist(run.l2_success, bins=min(20, max(5, run.l2_success.size // 2)), color=_ADVERSARIAL,
+                  edgecolor="white")
+    axis.set_title(f"L2 norm of the successful perturbations\n{run.successes} of {run.attacked} attacked "
+                   "inputs reached their target", fontsize=9)
+    axis.set_xlabel("L2 (input units)", fontsize=8)
+    axis.set_ylabel("inputs", fontsize=8)
+    axis.tick_params(labelsize=7)
 
 
 def write_figure(path: str | os.PathLike, png: str | os.PathLike, examples: int = 4) -> Path:
-    """Clean / adversarial / amplified perturbation for a few successes, plus the norm histogram."""
+    """Per example (successes first): clean and adversarial input, the perturbation, and the label scores
+    before and after against the threshold, with the target set marked; then the L2 histogram."""
     try:
         import matplotlib
 
@@ -114,38 +305,26 @@ def write_figure(path: str | os.PathLike, png: str | os.PathLike, examples: int 
         import matplotlib.pyplot as plt
     except ImportError:
         raise BadInputError("--png needs matplotlib: pip install 'onnxattack[report]'") from None
-    with open_results(path) as handle:
-        labels = json_attr(handle, "labels", [])
-        success = np.asarray(handle["success"][:], dtype=bool)
-        l2 = np.asarray(handle["l2"][:])
-        picked = np.flatnonzero(success)[:examples]
-        samples = [(handle["x"][i], handle["x_adv"][i], handle["y_pred"][i], handle["y_adv"][i]) for i in picked]
-    image_like = bool(samples) and _as_image(np.asarray(samples[0][0], dtype=np.float64)) is not None
-    rows = len(samples) if image_like else 0
-    figure = plt.figure(figsize=(9, 2.6 * rows + 2.8))
-    grid = figure.add_gridspec(rows + 1, 3)
-    for row, (x, x_adv, y_pred, y_adv) in enumerate(samples if image_like else []):
-        x, x_adv = np.asarray(x, dtype=np.float64), np.asarray(x_adv, dtype=np.float64)
-        delta = x_adv - x
-        scale = np.abs(delta).max() or 1.0
-        low, high = min(x.min(), x_adv.min()), max(x.max(), x_adv.max())
-        panels = [(_as_image(x), f"clean: {_names(labels, y_pred)}", (low, high)),
-                  (_as_image(x_adv), f"adversarial: {_names(labels, y_adv)}", (low, high)),
-                  (_as_image(0.5 + delta / (2 * scale)), f"perturbation x{0.5 / scale:.1f}", (0, 1))]
-        for col, (image, title, (vmin, vmax)) in enumerate(panels):
-            axis = figure.add_subplot(grid[row, col])
-            cmap = "gray" if image.ndim == 2 else None
-            shown = image if image.ndim == 2 else np.clip((image - vmin) / ((vmax - vmin) or 1), 0, 1)
-            axis.imshow(shown, cmap=cmap, vmin=vmin if image.ndim == 2 else None,
-                        vmax=vmax if image.ndim == 2 else None)
-            axis.set_title(title, fontsize=8)
-            axis.axis("off")
-    axis = figure.add_subplot(grid[rows, :])
-    if success.any():
-        axis.hist(l2[success], bins=20, color="tab:blue")
-    axis.set_xlabel("L2 norm of successful perturbations (input units)")
-    axis.set_ylabel("inputs")
-    figure.tight_layout()
+    run = _read_run(path, examples)
+    image_like = bool(run.examples) and _as_image(run.examples[0].x.astype(np.float64)) is not None
+    rows = len(run.examples)
+    figure = plt.figure(figsize=(14, 2.9 * rows + 2.6), layout="constrained")
+    figure.suptitle(run.title, fontsize=11, fontweight="bold")
+    grid = figure.add_gridspec(rows + 1, 4 if image_like else 2,
+                               width_ratios=[1, 1, 1, 4.2] if image_like else [1.6, 4.2],
+                               height_ratios=[2.9] * rows + [2.2])
+    for row, example in enumerate(run.examples):
+        if image_like:
+            _draw_images(figure, [grid[row, col] for col in range(3)], example)
+        else:
+            _draw_feature_perturbation(figure, grid[row, 0], example)
+        _draw_scores(figure, grid[row, -1], example, run)
+    if not run.examples:
+        figure.text(0.5, 0.6, "no attacked inputs to show", ha="center", fontsize=10)
+    _draw_l2(figure, grid[rows, :-1] if rows and image_like else grid[rows, 0], run)
+    legend_axis = figure.add_subplot(grid[rows, -1])
+    legend_axis.axis("off")
+    legend_axis.legend(handles=_legend_handles(run), loc="center", ncol=3, fontsize=8, frameon=False)
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(png, dpi=100)
