@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev,zoo,report
 DEMO_DIR := demo_output
 
-.PHONY: install test demo bench table lint clean
+.PHONY: install test demo bench table lint typecheck fuzz ci clean
 
 install: $(STAMP)
 
@@ -22,7 +22,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/onnxattack zoo build digits-mosaic
 	rm -f $(DEMO_DIR)/demo.h5
-	$(BIN)/python -m model_zoo.sample_inputs digits-mosaic --count 32 -o $(DEMO_DIR)/inputs.npy
+	$(BIN)/python -m onnxattack.zoo.sample_inputs digits-mosaic --count 32 -o $(DEMO_DIR)/inputs.npy
 	$(BIN)/onnxattack attack model_zoo/built/digits-mosaic.onnx $(DEMO_DIR)/inputs.npy \
 		-o $(DEMO_DIR)/demo.h5 --method ml-cw --target hide-single --seed 0
 	$(BIN)/onnxattack report $(DEMO_DIR)/demo.h5 --png $(DEMO_DIR)/demo.png
@@ -35,6 +35,12 @@ table: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check onnxattack cli model_zoo tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+fuzz: $(STAMP)
+	$(BIN)/python -m bench.fuzz --mutants 5000 --seed 1
 
 clean:
 	rm -rf $(DEMO_DIR) model_zoo/built .pytest_cache

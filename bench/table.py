@@ -13,10 +13,10 @@ from pathlib import Path
 
 import click
 import numpy as np
+from onnxattack.zoo.build import build
+from onnxattack.zoo.sample_inputs import test_inputs
 
-from model_zoo.build import build
-from model_zoo.sample_inputs import test_inputs
-from onnxattack.pipeline import AttackConfig, run_attack
+from onnxattack import AttackConfig, run_attack
 from onnxattack.report import summarize
 
 RUNS = [

@@ -8,19 +8,52 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
+import traceback
 import warnings
 from collections.abc import Callable
 
 import click
 
-from onnxattack.errors import OnnxAttackError
+from onnxattack.attacks import METHODS
+from onnxattack.config import DEVICE_CHOICES, GRADIENT_CHOICES, IMAGE_LAYOUTS, SCORES_CHOICES, AttackConfig
+from onnxattack.errors import ConfigError, OnnxAttackError
+from onnxattack.store import StoreWriteError
+
+# Config fields whose flag is not "--" + the field name with dashes.
+FIELD_FLAGS = {"box": "--range", "output": "--output", "labels_file": "--labels", "max_iter": "--max-iter"}
+# Method hyperparameters offered as flags (each refused by the methods that do not take it).
+ATTACK_OPTIONS = {
+    "binary_steps": (int, "constant search steps"),
+    "learning_rate": (float, "Adam learning rate"),
+    "kappa": (float, "confidence margin on the attack tensor (logits)"),
+    "overshoot": (float, "margin asked beyond each boundary"),
+}
+
+
+def flag_for(field: str) -> str:
+    return FIELD_FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 def _fail(message: str, code: int) -> None:
     click.echo(f"onnxattack: error: {message}", err=True)
     sys.exit(code)
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _quiet_h5py_teardown(unraisable) -> None:
+    """After a failed write (disk full), h5py objects that are garbage-collected retry their flush
+    and report each failure as an 'Exception ignored' traceback; the error line already said it."""
+    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+    if any("h5py" in frame.filename for frame in frames) or "h5py" in repr(getattr(unraisable, "object", "")):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def handle_errors(command: Callable) -> Callable:
@@ -29,12 +62,21 @@ def handle_errors(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        sys.unraisablehook = _quiet_h5py_teardown
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return command(*args, **kwargs)
+        except StoreWriteError as exc:  # the HDF5 library cannot be shut down cleanly after a failed write
+            click.echo(f"onnxattack: error: {_one_line(exc)}", err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
+        except ConfigError as exc:
+            bad = click.BadParameter(_one_line(exc), param_hint=f"'{flag_for(exc.field)}'")
+            _fail(bad.format_message(), 2)
         except OnnxAttackError as exc:
-            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
+            _fail(_one_line(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted; what was written stays readable (continue with --resume)", 130)
         finally:
@@ -100,70 +142,78 @@ def _format_inspect(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _method_help(option: str, what: str) -> str:
+    takers = [f"{name} {cls.defaults()[option]:g}" for name, cls in METHODS.items() if option in cls.defaults()]
+    return f"{what.capitalize()} (method default: {', '.join(takers)})."
+
+
+def _config_option(name: str, *flags: str, **kwargs) -> Callable:
+    """A click option whose default and help come from AttackConfig."""
+    default = AttackConfig.default(name)
+    if default is not None and not kwargs.get("is_flag"):
+        kwargs.setdefault("default", default)
+        kwargs.setdefault("show_default", True)
+    return click.option(*(flags or (flag_for(name),)), name, help=AttackConfig.help(name), **kwargs)
+
+
+def attack_options(command: Callable) -> Callable:
+    options = [
+        click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
+                     help="Result file (HDF5)."),
+        _config_option("method", type=click.Choice(list(METHODS))),
+        _config_option("target"),
+        _config_option("target_file", type=click.Path(dir_okay=False)),
+        _config_option("scores", type=click.Choice(SCORES_CHOICES)),
+        _config_option("threshold", type=float),
+        _config_option("top_k", type=int),
+        _config_option("output", "--output", metavar="NAME"),
+        _config_option("box", "--range", nargs=2, type=float, metavar="LO HI"),
+        _config_option("max_iter", type=int),
+        *[click.option(flag_for(name), name, type=kind, help=_method_help(name, what))
+          for name, (kind, what) in ATTACK_OPTIONS.items()],
+        _config_option("batch_size", type=int),
+        _config_option("limit", type=int),
+        _config_option("seed", type=int),
+        _config_option("device", type=click.Choice(DEVICE_CHOICES)),
+        _config_option("key"),
+        _config_option("labels_file", "--labels", type=click.Path(dir_okay=False)),
+        _config_option("image_layout", type=click.Choice(IMAGE_LAYOUTS)),
+        _config_option("image_scale", type=float),
+        _config_option("tolerance", type=float),
+        _config_option("gradients", type=click.Choice(GRADIENT_CHOICES)),
+        _config_option("max_queries", type=int),
+        _config_option("resume", is_flag=True),
+        _config_option("overwrite", is_flag=True),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", type=click.Path())
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Result file (HDF5).")
-@click.option("--method", type=click.Choice(["ml-cw", "ml-deepfool", "rank1", "rank2"]), default="ml-cw",
-              show_default=True, help="Attack method.")
-@click.option("--target", default="hide-single", show_default=True,
-              help="hide-single | hide-all | random | extreme | '+A,-B' (label indices or names) | "
-                   "top:K[:best|random|worst] (ranking methods).")
-@click.option("--target-file", type=click.Path(dir_okay=False), help="(N, L) 0/1 .npy of per-input targets.")
-@click.option("--scores", type=click.Choice(["auto", "logits", "probabilities", "softmax"]), default="auto",
-              show_default=True, help="How to read the score output.")
-@click.option("--threshold", type=float, help="Decision threshold (default 0 on logits, 0.5 on probabilities).")
-@click.option("--top-k", type=int, help="Rankers: the predicted set is the K best labels.")
-@click.option("--output", "output_name", metavar="NAME", help="Model output that holds the label scores.")
-@click.option("--range", "box", nargs=2, type=float, default=(0.0, 1.0), show_default=True, metavar="LO HI",
-              help="Valid input box.")
-@click.option("--max-iter", type=int, help="Iterations per search step (method default if absent).")
-@click.option("--binary-steps", type=int, help="ML-CW / Rank I / Rank II: constant search steps.")
-@click.option("--learning-rate", type=float, help="ML-CW / Rank I / Rank II: Adam learning rate.")
-@click.option("--kappa", type=float, help="ML-CW / Rank I / Rank II: confidence margin on logits.")
-@click.option("--overshoot", type=float, help="ML-DeepFool: margin asked beyond each boundary.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Inputs per batch.")
-@click.option("--limit", type=int, help="Attack only the first N inputs.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random targets.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--key", help="Array name inside a .npz or HDF5 input file.")
-@click.option("--labels", "labels_file", type=click.Path(dir_okay=False), help="Label names file.")
-@click.option("--image-layout", type=click.Choice(["chw", "hwc"]), default="chw", show_default=True,
-              help="Image folders: layout of each sample.")
-@click.option("--image-scale", type=float, default=1 / 255, show_default=True,
-              help="Image folders: pixel values are multiplied by this.")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True,
-              help="Max |torch - onnxruntime| score difference accepted on load.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted result file.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing result file.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@attack_options
 @handle_errors
-def attack(model: str, inputs: str, out: str, **options) -> None:
+def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, **options) -> None:
     """Attack MODEL on INPUTS and write every result to OUT (HDF5).
 
     INPUTS is a .npy, .npz or .h5 file, or a folder of PNG/JPEG images, in the model's own
-    input format. Success is judged by onnxruntime on the original model.
+    input format; every value must be finite and inside --range. Success is judged by
+    onnxruntime on the original model.
     """
-    from onnxattack.pipeline import AttackConfig, run_attack
+    from onnxattack.pipeline import run_attack
     from onnxattack.report import format_summary, summarize
 
-    extra = {name: options.pop(name) for name in ("binary_steps", "learning_rate", "kappa", "overshoot")}
-    config = AttackConfig(
-        method=options["method"], target=options["target"], target_file=options["target_file"],
-        scores=options["scores"], threshold=options["threshold"], top_k=options["top_k"],
-        output=options["output_name"], box=tuple(options["box"]), max_iter=options["max_iter"],
-        batch_size=options["batch_size"], limit=options["limit"], seed=options["seed"],
-        device=options["device"], resume=options["resume"], overwrite=options["overwrite"],
-        labels_file=options["labels_file"], key=options["key"], tolerance=options["tolerance"],
-        attack_options={k: v for k, v in extra.items() if v is not None},
-        image_layout=options["image_layout"], image_scale=options["image_scale"],
-    )
+    extra = {name: options.pop(name) for name in ATTACK_OPTIONS}
+    config = AttackConfig(**options, attack_options={k: v for k, v in extra.items() if v is not None})
     bar = None
 
     def progress(done: int, total: int, successes: int, attacked: int) -> None:
         nonlocal bar
-        if options["quiet"] or options["as_json"]:
+        if quiet or as_json:
             return
         if bar is None:
             from tqdm import tqdm
@@ -178,7 +228,7 @@ def attack(model: str, inputs: str, out: str, **options) -> None:
         if bar is not None:
             bar.close()
     summary = summarize(path)
-    click.echo(json.dumps(summary, default=str) if options["as_json"] else format_summary(summary))
+    click.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
 
 
 @main.command()
@@ -227,7 +277,7 @@ def zoo() -> None:
 @zoo.command("list")
 def zoo_list() -> None:
     """List the zoo's models and whether they are built."""
-    from model_zoo.registry import MODELS, model_path
+    from onnxattack.zoo.registry import MODELS, model_path
 
     for spec in MODELS.values():
         path = model_path(spec.name)
@@ -241,8 +291,8 @@ def zoo_list() -> None:
 @handle_errors
 def zoo_build(names: tuple[str, ...], force: bool) -> None:
     """Train and export NAMES (all when none); print clean test metrics."""
-    from model_zoo.build import build
-    from model_zoo.registry import MODELS
+    from onnxattack.zoo.build import build
+    from onnxattack.zoo.registry import MODELS
 
     unknown = [name for name in names if name not in MODELS]
     if unknown:

@@ -1,19 +1,34 @@
 """onnxattack: targeted multi-label adversarial attacks on any exported ONNX model.
 
     import onnxattack as oa
-    model = oa.load("model.onnx")                       # checked ONNX + onnxruntime + torch graph
+    model = oa.load("model.onnx", box=(0, 1))              # checked ONNX + onnxruntime + torch graph
+    result = oa.attack_arrays(model, x, oa.MLDeepFool())   # judged by onnxruntime
     oa.run_attack("model.onnx", "inputs.npy", "out.h5", oa.AttackConfig(method="ml-cw"))
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("onnxattack")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 from .attacks import METHODS, Attack, AttackResult, MLCarliniWagner, MLDeepFool, RankI, RankII, Victim  # noqa: E402
-from .errors import BadInputError, ConversionError, FidelityError, OnnxAttackError, UnsupportedModelError  # noqa: E402
+from .batch import BatchResult, attack_arrays  # noqa: E402
+from .config import AttackConfig  # noqa: E402
+from .errors import (  # noqa: E402
+    BadInputError,
+    ConfigError,
+    ConversionError,
+    FidelityError,
+    OnnxAttackError,
+    UnsupportedModelError,
+)
 from .loader import LoadedModel, load  # noqa: E402
-from .pipeline import AttackConfig, run_attack  # noqa: E402
+from .pipeline import run_attack  # noqa: E402
 
 __all__ = [
-    "METHODS", "Attack", "AttackConfig", "AttackResult", "BadInputError", "ConversionError", "FidelityError",
-    "LoadedModel", "MLCarliniWagner", "MLDeepFool", "OnnxAttackError", "RankI", "RankII",
-    "UnsupportedModelError", "Victim", "load", "run_attack",
+    "METHODS", "Attack", "AttackConfig", "AttackResult", "BadInputError", "BatchResult", "ConfigError",
+    "ConversionError", "FidelityError", "LoadedModel", "MLCarliniWagner", "MLDeepFool", "OnnxAttackError",
+    "RankI", "RankII", "UnsupportedModelError", "Victim", "attack_arrays", "load", "run_attack",
 ]

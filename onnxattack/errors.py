@@ -31,3 +31,12 @@ class ConversionError(UnsupportedModelError):
 
 class FidelityError(UnsupportedModelError):
     """The torch graph disagrees with onnxruntime beyond the tolerance."""
+
+
+class ConfigError(BadInputError):
+    """A setting is invalid; `field` names it (an AttackConfig field or an attack hyperparameter),
+    so that the CLI can name the flag it came from."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field

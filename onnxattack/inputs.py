@@ -8,7 +8,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -18,9 +18,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class InputSource(Protocol):
-    count: int
-    sample_shape: tuple[int, ...]
-    dtype: np.dtype
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
 
     def batches(self, start: int, stop: int, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
         """(index of the first row, rows) for rows start..stop-1, in order."""
@@ -30,8 +35,8 @@ class InputSource(Protocol):
 class ArraySource:
     """A .npy memory map or an HDF5 dataset: both slice without loading the rest."""
 
-    array: object  # np.memmap or h5py.Dataset
-    handle: object | None = None  # kept open while the source lives
+    array: Any  # np.memmap or h5py.Dataset
+    handle: Any = None  # kept open while the source lives
 
     @property
     def count(self) -> int:
@@ -126,6 +131,65 @@ class ImageFolderSource:
             yield first, np.stack(rows)
 
 
+def check_numeric(dtype: np.dtype, where: str) -> None:
+    """Attacks need real numbers: refuse strings, objects, complex values, dates."""
+    if np.dtype(dtype).kind not in "biuf":
+        kinds = {"U": "strings", "S": "bytes", "O": "Python objects", "c": "complex numbers", "V": "records",
+                 "M": "dates", "m": "time spans"}
+        what = kinds.get(np.dtype(dtype).kind, str(dtype))
+        raise BadInputError(f"{where} holds {what} ({dtype}), not real numbers")
+
+
+def _first_bad_row(x: np.ndarray, box: tuple[float, float]) -> tuple[int, str] | None:
+    """(row, "nan" | "box") of the first row that is not finite or leaves the box; None if all are fine."""
+    flat = np.asarray(x).reshape(len(x), -1)
+    finite = np.isfinite(flat).all(axis=1)
+    if not finite.all():
+        return int(np.flatnonzero(~finite)[0]), "nan"
+    outside = (flat.min(axis=1) < box[0]) | (flat.max(axis=1) > box[1])
+    if outside.any():
+        return int(np.flatnonzero(outside)[0]), "box"
+    return None
+
+
+def _bad_row_error(where: str, row: int, kind: str, box: tuple[float, float],
+                   span: tuple[float, float]) -> BadInputError:
+    if kind == "nan":
+        return BadInputError(f"{where} row {row}: NaN or infinite values (onnxattack attacks finite inputs only)")
+    return BadInputError(f"{where} row {row}: values outside the box --range {box[0]:g} {box[1]:g} (inputs span "
+                         f"[{span[0]:g}, {span[1]:g}]); pass --range LO HI with the inputs' valid box")
+
+
+def check_rows(x: np.ndarray, box: tuple[float, float], where: str, first_row: int = 0) -> None:
+    """Every row real, finite and inside the box; the error names the first bad row and the values seen."""
+    check_numeric(x.dtype, where)
+    if x.size == 0:
+        return
+    bad = _first_bad_row(x, box)
+    if bad is not None:
+        flat = np.asarray(x, dtype=np.float64)
+        span = (float(np.nanmin(flat)), float(np.nanmax(flat))) if bad[1] == "box" else (0.0, 0.0)
+        raise _bad_row_error(where, first_row + bad[0], bad[1], box, span)
+
+
+def scan_inputs(source: InputSource, count: int, box: tuple[float, float], where: str,
+                batch_size: int = 4096) -> None:
+    """check_rows over the first `count` rows, streamed, before any slow work. A NaN stops the scan at
+    once; a range error states the span of the whole input set, so one rerun with the right --range does."""
+    check_numeric(source.dtype, where)
+    first_outside: int | None = None
+    low, high = np.inf, -np.inf
+    for first, rows in source.batches(0, count, batch_size):
+        bad = _first_bad_row(rows, box)
+        if bad is not None and bad[1] == "nan":
+            raise _bad_row_error(where, first + bad[0], "nan", box, (0.0, 0.0))
+        if bad is not None and first_outside is None:
+            first_outside = first + bad[0]
+        low, high = min(low, float(np.min(rows))), max(high, float(np.max(rows)))
+    if first_outside is not None:
+        raise _bad_row_error(where, first_outside, "box", box, (low, high))
+
+
 def _pick_key(names: list[str], key: str | None, path: Path) -> str:
     if key is not None:
         if key not in names:
@@ -153,10 +217,10 @@ def open_inputs(path: str | os.PathLike, key: str | None = None, image_layout: s
     elif suffix == ".npz":
         try:
             with zipfile.ZipFile(path) as archive:
-                names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+                members = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
         except zipfile.BadZipFile:
             raise BadInputError(f"{path} is not a readable .npz file") from None
-        source = NpzMemberSource(path, _pick_key(names, key, path) + ".npy")
+        source = NpzMemberSource(path, _pick_key(members, key, path) + ".npy")
     elif suffix in (".h5", ".hdf5"):
         import h5py
 

@@ -18,7 +18,9 @@ from .bridge.normalise import (
     prune_to,
     symbolic_batch,
 )
-from .errors import BadInputError, OnnxAttackError, UnsupportedModelError
+from .errors import BadInputError, ConversionError, FidelityError, OnnxAttackError, UnsupportedModelError
+from .estimated import QueryModel
+from .inputs import check_rows
 from .model import (
     ModelInfo,
     TensorInfo,
@@ -28,11 +30,13 @@ from .model import (
     read_labels,
     read_model,
 )
-from .runtime import OrtScorer, make_session
+from .runtime import QDQ_NOTE, OrtScorer, has_qdq, make_session
 from .scores import ScoreReader
 from .types import ScoresKind
+from .victim import Victim
 
 DEFAULT_TOLERANCE = 1e-4
+GRADIENT_SOURCES = ("auto", "torch", "estimate")
 PROBE_SIZE = 4
 
 
@@ -78,9 +82,17 @@ class LoadedModel:
     labels: list[str]
     device: torch.device
     torch_dtype: torch.dtype
+    box: tuple[float, float] = (0.0, 1.0)
     graph: torch.nn.Module | None = None
     fidelity: float | None = None
     notes: list[str] = field(default_factory=list)
+    query_model: QueryModel | None = None  # set when gradients are estimated from onnxruntime queries
+    max_queries: int | None = None
+
+    @property
+    def gradients(self) -> str:
+        """'torch' (autograd through the converted graph) or 'estimated' (onnxruntime queries)."""
+        return "estimated" if self.query_model is not None else "torch"
 
     @property
     def name(self) -> str:
@@ -92,11 +104,40 @@ class LoadedModel:
 
     def attack_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The differentiable attack tensor z (logits when the graph ends with an activation)."""
+        if self.query_model is not None:
+            return self.query_model(x)
         if self.graph is None:
             raise UnsupportedModelError(f"{self.name}: no torch graph was built for this model")
         return self.graph(x)
 
+    def victim(self, box: tuple[float, float] | None = None) -> Victim:
+        """What the attacks see of this model: its attack tensor, how to read it, the valid box."""
+        box = self.box if box is None else box
+        query_model = self.query_model
+        if query_model is None:
+            return Victim(self.attack_logits, self.reader, box)
+        query_model.box = (float(box[0]), float(box[1]))
+
+        def jacobian(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # random directions measured better than coordinate differences on forests and pipelines alike
+            return query_model.jacobian(x, rows=rows, method="random")
+
+        def begin(rows: np.ndarray) -> None:
+            query_model.begin(rows, self.max_queries)
+
+        return Victim(query_model, self.reader, box, jacobian=jacobian, begin=begin)
+
+    def queries_spent(self) -> np.ndarray | None:
+        """Queries per row of the batch last attacked (None with torch gradients)."""
+        if self.query_model is None or self.query_model.ledger is None:
+            return None
+        return self.query_model.spent.copy()
+
     def torch_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The scores the attack saw: the torch graph's, or onnxruntime's when gradients are estimated."""
+        if self.query_model is not None:
+            scores = self.ort_scores(x.detach().cpu().numpy())
+            return torch.as_tensor(scores, device=x.device)
         return self.reader.to_scores(self.attack_logits(x))
 
     def as_tensor(self, x: np.ndarray) -> torch.Tensor:
@@ -109,24 +150,38 @@ def _probe_batch(input_info: TensorInfo, size: int, box: tuple[float, float], se
         raise BadInputError(f"input {input_info.name!r} has shape {list(input_info.shape)}: its sample "
                             f"dims are not fixed, so pass a probe batch of real inputs")
     rng = np.random.default_rng(seed)
-    probe = rng.uniform(box[0], box[1], size=(size, *sample_shape))
-    return probe
+    return rng.uniform(box[0], box[1], size=(size, *(int(dim) for dim in sample_shape if isinstance(dim, int))))
 
 
-def check_sample_shape(input_info: TensorInfo, sample_shape: tuple[int, ...]) -> None:
+def check_sample_shape(input_info: TensorInfo, sample_shape: tuple[int, ...], where: str = "inputs") -> None:
     """Inputs must come in the model's own layout: the engine never guesses one."""
     expected = tuple(input_info.shape[1:])
     if len(expected) != len(sample_shape) or any(
-            isinstance(e, int) and e != s for e, s in zip(expected, sample_shape, strict=True)):
-        raise BadInputError(f"inputs have sample shape {list(sample_shape)}, the model expects "
-                            f"{list(expected)} (give inputs in the model's own layout)")
+            isinstance(e, int) and e > 0 and e != s for e, s in zip(expected, sample_shape, strict=True)):
+        raise BadInputError(f"{where} has rows of shape {list(sample_shape)}, the model's input {input_info.name!r} "
+                            f"takes {list(expected)} (give inputs in the model's own layout)")
+
+
+def fixed_batch(input_info: TensorInfo) -> int | None:
+    """The batch size baked into the input, if any (-1 and 0 are how some exporters write a dynamic one)."""
+    first = input_info.shape[0] if input_info.shape else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
+def _serialized(proto: onnx.ModelProto) -> bytes:
+    try:
+        return proto.SerializeToString()
+    except ValueError as exc:  # protobuf refuses messages over 2 GiB
+        raise UnsupportedModelError(f"the model is too large to hand to onnxruntime in one piece: {exc}") from None
 
 
 def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str, device: str,
                 probe: np.ndarray, notes: list[str]) -> OrtScorer:
-    fixed = input_info.shape[0] if input_info.shape and isinstance(input_info.shape[0], int) else None
-    original = OrtScorer(make_session(proto.SerializeToString(), device), input_info.name,
+    fixed = fixed_batch(input_info)
+    original = OrtScorer(make_session(_serialized(proto), device, exact_qdq=has_qdq(proto)), input_info.name,
                          input_info.dtype, output_name, fixed_batch=fixed)
+    if has_qdq(proto):
+        notes.append(QDQ_NOTE)
     if device == "cuda" and "CUDAExecutionProvider" not in original.providers:
         notes.append("onnxruntime validates on the CPU: its CUDA provider is not available "
                      "(install the 'gpu' extra, onnxruntime-gpu, instead of 'cpu')")
@@ -137,8 +192,8 @@ def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str
         probe = np.concatenate([probe, probe[::-1] * 0.5])
     if renamed is not None:
         try:
-            batched = OrtScorer(make_session(renamed.SerializeToString(), device, quiet=True), input_info.name,
-                                input_info.dtype, output_name)
+            session = make_session(_serialized(renamed), device, quiet=True, exact_qdq=has_qdq(proto))
+            batched = OrtScorer(session, input_info.name, input_info.dtype, output_name)
             if np.allclose(batched(probe), original(probe), atol=1e-6, rtol=1e-5):
                 notes.append(f"batch size {fixed} is baked into the model; onnxruntime runs it batched "
                              f"after renaming the batch dim (checked against the original)")
@@ -158,7 +213,7 @@ def _score_graph(proto: onnx.ModelProto, tensor_name: str, score_output: str) ->
 def _torch_graph(score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndarray,
                  dtype: torch.dtype, device: torch.device, notes: list[str]) -> torch.nn.Module:
     renamed = symbolic_batch(score_graph) if fixed is not None else None
-    if renamed is not None:
+    if renamed is not None and fixed is not None:
         try:
             graph = to_torch(renamed).to(device)
             with torch.no_grad():
@@ -176,8 +231,17 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
          scores: str | ScoresKind = "auto", threshold: float | None = None,
          labels_file: str | os.PathLike | None = None, tolerance: float = DEFAULT_TOLERANCE,
          box: tuple[float, float] = (0.0, 1.0), probe: np.ndarray | None = None,
-         convert: bool = True, seed: int = 0) -> LoadedModel:
-    """Load a model file and build everything an attack needs; raises typed errors with one line."""
+         convert: bool = True, seed: int = 0, probe_name: str = "the probe batch",
+         gradients: str = "auto", max_queries: int | None = None) -> LoadedModel:
+    """Load a model file and build everything an attack needs; raises typed errors with one line.
+
+    probe: a few real inputs for the fidelity check (random ones in the box when absent);
+    probe_name: what error messages call them (the user's input file).
+    gradients: "torch" (convert, else refuse), "estimate" (onnxruntime queries, no conversion) or
+    "auto" (convert; when the graph cannot convert or is unfaithful, estimate and say so in a note);
+    max_queries: the per-input query budget of estimated gradients."""
+    if gradients not in GRADIENT_SOURCES:
+        raise BadInputError(f"unknown gradient source {gradients!r} (expected one of: {', '.join(GRADIENT_SOURCES)})")
     torch_device = resolve_device(device)
     proto = read_model(path)
     info = describe(proto, path)
@@ -197,11 +261,12 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
         raise BadInputError(str(exc)) from None
 
     notes: list[str] = []
-    fixed = input_info.shape[0] if input_info.shape and isinstance(input_info.shape[0], int) else None
+    fixed = fixed_batch(input_info)
     if probe is None:
         probe = _probe_batch(input_info, PROBE_SIZE, box, seed)
     probe = np.asarray(probe)
-    check_sample_shape(input_info, tuple(probe.shape[1:]))
+    check_rows(probe, box, probe_name)
+    check_sample_shape(input_info, tuple(probe.shape[1:]), probe_name)
     scorer = _ort_scorer(proto, input_info, score_output.name, torch_device.type, probe, notes)
     probe_scores = scorer(probe)
     if probe_scores.ndim != 2:
@@ -219,12 +284,32 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
                    if input_info.is_float else torch.float32)
     loaded = LoadedModel(info=info, input=input_info, score_output=score_output, reader=reader,
                          scorer=scorer, num_labels=num_labels, labels=labels, device=torch_device,
-                         torch_dtype=torch_dtype, notes=notes)
-    if convert:
+                         torch_dtype=torch_dtype, box=(float(box[0]), float(box[1])), notes=notes)
+    loaded.max_queries = max_queries
+    if not convert:
+        return loaded
+    if gradients == "estimate":
+        return _estimated(loaded, kind, threshold, seed, "asked for with --gradients estimate")
+    try:
         score_graph = _score_graph(proto, tensor_name, score_output.name)
         loaded.graph = _torch_graph(score_graph, fixed, probe, torch_dtype, torch_device, notes)
         loaded.fidelity = check_fidelity(loaded.graph, reader, scorer, probe, tolerance,
                                          torch_dtype, torch_device)
+    except (ConversionError, FidelityError) as exc:
+        if gradients == "torch":
+            raise
+        loaded.graph = None
+        return _estimated(loaded, kind, threshold, seed, str(exc).splitlines()[0])
+    return loaded
+
+
+def _estimated(loaded: LoadedModel, kind: ScoresKind, threshold: float | None, seed: int, why: str) -> LoadedModel:
+    """Switch a loaded model to gradients estimated from onnxruntime queries (the attack tensor is then
+    the model's real output: no activation is cut off)."""
+    loaded.reader = ScoreReader.create(kind, threshold, head=None)
+    loaded.query_model = QueryModel(loaded.ort_scores, loaded.box, seed=seed,
+                                    neutral=loaded.reader.attack_threshold)
+    loaded.notes.append(f"gradients are estimated from onnxruntime queries ({why})")
     return loaded
 
 

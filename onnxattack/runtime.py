@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from .errors import UnsupportedModelError
 
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+QDQ_NOTE = ("int8 QDQ model: onnxruntime runs it with basic graph optimisations, which keep the ONNX "
+            "quantise/dequantise semantics; its fused int8 kernels (the default) round differently, by up "
+            "to ~20 output quantisation steps")
 
-def session_options(quiet: bool = False) -> ort.SessionOptions:
+
+def has_qdq(model: onnx.ModelProto) -> bool:
+    """QuantizeLinear / DequantizeLinear in the graph (onnxruntime's quantiser, vendors' int8 models)."""
+    return any(node.op_type in QDQ_OPS and node.domain in ("", "ai.onnx") for node in model.graph.node)
+
+
+def session_options(quiet: bool = False, exact_qdq: bool = False) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    if exact_qdq:  # no fusion of QDQ pairs into integer kernels: the torch graph computes the same
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     # Spinning worker threads slow the torch step that follows each call (measured 2.1x).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
@@ -23,10 +36,11 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def make_session(model_bytes: bytes, device: str = "cpu", quiet: bool = False) -> ort.InferenceSession:
+def make_session(model_bytes: bytes, device: str = "cpu", quiet: bool = False,
+                 exact_qdq: bool = False) -> ort.InferenceSession:
     """A session on the given serialized model; CUDA only when asked for and really used."""
     try:
-        return ort.InferenceSession(model_bytes, session_options(quiet), providers=providers_for(device))
+        return ort.InferenceSession(model_bytes, session_options(quiet, exact_qdq), providers=providers_for(device))
     except Exception as exc:  # onnxruntime raises several unrelated types here
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(f"onnxruntime cannot load the model: {message}") from None

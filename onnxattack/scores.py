@@ -2,8 +2,10 @@
 
 Attacks work on the *attack tensor* z (the logits feeding a final Sigmoid/Softmax when
 there is one); `ScoreReader` maps z to the model's real scores and states the threshold in
-both spaces. `ThresholdCriterion` and `RankingCriterion` decide predictions and success,
-on onnxruntime scores (the verdict that is recorded) and on torch scores alike.
+both spaces. The criteria (`ThresholdCriterion`, `RankingCriterion`) decide predictions,
+per-constraint progress and success, on onnxruntime scores (the verdict that is recorded) and
+on the attack tensor alike: `in_attack_space` restates a criterion on z with the margin the
+attacks aim for. Nothing else re-derives thresholds or success.
 """
 
 from __future__ import annotations
@@ -19,9 +21,18 @@ from .types import DEFAULT_THRESHOLD, ScoresKind, Task
 
 ArrayLike = np.ndarray | torch.Tensor
 
+# Torch and onnxruntime differ by ~1e-6 on the same float32 input. An optimiser that stops on
+# the boundary (kappa = 0) leaves a margin that small, and onnxruntime may then disagree, so
+# criteria on the attack tensor ask for margins of at least FLOAT_GUARD (attack units).
+FLOAT_GUARD = 1e-3
+
 
 def _as_tensor(values: ArrayLike) -> torch.Tensor:
     return torch.from_numpy(np.asarray(values)) if isinstance(values, np.ndarray) else values
+
+
+def _numpy(values: torch.Tensor) -> np.ndarray:
+    return values.detach().cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,8 @@ class ScoreReader:
     @classmethod
     def create(cls, kind: ScoresKind, threshold: float | None, head: str | None) -> ScoreReader:
         chosen = DEFAULT_THRESHOLD[kind] if threshold is None else float(threshold)
+        if not math.isfinite(chosen):
+            raise ValueError(f"the threshold must be a finite number, got {chosen}")
         if head is not None and not 0.0 < chosen < 1.0:
             raise ValueError(f"a threshold on probabilities must lie in (0, 1), got {chosen}")
         return cls(kind=kind, threshold=chosen, head=head)
@@ -64,38 +77,91 @@ class ScoreReader:
 
 
 class Criterion(Protocol):
-    task: Task
+    """What decides success. Tensor methods work on torch scores, the others on numpy or torch."""
 
-    def predict(self, scores: ArrayLike) -> np.ndarray: ...
+    @property
+    def task(self) -> Task: ...
 
-    def reached(self, scores: ArrayLike, target: ArrayLike) -> np.ndarray: ...
+    def predict_tensor(self, scores: torch.Tensor) -> torch.Tensor:
+        """The predicted label set, bool [N, L]."""
+
+    def satisfied_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Which of the criterion's constraints hold, bool [N, C]."""
+
+    def reached_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Success per sample, bool [N]."""
+
+    def progress(self, scores: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(constraints that hold [N] as float, success [N]): higher is better; success is the maximum."""
+
+    def predict(self, scores: ArrayLike) -> np.ndarray:
+        """The predicted label set as int8 0/1 [N, L]."""
+
+    def reached(self, scores: ArrayLike, target: ArrayLike) -> np.ndarray:
+        """Success per sample as bool [N]."""
+
+    def in_attack_space(self, reader: ScoreReader) -> Criterion:
+        """The same decisions stated on the attack tensor, with the FLOAT_GUARD margin."""
+
+
+class _Decisions:
+    """predict / reached / progress for numpy and torch, from the two tensor methods."""
+
+    def predict_tensor(self, scores: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def satisfied_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reached_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.satisfied_tensor(scores, target).all(dim=-1)
+
+    def progress(self, scores: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        held = self.satisfied_tensor(scores, target).sum(dim=-1).to(scores.dtype)
+        return held, self.reached_tensor(scores, target)
+
+    def predict(self, scores: ArrayLike) -> np.ndarray:
+        return _numpy(self.predict_tensor(_as_tensor(scores))).astype(np.int8)
+
+    def reached(self, scores: ArrayLike, target: ArrayLike) -> np.ndarray:
+        return _numpy(self.reached_tensor(_as_tensor(scores), _as_tensor(target)))
 
 
 @dataclass(frozen=True)
-class ThresholdCriterion:
-    """A label is positive when its score exceeds the threshold; success = every label as targeted."""
+class ThresholdCriterion(_Decisions):
+    """A label is positive when its score exceeds the threshold; success = every label as targeted.
+
+    With a margin m, a label counts as on its target side only when it is there by m:
+    s > threshold + m for a positive target, s <= threshold - m for a negative one
+    (m = 0 is exactly the prediction rule).
+    """
 
     threshold: float
+    margin: float = 0.0
     task: Task = Task.CLASSIFICATION
 
     def predict_tensor(self, scores: torch.Tensor) -> torch.Tensor:
         return scores > self.threshold
 
-    def predict(self, scores: ArrayLike) -> np.ndarray:
-        return self.predict_tensor(_as_tensor(scores)).cpu().numpy().astype(np.int8)
+    def label_margins(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """y*_l (s_l - theta): positive where label l is on its target side (the losses' variable)."""
+        signs = target.to(scores.dtype) * 2 - 1
+        return signs * (scores - self.threshold)
 
-    def reached_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (self.predict_tensor(scores) == target.bool()).all(dim=-1)
+    def satisfied_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        wanted = target.bool()
+        return torch.where(wanted, scores > self.threshold + self.margin, scores <= self.threshold - self.margin)
 
-    def reached(self, scores: ArrayLike, target: ArrayLike) -> np.ndarray:
-        return self.reached_tensor(_as_tensor(scores), _as_tensor(target)).cpu().numpy()
+    def in_attack_space(self, reader: ScoreReader) -> ThresholdCriterion:
+        return ThresholdCriterion(threshold=reader.attack_threshold, margin=FLOAT_GUARD)
 
 
 @dataclass(frozen=True)
-class RankingCriterion:
-    """The predicted set is the top k; success = every target label outranks every other label."""
+class RankingCriterion(_Decisions):
+    """The predicted set is the top k; success = every target label outranks every other label (by gap)."""
 
     k: int
+    gap: float = 0.0
     task: Task = Task.RANKING
 
     def predict_tensor(self, scores: torch.Tensor) -> torch.Tensor:
@@ -103,18 +169,19 @@ class RankingCriterion:
         top = torch.topk(scores, k, dim=-1).indices
         return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, True)
 
-    def predict(self, scores: ArrayLike) -> np.ndarray:
-        return self.predict_tensor(_as_tensor(scores)).cpu().numpy().astype(np.int8)
+    def satisfied_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """One constraint per (i in T, j not in T) pair, s_i > s_j + gap; other pairs hold trivially."""
+        in_target = target.bool()
+        above = scores.unsqueeze(-1) > scores.unsqueeze(-2) + self.gap  # [n, i, j] = s_i > s_j + gap
+        pairs = in_target.unsqueeze(-1) & ~in_target.unsqueeze(-2)
+        return (above | ~pairs).flatten(-2)
 
     def reached_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        in_target = target.bool()
-        inf = torch.tensor(float("inf"), dtype=scores.dtype, device=scores.device)
-        lowest_target = torch.where(in_target, scores, inf).amin(dim=-1)
-        highest_other = torch.where(in_target, -inf, scores).amax(dim=-1)
-        return (lowest_target > highest_other) & in_target.any(dim=-1)
+        return super().reached_tensor(scores, target) & target.bool().any(dim=-1)  # an empty T is no target
 
-    def reached(self, scores: ArrayLike, target: ArrayLike) -> np.ndarray:
-        return self.reached_tensor(_as_tensor(scores), _as_tensor(target)).cpu().numpy()
+    def in_attack_space(self, reader: ScoreReader) -> RankingCriterion:
+        del reader  # sigmoid and log-softmax keep the order of the labels
+        return RankingCriterion(k=self.k, gap=FLOAT_GUARD)
 
 
 def criterion_for(task: Task, reader: ScoreReader, top_k: int) -> ThresholdCriterion | RankingCriterion:

@@ -2,13 +2,18 @@
 
 Crash safety: a batch is appended to every dataset, then `rows_written` is raised and the file
 flushed. On resume every dataset is cut back to `rows_written`, so a batch cut short by a crash
-is redone, never duplicated or half-kept.
+is redone, never duplicated or half-kept. Chunks hold one batch of rows, so an append writes new
+chunks instead of rewriting flushed ones, and the file is created without free-space reuse
+(fs_strategy "none"): space that the last flushed state points to is never overwritten before
+the next flush. A write that fails (disk full, file size limit) leaves that state readable.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,10 +22,10 @@ import h5py
 import numpy as np
 
 from .errors import BadInputError
-from .faults import maybe_crash
+from .inputs import InputSource
 
 ROW_DATASETS = ("x", "x_adv", "scores", "scores_adv", "y_pred", "y_target", "y_adv",
-                "success", "attacked", "torch_agrees", "l2", "linf", "iterations")
+                "success", "attacked", "torch_agrees", "l2", "linf", "iterations", "queries")
 # Attributes that must match for --resume to continue a file.
 RUN_IDENTITY = ("model_sha256", "method", "target", "params", "seed", "scores_kind", "threshold",
                 "n_inputs")
@@ -34,12 +39,58 @@ def _dataset_specs(sample_shape: tuple[int, ...], input_dtype: np.dtype, num_lab
         "y_pred": (labels, np.int8), "y_target": (labels, np.int8), "y_adv": (labels, np.int8),
         "success": ((), np.bool_), "attacked": ((), np.bool_), "torch_agrees": ((), np.bool_),
         "l2": ((), np.float32), "linf": ((), np.float32), "iterations": ((), np.int32),
+        "queries": ((), np.int64),
     }
+
+
+# Room kept free beyond a batch's raw bytes for the metadata HDF5 adds as the file grows.
+METADATA_ROOM = 64 << 10
+
+
+class StoreWriteError(BadInputError):
+    """Writing the result file failed (disk full, file size limit); the last flushed rows stay readable.
+
+    The HDF5 handle is then left as it is: closing it would retry the failed writes."""
+
+
+def _reason(exc: Exception) -> str:
+    text = getattr(exc, "strerror", None) or (str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+    for known in ("File too large", "No space left on device", "Disk quota exceeded"):
+        if known in str(exc):
+            return known
+    return text or type(exc).__name__
+
+
+def room_left(path: Path) -> float:
+    """Bytes the file may still grow by: free disk space, and the process's file size limit."""
+    room = float(shutil.disk_usage(path.parent).free)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        room = min(room, limit - (path.stat().st_size if path.exists() else 0))
+    return room
+
+
+def check_output_path(path: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse, before any slow work, an output that exists (without --resume / --overwrite) or whose
+    folder cannot hold it."""
+    if path.exists() and not path.is_file():
+        raise BadInputError(f"cannot write the result file {path}: it is a folder or a special file")
+    if path.exists() and not (resume or overwrite):
+        raise BadInputError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise BadInputError(f"cannot write the result file {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK) and parent == path.parent:
+                raise BadInputError(f"cannot write the result file {path}: folder {parent} is not writable")
+            break
 
 
 class ResultWriter:
     def __init__(self, handle: h5py.File) -> None:
         self.handle = handle
+        self._path = Path(handle.filename)
+        self._broken = False
 
     @property
     def rows_written(self) -> int:
@@ -47,26 +98,29 @@ class ResultWriter:
 
     @classmethod
     def create(cls, path: str | os.PathLike, sample_shape: tuple[int, ...], input_dtype: np.dtype,
-               num_labels: int, attrs: dict[str, Any], overwrite: bool = False) -> ResultWriter:
+               num_labels: int, attrs: dict[str, Any], rows_per_chunk: int = 32,
+               overwrite: bool = False) -> ResultWriter:
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise BadInputError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
-        if path.parent and not path.parent.exists():
+        check_output_path(path, resume=False, overwrite=overwrite)
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
-        handle = h5py.File(path, "w")
+            handle = h5py.File(path, "w", fs_strategy="none")
+        except OSError as exc:
+            raise BadInputError(f"cannot create the result file {path}: {_reason(exc)}") from None
         row_bytes = max(1, int(np.prod(sample_shape, dtype=np.int64)) * np.dtype(input_dtype).itemsize)
-        rows_per_chunk = int(max(1, min(256, (1 << 20) // row_bytes)))
-        for name, (shape, dtype) in _dataset_specs(sample_shape, input_dtype, num_labels).items():
-            handle.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                                  chunks=(rows_per_chunk, *shape), compression="gzip",
-                                  compression_opts=4, shuffle=True)
-        for key, value in attrs.items():
-            handle.attrs[key] = value
-        handle.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        handle.attrs["complete"] = False
-        handle.attrs["rows_written"] = 0
-        handle.flush()
-        return cls(handle)
+        rows = int(max(1, min(rows_per_chunk, (4 << 20) // row_bytes)))
+        writer = cls(handle)
+        try:
+            for name, (shape, dtype) in _dataset_specs(sample_shape, input_dtype, num_labels).items():
+                handle.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                      chunks=(rows, *shape), compression="gzip", compression_opts=4, shuffle=True)
+            attrs = {**attrs, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "complete": False, "rows_written": 0}
+            writer.set_attrs(**attrs)
+        except (OSError, RuntimeError) as exc:
+            writer.close()
+            raise BadInputError(f"cannot create the result file {path}: {_reason(exc)}") from None
+        return writer
 
     @classmethod
     def resume(cls, path: str | os.PathLike, attrs: dict[str, Any]) -> ResultWriter:
@@ -89,26 +143,70 @@ class ResultWriter:
         return writer
 
     def append(self, rows: dict[str, np.ndarray]) -> None:
+        """Grow every dataset by the batch, then raise rows_written and flush. A batch that may not fit
+        (its raw bytes plus room for metadata) is refused before anything is written."""
         count = len(rows["x"])
         start = self.rows_written
-        for position, name in enumerate(ROW_DATASETS):
-            dataset = self.handle[name]
-            dataset.resize(start + count, axis=0)
-            dataset[start:start + count] = rows[name]
-            if position == 1:
-                self.handle.flush()
-                maybe_crash("mid-batch", start // count)
-        self.handle.attrs["rows_written"] = start + count
-        self.handle.flush()
+        needed = sum(np.asarray(rows[name]).nbytes for name in ROW_DATASETS) + METADATA_ROOM
+        room = room_left(self._path)
+        if needed > room:
+            reason = f"no room for the next batch: about {needed} bytes needed, {max(0, int(room))} left"
+            raise self._write_failed(OSError(28, reason), start, broken=False)
+        try:
+            for name in ROW_DATASETS:
+                dataset = self.handle[name]
+                dataset.resize(start + count, axis=0)
+                dataset[start:start + count] = rows[name]
+            self.handle.attrs["rows_written"] = start + count
+            self.handle.flush()
+        except (OSError, RuntimeError) as exc:  # h5py reports failed writes as either
+            raise self._write_failed(exc, start) from None
 
     def set_attrs(self, **attrs: Any) -> None:
-        for key, value in attrs.items():
-            self.handle.attrs[key] = value
-        self.handle.flush()
+        try:
+            for key, value in attrs.items():
+                self.handle.attrs[key] = value
+            self.handle.flush()
+        except (OSError, RuntimeError) as exc:
+            raise self._write_failed(exc, self.rows_written) from None
+
+    def _write_failed(self, exc: Exception, rows: int, broken: bool = True) -> StoreWriteError:
+        self._broken = broken
+        if not broken:
+            self.close()
+        return StoreWriteError(f"writing {self._path} failed ({_reason(exc)}); the {rows} rows written before "
+                               f"stay readable: make room and rerun with --resume")
+
+    def check_same_inputs(self, source: InputSource, where: str, rows: int = 64) -> None:
+        """On resume: the rows already written must be the inputs' rows (first and last few compared)."""
+        done = self.rows_written
+        stored = self.handle["x"]
+        if tuple(stored.shape[1:]) != tuple(source.sample_shape):
+            self.close()
+            raise BadInputError(f"cannot resume {self.handle_name}: it holds inputs of shape {list(stored.shape[1:])}, "
+                                f"{where} has {list(source.sample_shape)}")
+        for start in sorted({0, max(0, done - rows)}):
+            stop = min(done, start + rows)
+            if stop <= start:
+                continue
+            given = next(source.batches(start, stop, stop - start))[1]
+            if not np.array_equal(np.asarray(stored[start:stop]), np.asarray(given, dtype=stored.dtype)):
+                self.close()
+                raise BadInputError(f"cannot resume {self.handle_name}: its rows {start}..{stop - 1} were written "
+                                    f"for other inputs than {where}")
+
+    @property
+    def handle_name(self) -> str:
+        return str(self._path)
 
     def close(self) -> None:
-        if self.handle.id.valid:
-            self.handle.close()
+        if self._broken:
+            return  # a failed write: closing would retry it; the last flushed state is what counts
+        try:
+            if self.handle.id.valid:
+                self.handle.close()
+        except (OSError, RuntimeError):
+            pass
 
 
 def _plain(value: Any) -> Any:

@@ -6,9 +6,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-
-from model_zoo.build import build
-from model_zoo.sample_inputs import test_inputs
+from onnxattack.zoo.build import build
+from onnxattack.zoo.sample_inputs import test_inputs
 
 warnings.filterwarnings("ignore")
 

@@ -13,9 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from onnxattack.cli.main import main
 from PIL import Image
-
-from cli.main import main
 
 from . import exporters as ex
 
@@ -70,7 +69,7 @@ def test_inspect_exits_3_naming_blocking_ops(tmp_path):
     path = ex.unconvertible_model(tmp_path / "ml.onnx")
     result = CliRunner().invoke(main, ["inspect", str(path)])
     assert result.exit_code == 3
-    assert "Hardmax-13" in result.output and "ai.onnx.ml.Scaler-1" in result.output
+    assert "Hardmax-13" in result.output and "ai.onnx.ml.Binarizer-1" in result.output
 
 
 @pytest.mark.parametrize("method,target", [("ml-cw", "hide-single"), ("ml-deepfool", "random")])
@@ -140,7 +139,7 @@ def test_refuses_to_overwrite_unless_asked(mosaic, tmp_path):
 
 
 def _attack_subprocess(model_path, inputs, out, *extra, env=None):
-    command = [sys.executable, "-m", "cli.main", "attack", str(model_path), str(inputs), "-o", str(out),
+    command = [sys.executable, "-m", "onnxattack.cli.main", "attack", str(model_path), str(inputs), "-o", str(out),
                "--method", "ml-cw", "--target", "random", "--seed", "5", "--batch-size", "3", *FAST, *extra]
     return subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1], timeout=300)

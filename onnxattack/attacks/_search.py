@@ -1,30 +1,64 @@
 """What ML-CW, Rank I and Rank II share: the tanh box, Adam on w, the per-sample constant
-search, early abort and best-iterate bookkeeping. Each method only supplies its loss term and
-a per-sample quality (higher is better; success is quality == its maximum)."""
+search, early abort and best-iterate bookkeeping. Each method only supplies its loss term; the
+criterion it was given says how far each sample got (`progress`) and whether it succeeded.
+
+The problem per sample is  min_w ||x'(w) - x||^2 + c * h(s(x'(w))),  x'(w) = box(tanh w), with h a
+hinge on the attack tensor. h is an exact penalty: once c exceeds the constraint's Lagrange
+multiplier mu, the penalised minimum IS the constrained one, so the constant search only has to
+find some c > mu; the rest of the L2 comes from how long and how finely Adam runs.
+
+The search is per row, and the batch shrinks (departures from the paper's batch-level search):
+- each row runs its own constant steps; a step ends after max_iter iterations, or earlier when the
+  row's own loss stopped falling (checked every max_iter/10 iterations, > 0.9999 x the last check);
+- a row leaves the batch, and costs nothing more, once its steps are spent, or (converge) once it
+  succeeded and either its constant interval is tight or its best L2 gained less than `tolerance`
+  (relative) over a whole step;
+- warm start: a step starts from the row's best successful iterate (else from where the last step
+  ended) instead of from x, with a fresh Adam state;
+- first constant: c0 = 2 h(x) / ||grad_x h(x)||^2, the multiplier of the linearised problem
+  min ||r||^2 s.t. h(x) + g.r <= 0, read from the first iteration's own gradient (no extra pass),
+  times `CONST_FACTOR` since the linearisation underestimates curved boundaries.
+`exhaustive` settings (fixed c0, no abort, no convergence, cold starts) are the old search.
+
+Adam is written out per row (its own step count per row) so rows can start steps at different
+times and leave without disturbing the others; it is the same update as torch.optim.Adam.
+The gradient is taken with respect to x' (one backward through the model) and chained to w by
+hand: dx'/dw = (hi - lo) / 2 * (1 - tanh(w)^2).
+
+model_calls: 1 forward + 1 backward per row and iteration = 2 per row that takes part.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from ..scores import Criterion
+from ._checks import at_least_one, number
 from .base import Attack, AttackResult, Victim
 
-# (attack-space scores [N, L], target [N, L]) -> per-sample tensor [N]
-LossTerm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Quality = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# (attack-space scores [m, L], target [m, L], which rows of the attacked batch they are [m]) -> [m]
+LossTerm = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 _NO_UPPER_BOUND = 1e10
+CONST_FACTOR = 4.0  # c0 = CONST_FACTOR x the linearised multiplier (measured: bench/run.py search cases)
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+_ABORT_RATIO = 0.9999
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchSettings:
     max_iter: int
     binary_steps: int
-    initial_const: float
+    initial_const: float | None  # None: from the first iteration's margins and gradient
     learning_rate: float
-    abort_early: bool = True
+    abort_early: bool = True  # per row: end a step when its loss stops falling
+    converge: bool = True  # per row: leave once succeeded and nothing more is gained
+    warm_start: bool = True  # start each step from the best iterate, not from x
+    tolerance: float = 1e-2  # relative L2 gain per step (and constant interval) counted as nothing
 
 
 def to_box(w: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -36,73 +70,220 @@ def from_box(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return torch.atanh(unit)
 
 
+def rows_of(victim: Victim, rows: torch.Tensor | None) -> contextlib.AbstractContextManager[None]:
+    """Name the attacked rows a sub-batch holds, for victims that keep per-row ledgers
+    (estimated gradients: `select(ids)`); a no-op for plain torch graphs or a full batch."""
+    select = getattr(victim.logits, "select", None)
+    if rows is None or select is None:
+        return contextlib.nullcontext()
+    return select(rows.cpu().numpy())  # type: ignore[no-any-return]
+
+
+@dataclass
+class _Rows:
+    """The working state of the rows still in the batch (compacted: row i of every tensor is ids[i])."""
+
+    ids: torch.Tensor
+    x: torch.Tensor
+    target: torch.Tensor
+    w: torch.Tensor
+    m: torch.Tensor
+    v: torch.Tensor
+    t: torch.Tensor  # Adam steps taken in this constant step
+    const: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+    best_x: torch.Tensor
+    best_quality: torch.Tensor
+    best_l2: torch.Tensor
+    best_success: torch.Tensor
+    step_success: torch.Tensor
+    step_start_l2: torch.Tensor
+    previous_loss: torch.Tensor
+    loss: torch.Tensor
+    it: torch.Tensor  # iterations into the current constant step
+    steps: torch.Tensor  # constant steps finished
+    iterations: torch.Tensor  # iterations before the first success (AttackResult.iterations)
+    calls: torch.Tensor
+
+    def keep(self, mask: torch.Tensor) -> _Rows:
+        return _Rows(**{name: value[mask] for name, value in vars(self).items()})
+
+
+def _start(x: torch.Tensor, target: torch.Tensor, settings: SearchSettings, lo: float, hi: float,
+           calls: torch.Tensor) -> _Rows:
+    n = x.shape[0]
+    like = torch.zeros(n, dtype=x.dtype, device=x.device)
+    w = from_box(x, lo, hi).detach()
+    const = like + (settings.initial_const if settings.initial_const is not None else float("nan"))
+    zeros_long = torch.zeros(n, dtype=torch.long, device=x.device)
+    return _Rows(
+        ids=torch.arange(n, device=x.device), x=x.detach(), target=target, w=w.clone(),
+        m=torch.zeros_like(w), v=torch.zeros_like(w), t=like.clone(), const=const, lower=like.clone(),
+        upper=like + _NO_UPPER_BOUND, best_x=x.detach().clone(), best_quality=like - 1,
+        best_l2=like + float("inf"), best_success=zeros_long.bool(), step_success=zeros_long.bool(),
+        step_start_l2=like + float("inf"), previous_loss=like + float("inf"), loss=like.clone(),
+        it=zeros_long.clone(), steps=zeros_long.clone(), iterations=zeros_long.clone(), calls=calls.clone())
+
+
+def _chain(w: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """dx'/dw, elementwise."""
+    return (hi - lo) / 2 * (1 - torch.tanh(w).pow(2))
+
+
+def _iterate(state: _Rows, victim: Victim, loss_term: LossTerm, criterion: Criterion, settings: SearchSettings,
+             full_batch: int) -> None:
+    """One Adam iteration of every row in the batch, with best-iterate bookkeeping."""
+    lo, hi = victim.box
+    x_adv = to_box(state.w, lo, hi).requires_grad_(True)
+    with rows_of(victim, None if len(state.ids) == full_batch else state.ids):
+        scores = victim.attack_space(x_adv)
+        term = loss_term(scores, state.target, state.ids)
+        (g_term,) = torch.autograd.grad(term.sum(), x_adv)
+    state.calls += 2
+    with torch.no_grad():
+        x_adv = x_adv.detach()
+        unset = torch.isnan(state.const)
+        if bool(unset.any()):
+            norm2 = g_term.flatten(1).pow(2).sum(dim=1)
+            guess = CONST_FACTOR * 2 * term / norm2.clamp_min(1e-12)
+            usable = (term > 0) & (norm2 > 0) & torch.isfinite(guess)
+            state.const = torch.where(unset, torch.where(usable, guess, torch.ones_like(guess)), state.const)
+        delta = x_adv - state.x
+        distance = delta.flatten(1).pow(2).sum(dim=1)
+        state.loss = distance + state.const * term.detach()
+        shape = (-1,) + (1,) * (x_adv.dim() - 1)
+        grad = (2 * delta + state.const.view(shape) * g_term) * _chain(state.w, lo, hi)
+        state.t += 1
+        state.m.mul_(_BETA1).add_(grad, alpha=1 - _BETA1)
+        state.v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
+        correction1 = (1 - _BETA1 ** state.t).view(shape)
+        correction2 = (1 - _BETA2 ** state.t).view(shape)
+        denominator = (state.v / correction2).sqrt_().add_(_EPS)
+        state.w.addcdiv_(state.m, denominator * correction1, value=-settings.learning_rate)
+
+        value, success = criterion.progress(scores.detach(), state.target)
+        l2 = distance.sqrt()
+        better = (value > state.best_quality) | ((value == state.best_quality) & (l2 < state.best_l2))
+        state.best_quality = torch.where(better, value, state.best_quality)
+        state.best_l2 = torch.where(better, l2, state.best_l2)
+        state.best_x = torch.where(better.view(shape), x_adv, state.best_x)
+        state.best_success |= success
+        state.step_success |= success
+        state.iterations += (~state.best_success).long()
+        state.it += 1
+
+
+def _end_steps(state: _Rows, ended: torch.Tensor, w0: torch.Tensor, settings: SearchSettings,
+               lo: float, hi: float) -> torch.Tensor:
+    """Close the constant step of the `ended` rows; returns which rows are finished."""
+    won = state.step_success
+    upper = torch.where(won, torch.minimum(state.upper, state.const), state.upper)
+    lower = torch.where(won, state.lower, torch.maximum(state.lower, state.const))
+    const = torch.where(upper < _NO_UPPER_BOUND, (lower + upper) / 2, state.const * 10)
+    state.upper = torch.where(ended, upper, state.upper)
+    state.lower = torch.where(ended, lower, state.lower)
+    state.const = torch.where(ended, const, state.const)
+    state.steps += ended.long()
+
+    finished = ended & (state.steps >= settings.binary_steps)
+    if settings.converge:
+        tight = state.upper - state.lower <= settings.tolerance * state.upper
+        stalled = state.step_start_l2 - state.best_l2 <= settings.tolerance * state.best_l2
+        finished |= ended & state.best_success & (tight | stalled)
+
+    restart = ended & ~finished
+    shape = (-1,) + (1,) * (state.w.dim() - 1)
+    if settings.warm_start:
+        resume = torch.where(state.best_success.view(shape), from_box(state.best_x, lo, hi), state.w)
+    else:
+        resume = w0
+    again = restart.view(shape)
+    state.w = torch.where(again, resume, state.w)
+    state.m = torch.where(again, torch.zeros_like(state.m), state.m)
+    state.v = torch.where(again, torch.zeros_like(state.v), state.v)
+    state.t = torch.where(restart, torch.zeros_like(state.t), state.t)
+    state.it = torch.where(restart, torch.zeros_like(state.it), state.it)
+    state.previous_loss = torch.where(restart, torch.full_like(state.previous_loss, float("inf")),
+                                      state.previous_loss)
+    state.step_success = state.step_success & ~restart
+    state.step_start_l2 = torch.where(restart, state.best_l2, state.step_start_l2)
+    return finished
+
+
+def _until_next_event(state: _Rows, max_iter: int, check_every: int) -> int:
+    """Iterations every row can run before some row reaches a check point or its step's end."""
+    it = state.it
+    next_check = (it // check_every + 1) * check_every
+    return int((torch.minimum(next_check, torch.full_like(it, max_iter)) - it).min())
+
+
 def constant_search(victim: Victim, x: torch.Tensor, target: torch.Tensor, loss_term: LossTerm,
-                    quality: Quality, settings: SearchSettings) -> AttackResult:
-    """min ||x' - x||^2 + c * loss_term over x' = box(w), c searched per sample."""
+                    criterion: Criterion, settings: SearchSettings,
+                    calls: torch.Tensor | None = None) -> AttackResult:
+    """min ||x' - x||^2 + c * loss_term over x' = box(w), c searched per sample.
+
+    calls: model calls already spent per row (e.g. a clean forward the loss term needed)."""
     lo, hi = victim.box
     n = x.shape[0]
-    w0 = from_box(x, lo, hi).detach()
-    const = torch.full((n,), settings.initial_const, dtype=x.dtype, device=x.device)
-    lower = torch.zeros_like(const)
-    upper = torch.full_like(const, _NO_UPPER_BOUND)
-
-    best_x = x.detach().clone()
-    best_quality = torch.full((n,), -1.0, dtype=x.dtype, device=x.device)
-    best_l2 = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
-    best_success = torch.zeros(n, dtype=torch.bool, device=x.device)
-    iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+    spent = torch.zeros(n, dtype=torch.long, device=x.device) if calls is None else calls.to(x.device).long()
+    out_x = x.detach().clone()
+    out_success = torch.zeros(n, dtype=torch.bool, device=x.device)
+    out_iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+    out_calls = spent.clone()
+    state = _start(x, target, settings, lo, hi, spent)
+    w0 = state.w.clone()
     check_every = max(1, settings.max_iter // 10)
 
-    for _ in range(settings.binary_steps):
-        w = w0.clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([w], lr=settings.learning_rate)
-        step_success = torch.zeros(n, dtype=torch.bool, device=x.device)
-        previous = float("inf")
-        for iteration in range(settings.max_iter):
-            x_adv = to_box(w, lo, hi)
-            scores = victim.attack_space(x_adv)
-            distance = (x_adv - x).flatten(1).pow(2).sum(dim=1)
-            loss = distance + const * loss_term(scores, target)
-            optimiser.zero_grad()
-            loss.sum().backward()
-            optimiser.step()
-            with torch.no_grad():
-                value, success = quality(scores.detach(), target)
-                l2 = distance.detach().sqrt()
-                better = (value > best_quality) | ((value == best_quality) & (l2 < best_l2))
-                best_quality = torch.where(better, value, best_quality)
-                best_l2 = torch.where(better, l2, best_l2)
-                best_success |= success
-                best_x[better] = x_adv.detach()[better]
-                step_success |= success
-                iterations += (~best_success).long()
-            if settings.abort_early and (iteration + 1) % check_every == 0:
-                current = float(loss.detach().sum())
-                if current > previous * 0.9999:
-                    break
-                previous = current
+    while len(state.ids):
+        for _ in range(_until_next_event(state, settings.max_iter, check_every)):
+            _iterate(state, victim, loss_term, criterion, settings, n)
         with torch.no_grad():
-            upper = torch.where(step_success, torch.minimum(upper, const), upper)
-            lower = torch.where(step_success, lower, torch.maximum(lower, const))
-            bisect = (lower + upper) / 2
-            const = torch.where(upper < _NO_UPPER_BOUND, bisect, const * 10)
-        if bool(best_success.all()) and not bool((upper - lower > 1e-3 * upper).any()):
-            break
-    return AttackResult.from_inputs(x, best_x, best_success, iterations)
+            at_check = state.it % check_every == 0
+            ended = state.it >= settings.max_iter
+            if settings.abort_early:
+                ended |= at_check & (state.loss > _ABORT_RATIO * state.previous_loss)
+            state.previous_loss = torch.where(at_check, state.loss, state.previous_loss)
+            if not bool(ended.any()):
+                continue
+            finished = _end_steps(state, ended, w0, settings, lo, hi)
+            if bool(finished.any()):
+                ids = state.ids[finished]
+                out_x[ids] = state.best_x[finished]
+                out_success[ids] = state.best_success[finished]
+                out_iterations[ids] = state.iterations[finished]
+                out_calls[ids] = state.calls[finished]
+                stay = ~finished
+                state = state.keep(stay)
+                w0 = w0[stay]
+    return AttackResult.from_inputs(x, out_x, out_success, out_iterations, out_calls)
 
 
 class ConstantSearchAttack(Attack):
-    """The hyperparameters ML-CW, Rank I and Rank II share (defaults: the paper's setting)."""
+    """The hyperparameters ML-CW, Rank I and Rank II share.
 
-    def __init__(self, max_iter: int = 1000, binary_steps: int = 10, initial_const: float = 1.0,
-                 learning_rate: float = 1e-2, kappa: float = 0.0, abort_early: bool = True) -> None:
-        self.max_iter = max_iter
-        self.binary_steps = binary_steps
-        self.initial_const = initial_const
-        self.learning_rate = learning_rate
-        self.kappa = kappa
-        self.abort_early = abort_early
+    Defaults: binary_steps 10 x max_iter 1000 at most, lr 1e-2 (the paper's), with the per-row
+    shrinking search above. exhaustive=True restores the full search: every row runs every step for
+    max_iter iterations from x, c0 = initial_const (1 when unset), no early abort, no convergence.
+    abort_early=False keeps the shrinking search but runs every step to max_iter.
+    """
+
+    def __init__(self, max_iter: int = 1000, binary_steps: int = 10, initial_const: float | None = None,
+                 learning_rate: float = 1e-2, kappa: float = 0.0, abort_early: bool = True,
+                 exhaustive: bool = False) -> None:
+        self.max_iter = at_least_one("max_iter", max_iter)
+        self.binary_steps = at_least_one("binary_steps", binary_steps)
+        self.initial_const = None if initial_const is None else number("initial_const", initial_const, positive=True)
+        self.learning_rate = number("learning_rate", learning_rate, positive=True)
+        self.kappa = number("kappa", kappa, positive=False)
+        self.abort_early = bool(abort_early)
+        self.exhaustive = bool(exhaustive)
 
     def settings(self) -> SearchSettings:
+        if self.exhaustive:
+            const = 1.0 if self.initial_const is None else self.initial_const
+            return SearchSettings(self.max_iter, self.binary_steps, const, self.learning_rate,
+                                  abort_early=False, converge=False, warm_start=False)
         return SearchSettings(self.max_iter, self.binary_steps, self.initial_const, self.learning_rate,
-                              self.abort_early)
+                              abort_early=self.abort_early)
+

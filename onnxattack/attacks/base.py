@@ -1,68 +1,90 @@
-"""The attack interface: a victim (torch graph + score reader + box) in, an AttackResult out."""
+"""The attack interface: a victim (attack tensor + score reader + box), inputs, targets and the
+criterion that judges them in; an AttackResult out.
+
+As in Foolbox 3, the public call is final and the same for every method: it checks the inputs
+against the box, restates the criterion on the attack tensor, and runs the method. Methods
+implement `run` only, and ask the criterion they are given whether a sample succeeded.
+"""
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from ..scores import RankingCriterion, ScoreReader, ThresholdCriterion
+from ..errors import BadInputError
+from ..scores import Criterion
 from ..types import Task
+from ..victim import Victim
 
-
-@dataclass
-class Victim:
-    """What an attack sees: a differentiable attack tensor, how to read it, and the valid box."""
-
-    logits: Callable[[torch.Tensor], torch.Tensor]
-    reader: ScoreReader
-    box: tuple[float, float]
-    top_k: int = 1
-
-    def attack_space(self, x: torch.Tensor) -> torch.Tensor:
-        return self.reader.attack_space(self.logits(x))
-
-    @property
-    def threshold(self) -> float:
-        return self.reader.attack_threshold
-
-    def criterion(self, task: Task) -> ThresholdCriterion | RankingCriterion:
-        """The success rule stated on the attack tensor (same decisions as on the real output)."""
-        if task is Task.RANKING:
-            return RankingCriterion(k=self.top_k)
-        return ThresholdCriterion(threshold=self.threshold)
+__all__ = ["Attack", "AttackResult", "Victim", "verify_input_bounds"]
 
 
 @dataclass
 class AttackResult:
-    """Per sample: the adversarial input, torch's verdict, iterations used, and the norms."""
+    """Per sample: the adversarial input, torch's verdict, iterations used, the norms, and the cost.
+
+    model_calls: passes through the model per row, forward and backward each counting 1 (a
+    forward+backward of a row is 2; a Jacobian by one vectorised backward is 2; L separate
+    backward passes are 1 + L). Machine-independent: compare methods and settings by it.
+    """
 
     x_adv: torch.Tensor
     success: torch.Tensor  # bool [N], judged on the torch graph; the pipeline re-judges in onnxruntime
     iterations: torch.Tensor  # int [N]
     l2: torch.Tensor
     linf: torch.Tensor
+    model_calls: torch.Tensor  # int64 [N]
 
     @classmethod
     def from_inputs(cls, x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor,
-                    iterations: torch.Tensor) -> AttackResult:
+                    iterations: torch.Tensor, model_calls: torch.Tensor | None = None) -> AttackResult:
         delta = (x_adv - x).flatten(1)
+        calls = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if model_calls is None else model_calls
         return cls(x_adv=x_adv.detach(), success=success, iterations=iterations,
-                   l2=delta.norm(dim=1), linf=delta.abs().amax(dim=1))
+                   l2=delta.norm(dim=1), linf=delta.abs().amax(dim=1), model_calls=calls.long())
+
+
+def verify_input_bounds(x: torch.Tensor, box: tuple[float, float]) -> None:
+    """Inputs must be finite and inside the box the attack keeps them in."""
+    if x.numel() == 0:
+        return
+    finite = torch.isfinite(x.flatten(1)).all(dim=1)
+    if not bool(finite.all()):
+        row = int((~finite).nonzero()[0, 0])
+        raise BadInputError(f"input row {row} holds NaN or infinite values")
+    low, high = float(x.min()), float(x.max())
+    if low < box[0] or high > box[1]:
+        raise BadInputError(f"inputs span [{low:g}, {high:g}], outside the box [{box[0]:g}, {box[1]:g}]")
 
 
 class Attack(ABC):
     """One method. Subclasses hold their hyperparameters and implement `run`."""
 
-    name: str
-    task: Task
+    name: ClassVar[str]
+    task: ClassVar[Task]
+
+    def __call__(self, victim: Victim, x: torch.Tensor, target: torch.Tensor, criterion: Criterion) -> AttackResult:
+        """Attack a batch: x [N, ...] inside the box, target [N, L] of 0/1 (1 = must be positive,
+        or in the target set), criterion on the model's real output (as onnxruntime judges)."""
+        if criterion.task is not self.task:
+            raise BadInputError(f"{self.name} attacks {self.task.value} targets, the criterion is "
+                                f"for {criterion.task.value}")
+        verify_input_bounds(x, victim.box)
+        return self.run(victim, x, target, criterion.in_attack_space(victim.reader))
 
     @abstractmethod
-    def run(self, victim: Victim, x: torch.Tensor, target: torch.Tensor) -> AttackResult:
-        """Attack a batch: x [N, ...] inside the box, target [N, L] of 0/1 (1 = must be positive)."""
+    def run(self, victim: Victim, x: torch.Tensor, target: torch.Tensor, criterion: Criterion) -> AttackResult:
+        """The method itself; `criterion` is stated on the attack tensor."""
 
     def params(self) -> dict[str, Any]:
         return {key: value for key, value in vars(self).items() if not key.startswith("_")}
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every hyperparameter the constructor takes, with its default (one source of defaults)."""
+        return {name: parameter.default for name, parameter in inspect.signature(cls).parameters.items()
+                if parameter.default is not inspect.Parameter.empty}

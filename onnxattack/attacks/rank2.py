@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..scores import RankingCriterion
+from ._search import LossTerm
 from ._terms import hinge, masked_max, masked_min
 from .base import Victim
 from .rank1 import RankI, rank1_term
@@ -19,17 +21,19 @@ class RankII(RankI):
 
     name = "rank2"
 
-    def loss_term(self, victim: Victim, x: torch.Tensor):
-        with torch.no_grad():
-            predicted = victim.criterion(self.task).predict_tensor(victim.attack_space(x))
+    def loss_term(self, victim: Victim, x: torch.Tensor, criterion: RankingCriterion) -> tuple[LossTerm, int]:
+        with torch.no_grad():  # one clean forward per row
+            clean = criterion.predict_tensor(victim.attack_space(x))
         kappa = self.kappa
+        margin = kappa + criterion.gap
 
-        def term(scores: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        def term(scores: torch.Tensor, goal: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             in_target = goal.bool()
+            predicted = clean[rows]
             hide, show = predicted & ~in_target, in_target & ~predicted
             keep_positive, keep_negative = predicted & in_target, ~predicted & ~in_target
             low_order = hinge(kappa + masked_max(scores, hide) - masked_min(scores, keep_negative))
             high_order = hinge(kappa + masked_max(scores, keep_positive) - masked_min(scores, show))
-            return rank1_term(scores, goal, kappa) + low_order + high_order
+            return rank1_term(scores, goal, margin) + low_order + high_order
 
-        return term
+        return term, 1

@@ -1,0 +1,126 @@
+"""The public entry point: attack a batch of arrays and judge it in onnxruntime.
+
+    model = onnxattack.load("model.onnx", box=(0, 1))
+    result = onnxattack.attack_arrays(model, x, onnxattack.MLDeepFool(), target="hide-single")
+
+The pipeline calls the same function batch by batch; the tests and the README do too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .attacks import Attack
+from .errors import BadInputError
+from .inputs import check_rows
+from .loader import LoadedModel, check_sample_shape
+from .runtime import to_input_dtype
+from .scores import Criterion, criterion_for
+from .targets import TargetSpec, check_target_file, make_targets, parse_target
+from .types import Task
+from .validate import ort_verdict, torch_reached
+
+
+@dataclass
+class BatchResult:
+    """One row per input, as stored in the result file (see the contract's HDF5 layout)."""
+
+    x: np.ndarray
+    x_adv: np.ndarray
+    scores: np.ndarray
+    scores_adv: np.ndarray
+    y_pred: np.ndarray
+    y_target: np.ndarray
+    y_adv: np.ndarray
+    success: np.ndarray  # onnxruntime's verdict on x_adv, for attacked rows
+    attacked: np.ndarray  # false where the target already held on x
+    torch_agrees: np.ndarray
+    l2: np.ndarray
+    linf: np.ndarray
+    iterations: np.ndarray
+    queries: np.ndarray  # onnxruntime queries per row when gradients are estimated (0 with torch gradients)
+
+    def rows(self) -> dict[str, np.ndarray]:
+        return asdict(self)
+
+    @property
+    def success_rate(self) -> float:
+        attacked = int(self.attacked.sum())
+        return float(self.success.sum()) / attacked if attacked else 0.0
+
+
+def resolve_top_k(model: LoadedModel, spec: TargetSpec | None, requested: int | None) -> int:
+    """Ranking: K from the caller, else from top:K, else from the model's metadata, else 1."""
+    from_target = spec.k if spec is not None and spec.strategy == "top" else None
+    if requested is not None and from_target is not None and requested != from_target:
+        raise BadInputError(f"--top-k {requested} contradicts --target top:{from_target}")
+    chosen = requested or from_target or int(model.info.metadata.get("top_k", 1))
+    if not 1 <= chosen < model.num_labels:
+        raise BadInputError(f"--top-k must lie in 1..{model.num_labels - 1}")
+    return chosen
+
+
+def target_spec(text: str | TargetSpec, model: LoadedModel, attack: Attack) -> TargetSpec:
+    spec = parse_target(text, model.labels) if isinstance(text, str) else text
+    if spec.strategy == "top" and attack.task is not Task.RANKING:
+        raise BadInputError("top:K targets are for ranking methods (rank1, rank2)")
+    return spec
+
+
+def judge(model: LoadedModel, attack: Attack, spec: TargetSpec | None, top_k: int | None) -> Criterion:
+    """The criterion onnxruntime's verdict is taken with."""
+    k = resolve_top_k(model, spec, top_k) if attack.task is Task.RANKING else 1
+    return criterion_for(attack.task, model.reader, k)
+
+
+def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
+                  target: str | TargetSpec | np.ndarray = "hide-single", *, box: tuple[float, float] | None = None,
+                  seed: int = 0, top_k: int | None = None, first_index: int = 0, source: str = "inputs",
+                  criterion: Criterion | None = None) -> BatchResult:
+    """Attack the rows of x (the model's own input format) and judge every result in onnxruntime.
+
+    target: a strategy ('hide-single', 'random', 'top:3:best', '+2,-5', ...) or an [N, L] 0/1 array.
+    Randomness is per input from (seed, first_index + row), so batches and resumes agree.
+    Rows whose target already holds are not attacked (x_adv = x, attacked = False).
+    """
+    box = model.box if box is None else box
+    x = np.asarray(x)
+    check_rows(x, box, source, first_index)
+    check_sample_shape(model.input, tuple(x.shape[1:]), source)
+    spec = None if isinstance(target, np.ndarray) else target_spec(target, model, attack)
+    criterion = criterion or judge(model, attack, spec, top_k)
+    x = to_input_dtype(x, model.input.dtype)
+    clean = model.ort_scores(x)
+    predicted = criterion.predict(clean)
+    if spec is None:
+        goal = check_target_file(np.asarray(target), len(x), model.num_labels)[: len(x)]
+    else:
+        goal = make_targets(spec, predicted, clean, seed, first_index=first_index)
+    attacked = ~criterion.reached(clean, goal)
+    x_adv = x.copy()
+    iterations = np.zeros(len(x), dtype=np.int32)
+    queries = np.zeros(len(x), dtype=np.int64)
+    if attacked.any():
+        index = np.flatnonzero(attacked)
+        victim = model.victim(box)
+        if victim.begin is not None:
+            victim.begin(first_index + index)  # per-row query ledger, keyed by the input's index
+        result = attack(victim, model.as_tensor(x[index]), torch.as_tensor(goal[index], device=model.device),
+                        criterion)
+        x_adv[index] = to_input_dtype(result.x_adv.detach().cpu().numpy(), model.input.dtype)
+        iterations[index] = result.iterations.cpu().numpy()
+        spent = model.queries_spent()
+        if spent is not None:
+            queries[index] = spent
+    verdict = ort_verdict(model, criterion, x_adv, goal)
+    torch_verdict = torch_reached(model, criterion, x_adv, goal)
+    delta = (x_adv.astype(np.float64) - x.astype(np.float64)).reshape(len(x), -1)
+    return BatchResult(
+        x=x, x_adv=x_adv, scores=clean.astype(np.float32), scores_adv=verdict.scores.astype(np.float32),
+        y_pred=predicted, y_target=goal, y_adv=verdict.predicted, success=verdict.reached & attacked,
+        attacked=attacked, torch_agrees=torch_verdict == verdict.reached,
+        l2=np.linalg.norm(delta, axis=1).astype(np.float32), linf=np.abs(delta).max(axis=1).astype(np.float32),
+        iterations=iterations, queries=queries)

@@ -1,0 +1,129 @@
+"""AttackConfig: every setting of a run, documented and validated in one place.
+
+The command line takes its defaults, help texts and choices from here and from the attack
+registry; library errors name the field (ConfigError.field) and the CLI maps it to its flag.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .attacks import METHODS, Attack
+from .errors import ConfigError
+
+SCORES_CHOICES = ("auto", "logits", "probabilities", "softmax")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+IMAGE_LAYOUTS = ("chw", "hwc")
+GRADIENT_CHOICES = ("auto", "torch", "estimate")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class AttackConfig:
+    """The settings of one `attack` run. Each field's help text is the CLI's."""
+
+    method: str = field(default="ml-cw", metadata=_help("Attack method."))
+    target: str = field(default="hide-single", metadata=_help(
+        "hide-single | hide-all | random | extreme | '+A,-B' (label indices or names) | "
+        "top:K[:best|random|worst] (ranking methods)."))
+    target_file: str | None = field(default=None, metadata=_help("(N, L) 0/1 .npy of per-input targets."))
+    scores: str = field(default="auto", metadata=_help("How to read the score output."))
+    threshold: float | None = field(default=None, metadata=_help(
+        "Decision threshold (default 0 on logits, 0.5 on probabilities)."))
+    top_k: int | None = field(default=None, metadata=_help("Rankers: the predicted set is the K best labels."))
+    output: str | None = field(default=None, metadata=_help("Model output that holds the label scores."))
+    box: tuple[float, float] = field(default=(0.0, 1.0), metadata=_help(
+        "Valid input box: every input must lie in it, and adversarial inputs stay in it."))
+    max_iter: int | None = field(default=None, metadata=_help(
+        "Iterations per search step (method default if absent)."))
+    batch_size: int = field(default=32, metadata=_help("Inputs per batch."))
+    limit: int | None = field(default=None, metadata=_help("Attack only the first N inputs."))
+    seed: int = field(default=0, metadata=_help("Seed of the random targets."))
+    device: str = field(default="auto", metadata=_help("Where torch runs the attack."))
+    resume: bool = field(default=False, metadata=_help("Continue an interrupted result file."))
+    overwrite: bool = field(default=False, metadata=_help("Replace an existing result file."))
+    labels_file: str | None = field(default=None, metadata=_help("Label names (JSON list or one per line)."))
+    key: str | None = field(default=None, metadata=_help("Array name inside a .npz or HDF5 input file."))
+    tolerance: float = field(default=1e-4, metadata=_help(
+        "Max |torch - onnxruntime| score difference accepted on load."))
+    gradients: str = field(default="auto", metadata=_help(
+        "auto: through the torch graph, or estimated from onnxruntime queries when the model cannot "
+        "convert (said in a note); torch: refuse such models; estimate: always estimate."))
+    max_queries: int = field(default=20_000, metadata=_help(
+        "Estimated gradients: onnxruntime queries allowed per input (the attack stops a row there)."))
+    attack_options: dict[str, Any] = field(default_factory=dict, metadata=_help(
+        "Method hyperparameters (binary_steps, learning_rate, kappa, overshoot, ...)."))
+    image_layout: str = field(default="chw", metadata=_help("Image folders: layout of each sample."))
+    image_scale: float = field(default=1 / 255, metadata=_help("Image folders: pixel values are multiplied by this."))
+
+    def __post_init__(self) -> None:
+        self.box = _check_box(self.box)
+        _choice("method", self.method, tuple(METHODS))
+        _choice("scores", self.scores, SCORES_CHOICES)
+        _choice("device", self.device, DEVICE_CHOICES)
+        _choice("image_layout", self.image_layout, IMAGE_LAYOUTS)
+        _choice("gradients", self.gradients, GRADIENT_CHOICES)
+        _at_least("max_queries", self.max_queries, 41)  # one forward + one default gradient estimate
+        for name in ("batch_size", "limit", "top_k", "max_iter"):
+            _at_least(name, getattr(self, name), 1)
+        _at_least("seed", self.seed, 0)
+        _positive("tolerance", self.tolerance)
+        _positive("image_scale", self.image_scale)
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ConfigError("threshold", f"the threshold must be a finite number, got {self.threshold}")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume", "resume and overwrite exclude each other")
+        self.build_attack()  # the method checks its own hyperparameters
+
+    def build_attack(self) -> Attack:
+        """The configured attack; refuses options the method does not take."""
+        attack_class = METHODS[self.method]
+        accepted = attack_class.defaults()
+        options = dict(self.attack_options)
+        if self.max_iter is not None:
+            options["max_iter"] = self.max_iter
+        refused = [name for name in options if name not in accepted]
+        if refused:
+            taken = ", ".join(sorted(name for name in accepted if name != "jacobian"))
+            raise ConfigError(refused[0], f"{', '.join(refused)} does not apply to {self.method} (it takes {taken})")
+        return attack_class(**options)
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of a field (the CLI's defaults come from here)."""
+        spec = {f.name: f for f in fields(cls)}[name]
+        return spec.default
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return str({f.name: f for f in fields(cls)}[name].metadata.get("help", ""))
+
+
+def _check_box(box: Any) -> tuple[float, float]:
+    try:
+        low, high = (float(value) for value in box)
+    except (TypeError, ValueError):
+        raise ConfigError("box", f"the box must be two numbers LO HI, got {box!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high)) or not low < high:
+        raise ConfigError("box", f"{low:g} {high:g}: LO must be below HI, both finite")
+    return low, high
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(name, f"unknown {name.replace('_', ' ')} {value!r} (expected one of: {', '.join(choices)})")
+
+
+def _at_least(name: str, value: int | None, low: int) -> None:
+    if value is not None and (not isinstance(value, int) or value < low):
+        raise ConfigError(name, f"must be an integer of at least {low}, got {value!r}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(name, f"must be a positive number, got {value!r}")
