@@ -158,10 +158,39 @@ def build_yeast_mlp(spec: ZooModel, path: Path) -> dict:
     return classifier_metrics(_scores(path, split.x_test), split.y_test, 0.0)
 
 
+def build_yeast_forest(spec: ZooModel, path: Path) -> dict:
+    """Small forests (25 trees, depth 8) keep the file and onnxruntime's per-query cost small."""
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.multiclass import OneVsRestClassifier
+
+    split = data.yeast()
+    forest = OneVsRestClassifier(RandomForestClassifier(n_estimators=25, max_depth=8, random_state=0, n_jobs=1))
+    forest.fit(split.x_train, split.y_train.astype(np.int64))
+    model = to_onnx(forest, split.x_train[:1], options={"zipmap": False}, target_opset=17)
+    _keep_outputs(model, {"probabilities"})
+    metadata = {"labels": json.dumps(split.labels), "onnxattack.zoo": spec.name, "task": spec.task,
+                "input_range": json.dumps(list(spec.input_range))}
+    onnx.helper.set_model_props(model, metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.onnx")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    return classifier_metrics(_scores(path, split.x_test), split.y_test, 0.5)
+
+
+def _keep_outputs(model: onnx.ModelProto, names: set[str]) -> None:
+    """Drop the label output skl2onnx adds next to the probabilities (the zoo's files have one output)."""
+    kept = [output for output in model.graph.output if output.name in names]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+
+
 BUILDERS: dict[str, Callable[[ZooModel, Path], dict]] = {
     "digits-mosaic": build_digits_mosaic,
     "digits-ranker": build_digits_ranker,
     "yeast-mlp": build_yeast_mlp,
+    "yeast-forest": build_yeast_forest,
 }
 
 

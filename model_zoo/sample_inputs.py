@@ -15,7 +15,7 @@ def test_inputs(name: str, count: int) -> np.ndarray:
         return data.digit_mosaics().x_test[:count]
     if name == "digits-ranker":
         return data.digit_mosaics(digits_per_mosaic=(3, 3), seed=1).x_test[:count]
-    if name == "yeast-mlp":
+    if name in ("yeast-mlp", "yeast-forest"):
         return data.yeast().x_test[:count]
     raise click.BadParameter(f"unknown zoo model {name!r}")
 

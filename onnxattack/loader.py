@@ -30,7 +30,7 @@ from .model import (
     read_labels,
     read_model,
 )
-from .runtime import QDQ_NOTE, OrtScorer, has_qdq, make_session
+from .runtime import QDQ_NOTE, REDUCTIONS, OrtScorer, has_qdq, make_session
 from .scores import ScoreReader
 from .types import ScoresKind
 from .victim import Victim
@@ -67,6 +67,22 @@ class ChunkedGraph(torch.nn.Module):
                 chunk = torch.cat([chunk, chunk[-1:].expand(missing, *chunk.shape[1:])])
             parts.append(self.graph(chunk)[: self.batch - missing])
         return torch.cat(parts)
+
+
+class FoldedGraph(torch.nn.Module):
+    """[N, ..., L] -> [N, L]: folds the middle dims of a frame-level output, as onnxruntime's side does."""
+
+    def __init__(self, graph: torch.nn.Module, reduce: str) -> None:
+        super().__init__()
+        self.graph = graph
+        self.reduce = reduce
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.graph(x)
+        if z.dim() <= 2:
+            return z
+        flat = z.reshape(z.shape[0], -1, z.shape[-1])
+        return flat.amax(dim=1) if self.reduce == "max" else flat.mean(dim=1)
 
 
 @dataclass
@@ -232,14 +248,17 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
          labels_file: str | os.PathLike | None = None, tolerance: float = DEFAULT_TOLERANCE,
          box: tuple[float, float] = (0.0, 1.0), probe: np.ndarray | None = None,
          convert: bool = True, seed: int = 0, probe_name: str = "the probe batch",
-         gradients: str = "auto", max_queries: int | None = None) -> LoadedModel:
+         gradients: str = "torch", max_queries: int | None = None, reduce: str = "max") -> LoadedModel:
     """Load a model file and build everything an attack needs; raises typed errors with one line.
 
     probe: a few real inputs for the fidelity check (random ones in the box when absent);
     probe_name: what error messages call them (the user's input file).
     gradients: "torch" (convert, else refuse), "estimate" (onnxruntime queries, no conversion) or
     "auto" (convert; when the graph cannot convert or is unfaithful, estimate and say so in a note);
-    max_queries: the per-input query budget of estimated gradients."""
+    max_queries: the per-input query budget of estimated gradients.
+    reduce: how score outputs [N, ..., L] fold to [N, L] ("max" or "mean" over the middle dims)."""
+    if reduce not in REDUCTIONS:
+        raise BadInputError(f"unknown reduction {reduce!r} (expected one of: {', '.join(REDUCTIONS)})")
     if gradients not in GRADIENT_SOURCES:
         raise BadInputError(f"unknown gradient source {gradients!r} (expected one of: {', '.join(GRADIENT_SOURCES)})")
     torch_device = resolve_device(device)
@@ -255,6 +274,10 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
     detected = detect_scores_kind(proto, score_output.name)
     kind = detected if scores in ("auto", None) else ScoresKind.parse(str(getattr(scores, "value", scores)))
     tensor_name, head = attack_tensor(proto, score_output.name, cut_activation=(kind == detected))
+    folded = len(score_output.shape) > 2
+    if folded and head is not None and not (head == "sigmoid" and reduce == "max"):
+        # max commutes with a per-element sigmoid; mean (or a softmax) does not: attack the real output
+        tensor_name, head = score_output.name, None
     try:
         reader = ScoreReader.create(kind, threshold, head)
     except ValueError as exc:
@@ -268,6 +291,10 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
     check_rows(probe, box, probe_name)
     check_sample_shape(input_info, tuple(probe.shape[1:]), probe_name)
     scorer = _ort_scorer(proto, input_info, score_output.name, torch_device.type, probe, notes)
+    scorer.reduce = reduce
+    if folded:
+        notes.append(f"scores {list(score_output.shape)} are folded to [batch, labels] by {reduce} over the "
+                     f"middle dims (--reduce)")
     probe_scores = scorer(probe)
     if probe_scores.ndim != 2:
         raise UnsupportedModelError(f"output {score_output.name!r} gives scores of shape "
@@ -293,6 +320,8 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
     try:
         score_graph = _score_graph(proto, tensor_name, score_output.name)
         loaded.graph = _torch_graph(score_graph, fixed, probe, torch_dtype, torch_device, notes)
+        if folded:
+            loaded.graph = FoldedGraph(loaded.graph, reduce)
         loaded.fidelity = check_fidelity(loaded.graph, reader, scorer, probe, tolerance,
                                          torch_dtype, torch_device)
     except (ConversionError, FidelityError) as exc:
@@ -313,10 +342,30 @@ def _estimated(loaded: LoadedModel, kind: ScoresKind, threshold: float | None, s
     return loaded
 
 
+def _sample_shape(input_info: TensorInfo, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """The sample dims to probe with: the user's --shape (with or without the batch dim), else the
+    model's own when they are all fixed; None when they are symbolic and no shape was given."""
+    declared = tuple(input_info.shape[1:])
+    if shape is not None:
+        given = tuple(shape[1:]) if len(shape) == len(input_info.shape) else tuple(shape)
+        if len(given) != len(declared) or any(isinstance(d, int) and d > 0 and d != g
+                                              for d, g in zip(declared, given, strict=True)):
+            raise BadInputError(f"--shape {','.join(map(str, shape))} does not fit input {input_info.name!r} "
+                                f"of shape {list(input_info.shape)}")
+        return given
+    if all(isinstance(dim, int) and dim > 0 for dim in declared):
+        return tuple(int(dim) for dim in declared if isinstance(dim, int))
+    return None
+
+
 def inspect_model(path: str | os.PathLike, *, output: str | None = None, scores: str = "auto",
                   labels_file: str | os.PathLike | None = None, device: str = "cpu",
-                  box: tuple[float, float] = (0.0, 1.0), tolerance: float = DEFAULT_TOLERANCE) -> dict:
-    """Everything `onnxattack inspect` reports; conversion problems are reported, not raised."""
+                  box: tuple[float, float] = (0.0, 1.0), tolerance: float = DEFAULT_TOLERANCE,
+                  shape: tuple[int, ...] | None = None, probe: np.ndarray | None = None) -> dict:
+    """Everything `onnxattack inspect` reports; conversion problems are reported, not raised.
+
+    shape (the sample dims) or probe (real inputs) fix symbolic sample dims for the fidelity check;
+    without either, a model with symbolic sample dims is reported as unchecked (converts None)."""
     from .bridge.convert import blocking_ops
 
     proto = read_model(path)
@@ -339,9 +388,17 @@ def inspect_model(path: str | os.PathLike, *, output: str | None = None, scores:
     except OnnxAttackError as exc:
         report["reason"] = str(exc)
         return report
+    if probe is None and info.inputs:
+        sample = _sample_shape(info.inputs[0], shape)
+        if sample is None:
+            dims = list(info.inputs[0].shape)
+            report.update(converts=None, reason=f"input {info.inputs[0].name!r} has symbolic sample dims {dims}: "
+                                                f"conversion not checked; pass --shape D1,D2,... or --probe INPUTS")
+            return report
+        probe = np.random.default_rng(0).uniform(box[0], box[1], size=(PROBE_SIZE, *sample))
     try:
         loaded = load(path, device=device, output=output, scores=scores, labels_file=labels_file,
-                      tolerance=tolerance, box=box)
+                      tolerance=tolerance, box=box, probe=probe, gradients="torch")
     except OnnxAttackError as exc:
         report["reason"] = str(exc)
         return report

@@ -125,11 +125,18 @@ def _check_tensor(tensor: onnx.TensorProto, most_values: int) -> None:
                                     f"{_first_line(exc)}") from None
 
 
+def _dynamic_dim(position: int, value: int) -> bool:
+    """-1 anywhere, or 0 as the batch dim, written where a symbolic name was meant."""
+    return value == -1 or (position == 0 and value == 0)
+
+
 def _check_shapes(model: onnx.ModelProto) -> None:
-    """No negative dims on the graph's inputs and outputs; no input that is empty or too large to probe."""
+    """Dims of -1 (and a batch dim of 0) are how some exporters (PaddlePaddle) write a dynamic dim; any other
+    negative dim, an input that is empty, or one too large to probe is refused."""
     for kind, values in (("input", graph_inputs(model)), ("output", model.graph.output)):
         for value in values:
-            fixed = [dim.dim_value for dim in value.type.tensor_type.shape.dim if dim.HasField("dim_value")]
+            fixed = [dim.dim_value for position, dim in enumerate(value.type.tensor_type.shape.dim)
+                     if dim.HasField("dim_value") and not _dynamic_dim(position, dim.dim_value)]
             if any(dim < 0 for dim in fixed):
                 raise UnsupportedModelError(f"{kind} {value.name!r} has a negative dim: {fixed}")
             if kind == "input" and 0 in fixed:
@@ -217,8 +224,10 @@ def _tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
     except (KeyError, ValueError, TypeError):  # UNDEFINED or a type this onnx does not know
         dtype = np.dtype(object)
     dims: list[int | str | None] = []
-    for dim in tensor_type.shape.dim:
-        if dim.HasField("dim_value"):
+    for position, dim in enumerate(tensor_type.shape.dim):
+        if dim.HasField("dim_value") and _dynamic_dim(position, int(dim.dim_value)):
+            dims.append(None)
+        elif dim.HasField("dim_value"):
             dims.append(int(dim.dim_value))
         elif dim.HasField("dim_param"):
             dims.append(dim.dim_param)
@@ -250,7 +259,8 @@ def describe(model: onnx.ModelProto, path: str | os.PathLike) -> ModelInfo:
 
 
 def choose_score_output(info: ModelInfo, name: str | None = None) -> TensorInfo:
-    """The output that holds the label scores: named by the user, else the first [batch, L] float."""
+    """The output that holds the label scores: named by the user, else the first [batch, L] float, else the
+    first [batch, ..., L] float (frame-level taggers: the middle dims are folded by --reduce)."""
     if name is not None:
         for output in info.outputs:
             if output.name == name:
@@ -259,12 +269,14 @@ def choose_score_output(info: ModelInfo, name: str | None = None) -> TensorInfo:
                 return output
         names = ", ".join(o.name for o in info.outputs)
         raise BadInputError(f"model has no output named {name!r} (outputs: {names})")
-    for output in info.outputs:
-        if output.is_float and len(output.shape) == 2:
-            return output
+    for rank_ok in (lambda rank: rank == 2, lambda rank: rank > 2):  # [N, L] first, then [N, ..., L]
+        for output in info.outputs:
+            if output.is_float and rank_ok(len(output.shape)):
+                return output
     described = ", ".join(f"{o.name} {o.dtype} {list(o.shape)}" for o in info.outputs)
     raise UnsupportedModelError(
-        f"no floating output shaped [batch, labels] (outputs: {described}); name one with --output"
+        f"no floating output shaped [batch, labels] or [batch, ..., labels] (outputs: {described}); "
+        f"name one with --output"
     )
 
 

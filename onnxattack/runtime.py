@@ -57,16 +57,28 @@ def to_input_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return x.astype(dtype, copy=False)
 
 
+REDUCTIONS = ("max", "mean")
+
+
+def fold_middle(scores: np.ndarray, reduce: str) -> np.ndarray:
+    """[N, ..., L] -> [N, L]: the label axis is the last; the others fold by max or mean."""
+    if scores.ndim <= 2:
+        return scores
+    axes = tuple(range(1, scores.ndim - 1))
+    return scores.max(axis=axes) if reduce == "max" else scores.mean(axis=axes)
+
+
 class OrtScorer:
     """Scores of one output for a batch, in chunks of the model's fixed batch size if it has one."""
 
     def __init__(self, session: ort.InferenceSession, input_name: str, input_dtype: np.dtype,
-                 output_name: str, fixed_batch: int | None = None) -> None:
+                 output_name: str, fixed_batch: int | None = None, reduce: str = "max") -> None:
         self.session = session
         self.input_name = input_name
         self.input_dtype = np.dtype(input_dtype)
         self.output_name = output_name
         self.fixed_batch = fixed_batch
+        self.reduce = reduce
 
     @property
     def providers(self) -> list[str]:
@@ -78,7 +90,7 @@ class OrtScorer:
         except Exception as exc:  # onnxruntime's own exception types
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UnsupportedModelError(f"onnxruntime failed to run the model: {first_line}") from None
-        return np.asarray(scores, dtype=np.float32)
+        return fold_middle(np.asarray(scores, dtype=np.float32), self.reduce)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = to_input_dtype(np.asarray(x), self.input_dtype)
