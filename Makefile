@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev,zoo,report
 DEMO_DIR := demo_output
 
-.PHONY: install test demo bench table lint typecheck fuzz ci clean
+.PHONY: install test demo bench table lint typecheck fuzz gpu-check clean
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ typecheck: $(STAMP)
 
 fuzz: $(STAMP)
 	$(BIN)/python -m bench.fuzz --mutants 5000 --seed 1
+
+# On a lent GPU machine whose python3 has torch, onnx, onnxruntime (CPU) and h5py, with the onnx2torch
+# and click wheels brought along and model_zoo/built carried: no venv, validation on onnxruntime's CPU.
+gpu-check:
+	python3 bench/gpu_check.py --device cuda --out gpu_check.json
 
 clean:
 	rm -rf $(DEMO_DIR) model_zoo/built .pytest_cache

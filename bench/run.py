@@ -1,90 +1,104 @@
-"""Speed benchmarks, measured side by side in one run (ratios, not lone times).
+"""The benchmark: every figure measured side by side in one run; a table, then ONE JSON object
+(also written to bench/results.json).
 
-    python -m bench.run [--repeats 7] [--device auto]
+    python -m bench.run [--device cpu|cuda|auto] [--count 8] [--out bench/results.json]
 
-1. Jacobian of all labels: L backward passes vs one vectorised backward (batched grads) vs one
-   backward through a replicated batch (the fallback), on the zoo image classifier.
-2. onnxruntime thread spinning: a torch forward+backward right after an onnxruntime call,
-   with spinning on (onnxruntime's default) vs off (the engine's session factory).
+Keys (goals in docs/benchmarks.md): search_efficiency, calls_ratio, reference_calls_ratio,
+reference_success, reference_l2_ratio, step_overhead, graph_overhead, qp_share, validate_share,
+write_share, memory_ratio; `details` holds the per-case numbers behind them.
 """
 
 from __future__ import annotations
 
-import statistics
+import json
+import platform
 import time
-from collections.abc import Callable
+from pathlib import Path
 
 import click
-import onnxruntime as ort
 import torch
 
-from model_zoo.build import build
-from model_zoo.sample_inputs import test_inputs
-from onnxattack.attacks import Victim
-from onnxattack.attacks._jacobian import scores_and_jacobian
-from onnxattack.loader import load
-from onnxattack.runtime import session_options
+from onnxattack.loader import resolve_device
+
+from . import overhead, pipeline_costs, search
+
+GOALS = {"search_efficiency": 1.05, "calls_ratio": 0.15, "reference_calls_ratio": 0.5, "step_overhead": 1.10,
+         "graph_overhead": 1.05, "qp_share": 0.2, "validate_share": 0.05, "write_share": 0.05,
+         "memory_ratio": 1.1}
 
 
-def _interleaved(cases: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None]) -> dict[str, float]:
-    """Median seconds per case, cases alternating inside each repeat so drift hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for fn in cases.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            sync()
-            started = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
+def figures(device: str, count: int, exhaustive_iter: int = 1000, memory_inputs: int = 64) -> dict:
+    started = time.monotonic()
+    cases = search.measure(count, device, exhaustive_iter=exhaustive_iter)
+    step = overhead.step_overhead(device)
+    graph = overhead.graph_overhead(device)
+    qp = overhead.qp_share(device)
+    jacobian = overhead.jacobian_modes(device)
+    shares = pipeline_costs.shares("ml-cw", 32, device)
+    shares_deepfool = pipeline_costs.shares("ml-deepfool", 256, device)
+    memory = pipeline_costs.memory_ratio(memory_inputs, device)
+    with_reference = {name: case for name, case in cases.items() if "reference" in case}
+    ours = sum(case["default"]["mean_calls"] for case in with_reference.values())
+    theirs = sum(case["reference"]["mean_calls"] for case in with_reference.values())
+    return {
+        "search_efficiency": {name: case["l2_ratio"] for name, case in cases.items()},
+        "calls_ratio": {name: case["calls_ratio"] for name, case in cases.items()},
+        "reference_calls_ratio": ours / theirs if theirs else None,
+        "reference_success": {name: {"ours": case["default"]["success"], "reference": case["reference"]["success"]}
+                              for name, case in with_reference.items()},
+        "reference_l2_ratio": {name: case["reference_l2_ratio"] for name, case in with_reference.items()},
+        "step_overhead": step["ratio"],
+        "graph_overhead": graph["ratio"],
+        "qp_share": qp["subset"]["share"],
+        "validate_share": max(shares["validate_share"], shares_deepfool["validate_share"]),
+        "write_share": max(shares["write_share"], shares_deepfool["write_share"]),
+        "memory_ratio": memory["ratio"],
+        "jacobian_batched_over_loop": jacobian["batched_over_loop"],
+        "details": {"search": cases, "step": step, "graph": graph, "qp": qp, "jacobian": jacobian,
+                    "pipeline": [shares, shares_deepfool], "memory": memory},
+        "machine": {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "platform": platform.platform(), "inputs_per_search_case": count,
+                    "exhaustive_max_iter": exhaustive_iter, "seconds": round(time.monotonic() - started, 1)},
+    }
 
 
-def _report(title: str, medians: dict[str, float], baseline: str) -> None:
-    click.echo(f"\n{title}")
-    for name, seconds in medians.items():
-        click.echo(f"  {name:<34} {seconds * 1e3:9.2f} ms   {medians[baseline] / seconds:5.2f}x vs {baseline}")
+def _worst(value: object) -> float | None:
+    if isinstance(value, dict):
+        numbers = [v for v in value.values() if isinstance(v, (int, float))]
+        return max(numbers) if numbers else None
+    return value if isinstance(value, (int, float)) else None
+
+
+def table(result: dict) -> str:
+    lines = [f"{'key':<24} {'value (worst case)':>18} {'goal':>8}  met"]
+    for key, goal in GOALS.items():
+        worst = _worst(result[key])
+        shown = "-" if worst is None else f"{worst:.3f}"
+        met = "-" if worst is None else ("yes" if worst <= goal else "NO")
+        lines.append(f"{key:<24} {shown:>18} {'<= ' + str(goal):>8}  {met}")
+    for name, entry in result["reference_success"].items():
+        lines.append(f"  reference success {name}: ours {entry['ours']:.2f}, reference {entry['reference']:.2f}, "
+                     f"L2 ratio {result['reference_l2_ratio'][name]:.3f}")
+    for name, case in result["details"]["search"].items():
+        d, e = case["default"], case["exhaustive"]
+        lines.append(f"  {name}: default success {d['success']:.2f} L2 {d['mean_l2']:.3f} calls {d['mean_calls']:.0f}"
+                     f" ({d['seconds']} s) | exhaustive {e['success']:.2f} L2 {e['mean_l2']:.3f}"
+                     f" calls {e['mean_calls']:.0f} ({e['seconds']} s)")
+    return "\n".join(lines)
 
 
 @click.command()
-@click.option("--repeats", type=int, default=7, show_default=True)
-@click.option("--batch", type=int, default=32, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def main(repeats: int, batch: int, device: str) -> None:
-    model = load(build("digits-mosaic").path, device=device)
-    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    x = model.as_tensor(test_inputs("digits-mosaic", batch))
-    victim = Victim(model.attack_logits, model.reader, (0.0, 1.0))
-    click.echo(f"device {model.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-               f"batch {batch}, labels {model.num_labels}")
-    medians = _interleaved({
-        "L backward passes (naive)": lambda: scores_and_jacobian(victim.attack_space, x, "loop"),
-        "one batched backward (vmap)": lambda: scores_and_jacobian(victim.attack_space, x, "batched-grads"),
-        "one backward, replicated batch": lambda: scores_and_jacobian(victim.attack_space, x, "replicated"),
-    }, repeats, sync)
-    _report("Jacobian of all labels (ML-DeepFool's cost per iteration)", medians, "L backward passes (naive)")
-
-    session_bytes = model.info.path.read_bytes()
-    CPU = ["CPUExecutionProvider"]  # noqa: N806
-    spinning = ort.SessionOptions()
-    spinning.log_severity_level = 3
-    sessions = {
-        "spinning on (onnxruntime default)": ort.InferenceSession(session_bytes, spinning, providers=CPU),
-        "spinning off (onnxattack)": ort.InferenceSession(session_bytes, session_options(), providers=CPU),
-    }
-    x_np = x.detach().cpu().numpy()
-
-    def ort_then_torch(session: ort.InferenceSession) -> Callable[[], None]:
-        def step() -> None:
-            session.run(None, {model.input.name: x_np})
-            x_grad = x.detach().requires_grad_(True)
-            model.attack_logits(x_grad).sum().backward()
-
-        return step
-
-    medians = _interleaved({name: ort_then_torch(s) for name, s in sessions.items()}, repeats, sync)
-    _report("onnxruntime call then torch forward+backward", medians, "spinning on (onnxruntime default)")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--count", type=int, default=8, show_default=True, help="Inputs per search case.")
+@click.option("--out", type=click.Path(dir_okay=False), default="bench/results.json", show_default=True)
+def main(device: str, count: int, out: str) -> None:
+    chosen = resolve_device(device).type
+    result = figures(chosen, count)
+    click.echo(table(result))
+    text = json.dumps(result, indent=1, sort_keys=False)
+    click.echo(text)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ class BatchResult:
     linf: np.ndarray
     iterations: np.ndarray
     queries: np.ndarray  # onnxruntime queries per row when gradients are estimated (0 with torch gradients)
+    model_calls: np.ndarray  # forward + backward passes the row took part in (0 for skipped rows)
 
     def rows(self) -> dict[str, np.ndarray]:
         return asdict(self)
@@ -103,6 +104,7 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
     x_adv = x.copy()
     iterations = np.zeros(len(x), dtype=np.int32)
     queries = np.zeros(len(x), dtype=np.int64)
+    model_calls = np.zeros(len(x), dtype=np.int64)
     if attacked.any():
         index = np.flatnonzero(attacked)
         victim = model.victim(box)
@@ -112,6 +114,7 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
                         criterion)
         x_adv[index] = to_input_dtype(result.x_adv.detach().cpu().numpy(), model.input.dtype)
         iterations[index] = result.iterations.cpu().numpy()
+        model_calls[index] = result.model_calls.cpu().numpy()
         spent = model.queries_spent()
         if spent is not None:
             queries[index] = spent
@@ -123,4 +126,4 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
         y_pred=predicted, y_target=goal, y_adv=verdict.predicted, success=verdict.reached & attacked,
         attacked=attacked, torch_agrees=torch_verdict == verdict.reached,
         l2=np.linalg.norm(delta, axis=1).astype(np.float32), linf=np.abs(delta).max(axis=1).astype(np.float32),
-        iterations=iterations, queries=queries)
+        iterations=iterations, queries=queries, model_calls=model_calls)

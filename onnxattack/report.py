@@ -31,6 +31,7 @@ def summarize(path: str | os.PathLike) -> dict:
         l2 = _column(handle, "l2")[:rows]
         linf = _column(handle, "linf")[:rows]
         queries = _column(handle, "queries")[:rows]
+        calls = _column(handle, "model_calls")[:rows]
         nonfinite = np.zeros(rows, dtype=bool)
         hamming = np.zeros(rows)
         for start in range(0, rows, _CHUNK):  # streamed: label arrays can be large
@@ -63,6 +64,8 @@ def summarize(path: str | os.PathLike) -> dict:
         "torch_disagreements": int((~agrees[attacked]).sum()),
         "elapsed_s": float(attrs.get("elapsed_s", 0.0)),
         "gradients": attrs.get("gradients", "torch"),
+        "model_calls_mean": stat(calls[attacked], np.mean) if calls.size else None,
+        "model_calls_total": int(calls.sum()) if calls.size else None,
         "queries_mean": stat(queries[attacked], np.mean) if queries.size else None,
         "queries_max": int(queries[attacked].max()) if queries.size and n_attacked else None,
         "nonfinite_rows": [int(i) for i in np.flatnonzero(nonfinite)],
@@ -85,6 +88,8 @@ def format_summary(summary: dict) -> str:
         ("torch/onnxruntime agreement", f"{summary['torch_agreement']:.1%} "
                                         f"({summary['torch_disagreements']} disagreements)"),
         ("time", f"{summary['elapsed_s']:.1f} s"),
+        ("model calls per input", f"{num(summary.get('model_calls_mean'), '{:.0f}')} (forward + backward passes, "
+                                  f"{summary.get('model_calls_total') or 0} in all)"),
     ]
     if summary.get("gradients") == "estimated":
         lines.append(("gradients", f"estimated: {num(summary['queries_mean'], '{:.0f}')} onnxruntime queries per "

@@ -46,6 +46,8 @@ def independent_check(path: Path, model_path: Path) -> None:
         l2 = np.linalg.norm((x_adv.astype(np.float64) - x).reshape(len(x), -1), axis=1)
         assert np.allclose(l2, handle["l2"][:], atol=1e-5)
         assert np.array_equal(x[~handle["attacked"][:]], x_adv[~handle["attacked"][:]])
+        calls = handle["model_calls"][:]
+        assert (calls[handle["attacked"][:]] > 0).all() and (calls[~handle["attacked"][:]] == 0).all()
         for key in ("model_sha256", "method", "target", "params", "seed", "scores_kind", "labels", "versions",
                     "created"):
             assert key in handle.attrs
@@ -77,7 +79,7 @@ def test_attack_npy_writes_a_file_onnxruntime_confirms(mosaic, tmp_path, method,
                     "--batch-size", "5", "--json", *FAST_OPTIONS[method])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
-    assert summary["rows"] == 12 and summary["complete"]
+    assert summary["rows"] == 12 and summary["complete"] and summary["model_calls_mean"] > 0
     assert summary["success_rate"] >= 0.8
     independent_check(out, model_path)
 

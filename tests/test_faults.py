@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ATTACK = ["--method", "ml-deepfool", "--max-iter", "10", "--target", "random", "--seed", "5",
           "--batch-size", "3", "--quiet"]
 COMPARED = ("x", "x_adv", "scores", "scores_adv", "y_pred", "y_target", "y_adv", "success", "attacked",
-            "torch_agrees", "l2", "linf", "iterations")
+            "torch_agrees", "l2", "linf", "iterations", "queries", "model_calls")
 
 
 def _cli(*args, fault: str | None = None, preexec=None) -> subprocess.CompletedProcess:

@@ -17,7 +17,8 @@ def _rows(count: int, start: int) -> dict:
     return {"x": x, "x_adv": x + 1, "scores": labels.astype(np.float32), "scores_adv": labels.astype(np.float32),
             "y_pred": labels, "y_target": labels, "y_adv": labels, "success": flags, "attacked": flags,
             "torch_agrees": flags, "l2": np.ones(count, np.float32), "linf": np.ones(count, np.float32),
-            "iterations": np.zeros(count, np.int32), "queries": np.zeros(count, np.int64)}
+            "iterations": np.zeros(count, np.int32), "queries": np.zeros(count, np.int64),
+            "model_calls": np.zeros(count, np.int64)}
 
 
 def test_resume_cuts_every_dataset_back_to_the_rows_written(tmp_path):

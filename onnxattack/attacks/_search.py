@@ -76,7 +76,7 @@ def rows_of(victim: Victim, rows: torch.Tensor | None) -> contextlib.AbstractCon
     select = getattr(victim.logits, "select", None)
     if rows is None or select is None:
         return contextlib.nullcontext()
-    return select(rows.cpu().numpy())  # type: ignore[no-any-return]
+    return select(rows.cpu().numpy())
 
 
 @dataclass
@@ -105,9 +105,11 @@ class _Rows:
     steps: torch.Tensor  # constant steps finished
     iterations: torch.Tensor  # iterations before the first success (AttackResult.iterations)
     calls: torch.Tensor
+    unset: bool = False  # the first constant is still to be read from the first iteration
 
     def keep(self, mask: torch.Tensor) -> _Rows:
-        return _Rows(**{name: value[mask] for name, value in vars(self).items()})
+        kept = {name: value[mask] for name, value in vars(self).items() if isinstance(value, torch.Tensor)}
+        return _Rows(**kept, unset=self.unset)
 
 
 def _start(x: torch.Tensor, target: torch.Tensor, settings: SearchSettings, lo: float, hi: float,
@@ -123,19 +125,16 @@ def _start(x: torch.Tensor, target: torch.Tensor, settings: SearchSettings, lo: 
         upper=like + _NO_UPPER_BOUND, best_x=x.detach().clone(), best_quality=like - 1,
         best_l2=like + float("inf"), best_success=zeros_long.bool(), step_success=zeros_long.bool(),
         step_start_l2=like + float("inf"), previous_loss=like + float("inf"), loss=like.clone(),
-        it=zeros_long.clone(), steps=zeros_long.clone(), iterations=zeros_long.clone(), calls=calls.clone())
-
-
-def _chain(w: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """dx'/dw, elementwise."""
-    return (hi - lo) / 2 * (1 - torch.tanh(w).pow(2))
+        it=zeros_long.clone(), steps=zeros_long.clone(), iterations=zeros_long.clone(), calls=calls.clone(),
+        unset=settings.initial_const is None)
 
 
 def _iterate(state: _Rows, victim: Victim, loss_term: LossTerm, criterion: Criterion, settings: SearchSettings,
              full_batch: int) -> None:
     """One Adam iteration of every row in the batch, with best-iterate bookkeeping."""
     lo, hi = victim.box
-    x_adv = to_box(state.w, lo, hi).requires_grad_(True)
+    tanh = torch.tanh(state.w)
+    x_adv = (lo + (hi - lo) * (tanh + 1) / 2).requires_grad_(True)
     with rows_of(victim, None if len(state.ids) == full_batch else state.ids):
         scores = victim.attack_space(x_adv)
         term = loss_term(scores, state.target, state.ids)
@@ -143,8 +142,9 @@ def _iterate(state: _Rows, victim: Victim, loss_term: LossTerm, criterion: Crite
     state.calls += 2
     with torch.no_grad():
         x_adv = x_adv.detach()
-        unset = torch.isnan(state.const)
-        if bool(unset.any()):
+        if state.unset:
+            state.unset = False
+            unset = torch.isnan(state.const)
             norm2 = g_term.flatten(1).pow(2).sum(dim=1)
             guess = CONST_FACTOR * 2 * term / norm2.clamp_min(1e-12)
             usable = (term > 0) & (norm2 > 0) & torch.isfinite(guess)
@@ -153,7 +153,7 @@ def _iterate(state: _Rows, victim: Victim, loss_term: LossTerm, criterion: Crite
         distance = delta.flatten(1).pow(2).sum(dim=1)
         state.loss = distance + state.const * term.detach()
         shape = (-1,) + (1,) * (x_adv.dim() - 1)
-        grad = (2 * delta + state.const.view(shape) * g_term) * _chain(state.w, lo, hi)
+        grad = (2 * delta + state.const.view(shape) * g_term) * ((hi - lo) / 2 * (1 - tanh * tanh))
         state.t += 1
         state.m.mul_(_BETA1).add_(grad, alpha=1 - _BETA1)
         state.v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)

@@ -1,0 +1,170 @@
+"""The per-sample constant search: exact model-call accounting, shrinking batches, and the
+exhaustive search still reachable (against the previous batch-level search, kept here as an oracle)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from onnxattack.attacks import MLCarliniWagner, MLDeepFool, RankII, Victim
+from onnxattack.attacks._search import from_box, to_box
+from onnxattack.loader import load
+from onnxattack.scores import RankingCriterion, ThresholdCriterion
+from onnxattack.targets import make_targets, parse_target
+
+BOX = (-1.0, 1.0)
+SMALL = dict(max_iter=60, binary_steps=4, learning_rate=0.05)
+
+
+class CountingLogits:
+    """Wraps the attack tensor: counts forward rows, and backward rows through a hook on the output."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.forward_rows = 0
+        self.backward_rows = 0
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fn(x)
+        self.forward_rows += x.shape[0]
+        self.batch_sizes.append(x.shape[0])
+        if out.requires_grad:
+            rows = x.shape[0]
+
+            def count(grad: torch.Tensor) -> None:
+                self.backward_rows += rows
+
+            out.register_hook(count)
+        return out
+
+    @property
+    def total(self) -> int:
+        return self.forward_rows + self.backward_rows
+
+
+@pytest.fixture(scope="module")
+def yeast(zoo_model, zoo_inputs):
+    model = load(zoo_model("yeast-mlp"), device="cpu", box=BOX)
+    x = zoo_inputs("yeast-mlp", 16)
+    criterion = ThresholdCriterion(threshold=model.reader.threshold)
+    clean = model.ort_scores(x)
+    target = make_targets(parse_target("random", model.labels), criterion.predict(clean), clean, 0)
+    attacked = ~criterion.reached(clean, target)
+    return model, model.as_tensor(x[attacked]), torch.from_numpy(target[attacked]), criterion
+
+
+def counted(model) -> tuple[Victim, CountingLogits]:
+    counter = CountingLogits(model.attack_logits)
+    return Victim(counter, model.reader, BOX), counter
+
+
+@pytest.mark.parametrize("options", [SMALL, dict(SMALL, exhaustive=True), dict(SMALL, abort_early=False)])
+def test_model_calls_count_exactly_the_passes_made(yeast, options):
+    model, x, target, criterion = yeast
+    victim, counter = counted(model)
+    result = MLCarliniWagner(**options)(victim, x, target, criterion)
+    assert result.model_calls.dtype == torch.int64 and result.model_calls.shape == (len(x),)
+    assert int(result.model_calls.sum()) == counter.total
+    assert counter.forward_rows == counter.backward_rows
+
+
+def test_ml_deepfool_counts_its_passes(yeast):
+    model, x, target, criterion = yeast
+    for options in (dict(), dict(jacobian="loop"), dict(jacobian_budget_mb=1e-4)):
+        victim, counter = counted(model)
+        result = MLDeepFool(max_iter=20, **options)(victim, x, target, criterion)
+        assert int(result.model_calls.sum()) == counter.total, options
+        assert bool(result.success.float().mean() >= 0.9)
+
+
+def test_rank2_counts_its_clean_forward(zoo_model, zoo_inputs):
+    model = load(zoo_model("digits-ranker"), device="cpu")
+    x = model.as_tensor(zoo_inputs("digits-ranker", 4))
+    with torch.no_grad():
+        scores = model.attack_logits(x)
+    target = torch.zeros_like(scores, dtype=torch.int8)
+    target.scatter_(1, scores.argsort(dim=1)[:, :3], 1)  # the three lowest-scored labels
+    counter = CountingLogits(model.attack_logits)
+    result = RankII(max_iter=20, binary_steps=2, learning_rate=0.05)(
+        Victim(counter, model.reader, (0.0, 1.0)), x, target, RankingCriterion(k=3))
+    assert int(result.model_calls.sum()) == counter.total
+    assert counter.forward_rows == counter.backward_rows + len(x)
+
+
+def test_a_finished_row_stops_costing_calls(yeast):
+    model, x, target, criterion = yeast
+    victim, counter = counted(model)
+    result = MLCarliniWagner(max_iter=200, binary_steps=10, learning_rate=0.05)(victim, x, target, criterion)
+    calls = result.model_calls
+    assert bool(result.success.all())
+    assert int(calls.max()) > int(calls.min())  # some rows left while others went on
+    assert int(calls.max()) < 2 * 200 * 10  # nobody paid the exhaustive price
+    sizes = counter.batch_sizes
+    assert sizes == sorted(sizes, reverse=True)  # the batch only shrinks
+    assert sizes.count(len(x)) == int(calls.min()) // 2  # the first row out stopped costing there
+    assert sum(sizes) == int(calls.sum()) // 2
+
+
+def legacy_search(victim: Victim, x, target, criterion, max_iter, binary_steps, learning_rate, abort_early):
+    """The previous batch-level search (c0 = 1, whole batch every step, batch-level loss abort)."""
+    lo, hi = victim.box
+    criterion = criterion.in_attack_space(victim.reader)
+    n = len(x)
+    w0 = from_box(x, lo, hi).detach()
+    const = torch.ones(n, dtype=x.dtype)
+    lower, upper = torch.zeros(n, dtype=x.dtype), torch.full((n,), 1e10, dtype=x.dtype)
+    best_success = torch.zeros(n, dtype=torch.bool)
+    check = max(1, max_iter // 10)
+    for _ in range(binary_steps):
+        w = w0.clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([w], lr=learning_rate)
+        step_success = torch.zeros(n, dtype=torch.bool)
+        previous = float("inf")
+        for iteration in range(max_iter):
+            x_adv = to_box(w, lo, hi)
+            scores = victim.attack_space(x_adv)
+            hinge = (criterion.margin - criterion.label_margins(scores, target)).clamp_min(0).sum(dim=1)
+            loss = (x_adv - x).flatten(1).pow(2).sum(dim=1) + const * hinge
+            optimiser.zero_grad()
+            loss.sum().backward()
+            optimiser.step()
+            success = criterion.reached_tensor(scores.detach(), target)
+            best_success |= success
+            step_success |= success
+            if abort_early and (iteration + 1) % check == 0:
+                current = float(loss.detach().sum())
+                if current > previous * 0.9999:
+                    break
+                previous = current
+        upper = torch.where(step_success, torch.minimum(upper, const), upper)
+        lower = torch.where(step_success, lower, torch.maximum(lower, const))
+        const = torch.where(upper < 1e10, (lower + upper) / 2, const * 10)
+    return best_success
+
+
+def test_exhaustive_settings_reproduce_the_old_search(yeast):
+    model, x, target, criterion = yeast
+    options = dict(max_iter=40, binary_steps=3, learning_rate=0.05)
+    old = legacy_search(model.victim(BOX), x, target, criterion, abort_early=False, **options)
+    result = MLCarliniWagner(exhaustive=True, **options)(model.victim(BOX), x, target, criterion)
+    assert torch.equal(result.success, old)
+    assert bool((result.model_calls == 2 * 40 * 3).all())
+
+
+def test_the_new_default_succeeds_at_least_as_often_as_the_old_default(yeast):
+    model, x, target, criterion = yeast
+    options = dict(max_iter=50, binary_steps=5, learning_rate=0.02)
+    old = legacy_search(model.victim(BOX), x, target, criterion, abort_early=True, **options)
+    new = MLCarliniWagner(**options)(model.victim(BOX), x, target, criterion)
+    assert int(new.success.sum()) >= int(old.sum())
+    assert int(new.model_calls.sum()) < 2 * 50 * 5 * len(x)
+
+
+def test_the_search_is_deterministic(yeast):
+    model, x, target, criterion = yeast
+    first = MLCarliniWagner(**SMALL)(model.victim(BOX), x, target, criterion)
+    second = MLCarliniWagner(**SMALL)(model.victim(BOX), x, target, criterion)
+    assert torch.equal(first.x_adv, second.x_adv) and torch.equal(first.model_calls, second.model_calls)
+    assert np.all(first.x_adv.numpy() >= BOX[0]) and np.all(first.x_adv.numpy() <= BOX[1])
