@@ -16,10 +16,19 @@ import warnings
 from collections.abc import Callable
 
 import click
+import numpy as np
 
 from onnxattack.attacks import METHODS
-from onnxattack.config import DEVICE_CHOICES, GRADIENT_CHOICES, IMAGE_LAYOUTS, SCORES_CHOICES, AttackConfig
-from onnxattack.errors import ConfigError, OnnxAttackError
+from onnxattack.config import (
+    DEVICE_CHOICES,
+    ENGINE_CHOICES,
+    GRADIENT_CHOICES,
+    IMAGE_LAYOUTS,
+    REDUCE_CHOICES,
+    SCORES_CHOICES,
+    AttackConfig,
+)
+from onnxattack.errors import BadInputError, ConfigError, OnnxAttackError
 from onnxattack.store import StoreWriteError
 
 # Config fields whose flag is not "--" + the field name with dashes.
@@ -29,7 +38,15 @@ ATTACK_OPTIONS = {
     "binary_steps": (int, "constant search steps"),
     "learning_rate": (float, "Adam learning rate"),
     "kappa": (float, "confidence margin on the attack tensor (logits)"),
+    "initial_const": (float, "first constant of the search (None: from the clean margins)"),
     "overshoot": (float, "margin asked beyond each boundary"),
+    "near": (float, "labels within this margin of their boundary get a gradient (inf: every label)"),
+    "jacobian_budget_mb": (float, "memory for one Jacobian, in MB"),
+}
+# Method switches offered as flags: flag -> (hyperparameter, value when the flag is given).
+ATTACK_FLAGS = {
+    "exhaustive": ("exhaustive", True, "the paper's exhaustive search: every row runs every step (slow)"),
+    "no_early_stop": ("abort_early", False, "never end a constant step early when the loss stalls"),
 }
 
 
@@ -102,22 +119,51 @@ def main() -> None:
               help="Label names (JSON list or one per line).")
 @click.option("--range", "box", nargs=2, type=float, default=(0.0, 1.0), show_default=True,
               metavar="LO HI", help="Valid input box, used for the conversion probe.")
+@click.option("--shape", metavar="D1,D2,...", help="Sample dims to probe with when the model's are symbolic.")
+@click.option("--probe", "probe_path", type=click.Path(), metavar="INPUTS",
+              help="Real inputs (.npy/.npz/.h5/image folder) to probe with; the first 4 rows are used.")
+@click.option("--key", help="Array name inside a .npz or HDF5 probe file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handle_errors
 def inspect(model: str, output_name: str | None, labels_file: str | None, box: tuple[float, float],
-            as_json: bool) -> None:
+            shape: str | None, probe_path: str | None, key: str | None, as_json: bool) -> None:
     """Describe MODEL: inputs, outputs, opsets, producer, labels, the score output, and whether
-    its score graph converts to torch (exit code 3, naming the blocking ops, when it does not)."""
+    its score graph converts to torch (exit code 3, naming the blocking ops, when it does not).
+    Symbolic sample dims (e.g. ? x 3 x H x W) need --shape or --probe; without them the
+    conversion is reported as not checked (exit code 0)."""
+    from onnxattack.inputs import open_inputs
     from onnxattack.loader import inspect_model
 
-    report = inspect_model(model, output=output_name, labels_file=labels_file, box=box)
+    dims = _parse_shape(shape) if shape else None
+    probe = None
+    if probe_path:
+        source = open_inputs(probe_path, key)
+        probe = next(source.batches(0, min(source.count, 4), 4))[1].astype(np.float64)
+    report = inspect_model(model, output=output_name, labels_file=labels_file, box=box, shape=dims, probe=probe)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     else:
         click.echo(_format_inspect(report))
+    if report["converts"] is None:
+        click.echo(f"onnxattack: {report['reason']}", err=True)
+        return
     if not report["converts"]:
         reason = report["reason"] or "the score graph does not convert"
         _fail(reason, 3)
+
+
+def _converts_text(converts: bool | None) -> str:
+    return "not checked (symbolic sample dims)" if converts is None else ("yes" if converts else "no")
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise BadInputError(f"--shape {text!r} is not a list of integers like 3,224,224") from None
+    if not dims or any(dim < 1 for dim in dims):
+        raise BadInputError(f"--shape {text!r}: every dim must be a positive integer")
+    return dims
 
 
 def _format_inspect(report: dict) -> str:
@@ -133,7 +179,7 @@ def _format_inspect(report: dict) -> str:
         f"labels      {', '.join(labels) if labels else '(unnamed)'}",
         f"scores      {report['score_output']} read as {report['scores_kind']}"
         + (f", threshold {report['threshold']}" if report.get("threshold") is not None else ""),
-        f"converts    {'yes' if report['converts'] else 'no'}"
+        f"converts    {_converts_text(report['converts'])}"
         + (f" (max |torch - onnxruntime| = {report['fidelity']:.2g})" if report.get("fidelity") is not None else ""),
     ]
     if report["blocking_ops"]:
@@ -143,8 +189,16 @@ def _format_inspect(report: dict) -> str:
 
 
 def _method_help(option: str, what: str) -> str:
-    takers = [f"{name} {cls.defaults()[option]:g}" for name, cls in METHODS.items() if option in cls.defaults()]
-    return f"{what.capitalize()} (method default: {', '.join(takers)})."
+    def shown(value: object) -> str:
+        return f"{value:g}" if isinstance(value, float | int) and not isinstance(value, bool) else str(value)
+
+    takers = [f"{name} {shown(cls.defaults()[option])}" for name, cls in METHODS.items() if option in cls.defaults()]
+    return f"{what[0].upper() + what[1:]} (method default: {', '.join(takers)})."
+
+
+def _flag_help(key: str, what: str) -> str:
+    takers = ", ".join(sorted(name for name, cls in METHODS.items() if key in cls.defaults()))
+    return f"{what[0].upper() + what[1:]} ({takers})."
 
 
 def _config_option(name: str, *flags: str, **kwargs) -> Callable:
@@ -154,6 +208,23 @@ def _config_option(name: str, *flags: str, **kwargs) -> Callable:
         kwargs.setdefault("default", default)
         kwargs.setdefault("show_default", True)
     return click.option(*(flags or (flag_for(name),)), name, help=AttackConfig.help(name), **kwargs)
+
+
+class ShardParam(click.ParamType):
+    """--shard I/N -> (I, N); the range checks are AttackConfig's."""
+
+    name = "I/N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        index, slash, count = str(value).partition("/")
+        try:
+            if not slash:
+                raise ValueError
+            return int(index), int(count)
+        except ValueError:
+            self.fail(f"expected I/N (shard I of N, I from 0), got {value!r}", param, ctx)
 
 
 def attack_options(command: Callable) -> Callable:
@@ -171,6 +242,8 @@ def attack_options(command: Callable) -> Callable:
         _config_option("max_iter", type=int),
         *[click.option(flag_for(name), name, type=kind, help=_method_help(name, what))
           for name, (kind, what) in ATTACK_OPTIONS.items()],
+        *[click.option("--" + flag.replace("_", "-"), flag, is_flag=True, help=_flag_help(key, what))
+          for flag, (key, _, what) in ATTACK_FLAGS.items()],
         _config_option("batch_size", type=int),
         _config_option("limit", type=int),
         _config_option("seed", type=int),
@@ -180,10 +253,16 @@ def attack_options(command: Callable) -> Callable:
         _config_option("image_layout", type=click.Choice(IMAGE_LAYOUTS)),
         _config_option("image_scale", type=float),
         _config_option("tolerance", type=float),
+        _config_option("reduce", type=click.Choice(REDUCE_CHOICES)),
         _config_option("gradients", type=click.Choice(GRADIENT_CHOICES)),
         _config_option("max_queries", type=int),
         _config_option("resume", is_flag=True),
         _config_option("overwrite", is_flag=True),
+        _config_option("shard", type=ShardParam()),
+        _config_option("engine", type=click.Choice(ENGINE_CHOICES)),
+        _config_option("address", metavar="ADDR"),
+        _config_option("workers", type=int),
+        _config_option("gpus_per_worker", type=float),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
@@ -204,10 +283,11 @@ def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, **opti
     input format; every value must be finite and inside --range. Success is judged by
     onnxruntime on the original model.
     """
-    from onnxattack.pipeline import run_attack
+    from onnxattack.engines import run as run_engine
     from onnxattack.report import format_summary, summarize
 
     extra = {name: options.pop(name) for name in ATTACK_OPTIONS}
+    extra.update({key: value for flag, (key, value, _) in ATTACK_FLAGS.items() if options.pop(flag)})
     config = AttackConfig(**options, attack_options={k: v for k, v in extra.items() if v is not None})
     bar = None
 
@@ -223,7 +303,7 @@ def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, **opti
         bar.set_postfix_str(f"success {successes}/{attacked}")
 
     try:
-        path = run_attack(model, inputs, out, config, progress=progress)
+        path = run_engine(model, inputs, out, config, progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -267,6 +347,39 @@ def report(results: str, png: str | None, as_json: bool) -> None:
     click.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
     if png and not as_json:
         click.echo(f"figure: {summary['png']}")
+
+
+@main.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Merged result file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@handle_errors
+def merge(shards: tuple[str, ...], out: str, overwrite: bool, as_json: bool) -> None:
+    """Merge the shard files of one run (attack --shard I/N) into OUT, the single-run layout.
+
+    Refused (exit 2) when the shards differ in model, method, target, parameters, seed or inputs,
+    or when a row is missing or in two shards (the message names the rows)."""
+    from onnxattack.merge import merge_shards
+    from onnxattack.report import format_summary, summarize
+
+    summary = summarize(merge_shards(list(shards), out, overwrite=overwrite))
+    click.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
+
+
+@main.command()
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="The .npz to write.")
+@click.option("--only-success", is_flag=True, help="Keep only the rows whose attack succeeded.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@handle_errors
+def export(results: str, out: str, only_success: bool, overwrite: bool) -> None:
+    """Write the rows of RESULTS to a .npz (one array per dataset, `index` = input row, `attrs` = the
+    file's attributes as JSON), for users without HDF5."""
+    from onnxattack.dataset import export_npz
+
+    path, rows = export_npz(results, out, only_success=only_success, overwrite=overwrite)
+    click.echo(f"{path}: {rows} rows")
 
 
 @main.group()

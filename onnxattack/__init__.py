@@ -16,6 +16,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 from .attacks import METHODS, Attack, AttackResult, MLCarliniWagner, MLDeepFool, RankI, RankII, Victim  # noqa: E402
 from .batch import BatchResult, attack_arrays  # noqa: E402
 from .config import AttackConfig  # noqa: E402
+from .dataset import open_dataset  # noqa: E402
 from .errors import (  # noqa: E402
     BadInputError,
     ConfigError,
@@ -30,5 +31,5 @@ from .pipeline import run_attack  # noqa: E402
 __all__ = [
     "METHODS", "Attack", "AttackConfig", "AttackResult", "BadInputError", "BatchResult", "ConfigError",
     "ConversionError", "FidelityError", "LoadedModel", "MLCarliniWagner", "MLDeepFool", "OnnxAttackError",
-    "RankI", "RankII", "UnsupportedModelError", "Victim", "attack_arrays", "load", "run_attack",
+    "RankI", "RankII", "UnsupportedModelError", "Victim", "attack_arrays", "load", "open_dataset", "run_attack",
 ]

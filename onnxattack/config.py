@@ -17,6 +17,8 @@ SCORES_CHOICES = ("auto", "logits", "probabilities", "softmax")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 IMAGE_LAYOUTS = ("chw", "hwc")
 GRADIENT_CHOICES = ("auto", "torch", "estimate")
+REDUCE_CHOICES = ("max", "mean")
+ENGINE_CHOICES = ("local", "ray")
 
 
 def _help(text: str) -> dict[str, str]:
@@ -51,6 +53,8 @@ class AttackConfig:
     key: str | None = field(default=None, metadata=_help("Array name inside a .npz or HDF5 input file."))
     tolerance: float = field(default=1e-4, metadata=_help(
         "Max |torch - onnxruntime| score difference accepted on load."))
+    reduce: str = field(default="max", metadata=_help(
+        "Score outputs [N, ..., L] (frame-level taggers): fold the middle dims by max or mean."))
     gradients: str = field(default="auto", metadata=_help(
         "auto: through the torch graph, or estimated from onnxruntime queries when the model cannot "
         "convert (said in a note); torch: refuse such models; estimate: always estimate."))
@@ -60,6 +64,16 @@ class AttackConfig:
         "Method hyperparameters (binary_steps, learning_rate, kappa, overshoot, ...)."))
     image_layout: str = field(default="chw", metadata=_help("Image folders: layout of each sample."))
     image_scale: float = field(default=1 / 255, metadata=_help("Image folders: pixel values are multiplied by this."))
+    shard: tuple[int, int] | None = field(default=None, metadata=_help(
+        "Attack only shard I of N (I counts from 0): a contiguous row range cut at batch boundaries; "
+        "combine the shard files with `onnxattack merge`."))
+    engine: str = field(default="local", metadata=_help(
+        "local: this process; ray: one Ray actor per shard, merged into OUT at the end."))
+    address: str | None = field(default=None, metadata=_help(
+        "Ray: address of a running cluster (default: start a local one)."))
+    workers: int | None = field(default=None, metadata=_help(
+        "Ray: number of workers, one shard each (default: the cluster's CPUs, or GPUs / --gpus-per-worker)."))
+    gpus_per_worker: float = field(default=0.0, metadata=_help("Ray: GPUs reserved by each worker."))
 
     def __post_init__(self) -> None:
         self.box = _check_box(self.box)
@@ -68,6 +82,7 @@ class AttackConfig:
         _choice("device", self.device, DEVICE_CHOICES)
         _choice("image_layout", self.image_layout, IMAGE_LAYOUTS)
         _choice("gradients", self.gradients, GRADIENT_CHOICES)
+        _choice("reduce", self.reduce, REDUCE_CHOICES)
         _at_least("max_queries", self.max_queries, 41)  # one forward + one default gradient estimate
         for name in ("batch_size", "limit", "top_k", "max_iter"):
             _at_least(name, getattr(self, name), 1)
@@ -78,6 +93,8 @@ class AttackConfig:
             raise ConfigError("threshold", f"the threshold must be a finite number, got {self.threshold}")
         if self.resume and self.overwrite:
             raise ConfigError("resume", "resume and overwrite exclude each other")
+        self.shard = _check_shard(self.shard)
+        self._check_engine()
         self.build_attack()  # the method checks its own hyperparameters
 
     def build_attack(self) -> Attack:
@@ -92,6 +109,21 @@ class AttackConfig:
             taken = ", ".join(sorted(name for name in accepted if name != "jacobian"))
             raise ConfigError(refused[0], f"{', '.join(refused)} does not apply to {self.method} (it takes {taken})")
         return attack_class(**options)
+
+    def _check_engine(self) -> None:
+        _choice("engine", self.engine, ENGINE_CHOICES)
+        _at_least("workers", self.workers, 1)
+        if not (isinstance(self.gpus_per_worker, (int, float)) and math.isfinite(self.gpus_per_worker)
+                and self.gpus_per_worker >= 0):
+            raise ConfigError("gpus_per_worker", f"must be a number of at least 0, got {self.gpus_per_worker!r}")
+        if self.engine == "ray" and self.shard is not None:
+            raise ConfigError("shard", "--engine ray cuts and schedules the shards itself; give --shard only "
+                                       "with --engine local")
+        if self.engine == "local":
+            given = [name for name, value in (("address", self.address), ("workers", self.workers),
+                                              ("gpus_per_worker", self.gpus_per_worker or None)) if value is not None]
+            if given:
+                raise ConfigError(given[0], "applies to --engine ray only")
 
     @classmethod
     def default(cls, name: str) -> Any:
@@ -112,6 +144,20 @@ def _check_box(box: Any) -> tuple[float, float]:
     if not (math.isfinite(low) and math.isfinite(high)) or not low < high:
         raise ConfigError("box", f"{low:g} {high:g}: LO must be below HI, both finite")
     return low, high
+
+
+def _check_shard(shard: Any) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    try:
+        index, count = shard
+    except (TypeError, ValueError):
+        raise ConfigError("shard", f"expected I/N, got {shard!r}") from None
+    if not all(isinstance(value, int) and not isinstance(value, bool) for value in (index, count)):
+        raise ConfigError("shard", f"expected whole numbers I/N, got {shard!r}")
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError("shard", f"{index}/{count}: N must be at least 1 and I in 0..N-1")
+    return index, count
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

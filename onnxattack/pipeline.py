@@ -18,6 +18,7 @@ from .config import AttackConfig
 from .errors import BadInputError
 from .inputs import InputSource, open_inputs, scan_inputs
 from .loader import LoadedModel, load
+from .merge import shard_attrs
 from .scores import Criterion, criterion_for
 from .store import ResultWriter, check_output_path
 from .targets import TargetSpec, check_target_file
@@ -40,6 +41,8 @@ class RunPlan:
     target_rows: np.ndarray | None
     criterion: Criterion
     count: int
+    start: int = 0  # this run's rows [start, stop) of the input set: all of them unless --shard
+    stop: int = -1
 
     @property
     def top_k(self) -> int:
@@ -54,6 +57,17 @@ def _read_target_file(path: str, count: int, num_labels: int) -> np.ndarray:
     return check_target_file(loaded, count, num_labels)
 
 
+def shard_rows(count: int, batch_size: int, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """Rows [start, stop) of shard (I, N) of `count` inputs: the single-process run's batches dealt out in
+    contiguous runs, so each shard attacks exactly the batches that run would (same rows, same results)."""
+    if shard is None:
+        return 0, count
+    index, shards = shard
+    batches = -(-count // batch_size)
+    return (min(count, index * batches // shards * batch_size),
+            min(count, (index + 1) * batches // shards * batch_size))
+
+
 def plan(model_path: str | os.PathLike, inputs_path: str | os.PathLike, config: AttackConfig) -> RunPlan:
     """Open and check the inputs (every row finite and in the box), load the model, resolve targets."""
     attack = config.build_attack()
@@ -65,14 +79,16 @@ def plan(model_path: str | os.PathLike, inputs_path: str | os.PathLike, config: 
     model = load(model_path, device=config.device, output=config.output, scores=config.scores,
                  threshold=config.threshold, labels_file=config.labels_file, tolerance=config.tolerance,
                  box=config.box, probe=np.asarray(probe, dtype=np.float64), seed=config.seed,
-                 probe_name=source_name, gradients=config.gradients, max_queries=config.max_queries)
+                 probe_name=source_name, gradients=config.gradients, max_queries=config.max_queries,
+                 reduce=config.reduce)
     spec, target_rows = None, None
     if config.target_file is not None:
         target_rows = _read_target_file(config.target_file, count, model.num_labels)
     else:
         spec = target_spec(config.target, model, attack)
     criterion = judge(model, attack, spec, config.top_k)
-    return RunPlan(model, attack, source, source_name, spec, target_rows, criterion, count)
+    start, stop = shard_rows(count, config.batch_size, config.shard)
+    return RunPlan(model, attack, source, source_name, spec, target_rows, criterion, count, start, stop)
 
 
 def _identity(run: RunPlan, config: AttackConfig) -> dict:
@@ -81,12 +97,14 @@ def _identity(run: RunPlan, config: AttackConfig) -> dict:
     target_text = run.spec.describe() if run.spec else f"file:{Path(str(config.target_file)).name}"
     params = {**attack.params(), "box": list(config.box), "batch_size": config.batch_size,
               "top_k": run.top_k or None, "tolerance": config.tolerance, "gradients": model.gradients,
-              "max_queries": config.max_queries if model.gradients == "estimated" else None}
+              "max_queries": config.max_queries if model.gradients == "estimated" else None,
+              "reduce": config.reduce if len(model.score_output.shape) > 2 else None}
     return {
         "model_sha256": model.info.sha256, "model_name": model.name, "method": attack.name,
         "target": target_text, "params": json.dumps(params, sort_keys=True), "seed": config.seed,
         "scores_kind": model.reader.kind.value, "threshold": model.reader.threshold,
-        "n_inputs": run.count,
+        "n_inputs": run.stop - run.start,
+        **(shard_attrs(run.source, run.count, config.shard, run.start, run.stop) if config.shard else {}),
     }
 
 
@@ -95,11 +113,12 @@ def _open_writer(out_path: Path, run: RunPlan, config: AttackConfig, inputs_path
     identity = _identity(run, config)
     if config.resume and out_path.exists():
         writer = ResultWriter.resume(out_path, identity)
-        writer.check_same_inputs(run.source, run.source_name)
+        writer.check_same_inputs(run.source, run.source_name, offset=run.start)
         return writer
     attrs = {**identity, "labels": json.dumps(model.labels), "versions": json.dumps(versions()),
              "task": run.attack.task.value, "inputs": str(inputs_path), "notes": json.dumps(model.notes),
-             "output": model.score_output.name, "device": str(model.device), "gradients": model.gradients}
+             "output": model.score_output.name, "device": str(model.device), "gradients": model.gradients,
+             "reduce": config.reduce if len(model.score_output.shape) > 2 else "none"}
     return ResultWriter.create(out_path, run.source.sample_shape, model.input.dtype, model.num_labels, attrs,
                                rows_per_chunk=config.batch_size, overwrite=config.overwrite)
 
@@ -118,9 +137,10 @@ def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, ou
         start = writer.rows_written
         successes = int(np.sum(writer.handle["success"][:start])) if start else 0
         attacked_total = int(np.sum(writer.handle["attacked"][:start])) if start else 0
+        rows = run.stop - run.start
         if progress:
-            progress(start, run.count, successes, attacked_total)
-        for first, x in run.source.batches(start, run.count, config.batch_size):
+            progress(start, rows, successes, attacked_total)
+        for first, x in run.source.batches(run.start + start, run.stop, config.batch_size):
             target = run.target_rows[first:first + len(x)] if run.target_rows is not None else run.spec
             assert target is not None  # plan() sets one of the two
             result = attack_arrays(run.model, x, run.attack, target, box=config.box, seed=config.seed,
@@ -130,8 +150,8 @@ def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, ou
             successes += int(result.success.sum())
             attacked_total += int(result.attacked.sum())
             if progress:
-                progress(first + len(x), run.count, successes, attacked_total)
-        writer.set_attrs(complete=writer.rows_written >= run.count,
+                progress(first + len(x) - run.start, rows, successes, attacked_total)
+        writer.set_attrs(complete=writer.rows_written >= rows,
                          elapsed_s=elapsed_before + time.monotonic() - started)
     finally:
         writer.close()

@@ -25,10 +25,11 @@ from .errors import BadInputError
 from .inputs import InputSource
 
 ROW_DATASETS = ("x", "x_adv", "scores", "scores_adv", "y_pred", "y_target", "y_adv",
-                "success", "attacked", "torch_agrees", "l2", "linf", "iterations", "queries")
+                "success", "attacked", "torch_agrees", "l2", "linf", "iterations", "queries",
+                "model_calls")
 # Attributes that must match for --resume to continue a file.
 RUN_IDENTITY = ("model_sha256", "method", "target", "params", "seed", "scores_kind", "threshold",
-                "n_inputs")
+                "n_inputs", "row_start", "row_stop")
 
 
 def _dataset_specs(sample_shape: tuple[int, ...], input_dtype: np.dtype, num_labels: int) -> dict:
@@ -39,7 +40,7 @@ def _dataset_specs(sample_shape: tuple[int, ...], input_dtype: np.dtype, num_lab
         "y_pred": (labels, np.int8), "y_target": (labels, np.int8), "y_adv": (labels, np.int8),
         "success": ((), np.bool_), "attacked": ((), np.bool_), "torch_agrees": ((), np.bool_),
         "l2": ((), np.float32), "linf": ((), np.float32), "iterations": ((), np.int32),
-        "queries": ((), np.int64),
+        "queries": ((), np.int64), "model_calls": ((), np.int64),
     }
 
 
@@ -177,8 +178,9 @@ class ResultWriter:
         return StoreWriteError(f"writing {self._path} failed ({_reason(exc)}); the {rows} rows written before "
                                f"stay readable: make room and rerun with --resume")
 
-    def check_same_inputs(self, source: InputSource, where: str, rows: int = 64) -> None:
-        """On resume: the rows already written must be the inputs' rows (first and last few compared)."""
+    def check_same_inputs(self, source: InputSource, where: str, rows: int = 64, offset: int = 0) -> None:
+        """On resume: the rows already written must be the inputs' rows (first and last few compared);
+        row k of the file is input offset + k (a shard file starts at its first row)."""
         done = self.rows_written
         stored = self.handle["x"]
         if tuple(stored.shape[1:]) != tuple(source.sample_shape):
@@ -189,10 +191,11 @@ class ResultWriter:
             stop = min(done, start + rows)
             if stop <= start:
                 continue
-            given = next(source.batches(start, stop, stop - start))[1]
+            given = next(source.batches(offset + start, offset + stop, stop - start))[1]
             if not np.array_equal(np.asarray(stored[start:stop]), np.asarray(given, dtype=stored.dtype)):
                 self.close()
-                raise BadInputError(f"cannot resume {self.handle_name}: its rows {start}..{stop - 1} were written "
+                raise BadInputError(f"cannot resume {self.handle_name}: its rows {offset + start}..{offset + stop - 1} "
+                                    f"were written "
                                     f"for other inputs than {where}")
 
     @property

@@ -121,8 +121,8 @@ REFUSED = {
     "huge weight dims": (lambda: _with_weight(lambda w: w.dims.__setitem__(0, 2**40)), "more values than|too small"),
     "negative weight dim": (lambda: _with_weight(lambda w: w.dims.__setitem__(0, -1)), "(?i)negative dim"),
     "external data offset": (lambda: _with_weight(_external_offset), "external-data fields"),
-    "zero batch dim": (lambda: _with_input_dims([0, 4]), "dim of 0"),
-    "negative input dim": (lambda: _with_input_dims(["N", -1]), "negative dim"),
+    "zero sample dim": (lambda: _with_input_dims(["N", 0]), "dim of 0"),  # a batch dim of 0 or -1 is dynamic
+    "negative input dim": (lambda: _with_input_dims(["N", -2]), "negative dim"),
     "huge input dims": (lambda: _with_input_dims(["N", 2**40]), "too large"),
     "recursive function": (lambda: _with_function(recursive=True), "(?i)cycle"),
     "function arity": (lambda: _with_function(recursive=False), "declares"),

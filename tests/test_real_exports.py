@@ -20,9 +20,8 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
-
 from onnxattack.cli.main import main
+from torch import nn
 
 from . import exporters as ex
 
