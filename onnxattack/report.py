@@ -107,6 +107,15 @@ def format_summary(summary: dict) -> str:
     return text
 
 
+def _near_threshold(value: float, threshold: float | None) -> str:
+    """Enough digits to show on which side of the threshold the value lies (0.4998, not 0.500)."""
+    for digits in range(3, 8):
+        text = f"{value:.{digits}f}"
+        if threshold is None or float(text) != threshold:
+            return text
+    return f"{value:.3g}"
+
+
 _MAX_BARS = 24  # labels shown per bar chart; beyond this only the labels that matter are drawn
 _CLEAN, _ADVERSARIAL, _FLIP, _TARGET = "#8fa8c8", "#d9622b", "#c0392b", "#e3f1dc"
 
@@ -259,7 +268,8 @@ def _draw_scores(figure, cell, example: _Example, run: _Run) -> None:
             tick.set_fontweight("bold")
     for position, value in zip(positions[flip], example.scores_adv[shown][flip], strict=True):
         # The value the attack left on a flipped label: often just past the threshold.
-        axis.annotate(f"{value:.3f}", (position + 0.2, value), xytext=(0, 2), textcoords="offset points",
+        axis.annotate(_near_threshold(float(value), run.threshold), (position + 0.2, value), xytext=(0, 2),
+                      textcoords="offset points",
                       ha="center", va="bottom", fontsize=7, color=_FLIP, zorder=4)
     axis.set_xlim(-0.6, len(shown) - 0.4)
     axis.tick_params(axis="y", labelsize=7)
