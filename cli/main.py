@@ -192,12 +192,13 @@ def _method_help(option: str, what: str) -> str:
     def shown(value: object) -> str:
         return f"{value:g}" if isinstance(value, float | int) and not isinstance(value, bool) else str(value)
 
-    takers = [f"{name} {shown(cls.defaults()[option])}" for name, cls in METHODS.items() if option in cls.defaults()]
+    takers = [f"{name} {shown(cls.default_values()[option])}" for name, cls in METHODS.items()
+              if option in cls.default_values()]
     return f"{what[0].upper() + what[1:]} (method default: {', '.join(takers)})."
 
 
 def _flag_help(key: str, what: str) -> str:
-    takers = ", ".join(sorted(name for name, cls in METHODS.items() if key in cls.defaults()))
+    takers = ", ".join(sorted(name for name, cls in METHODS.items() if key in cls.default_values()))
     return f"{what[0].upper() + what[1:]} ({takers})."
 
 

@@ -1,6 +1,6 @@
 """AttackConfig: every setting of a run, documented and validated in one place.
 
-The command line takes its defaults, help texts and choices from here and from the attack
+The command line takes its default values, help texts and choices from here and from the attack
 registry; library errors name the field (ConfigError.field) and the CLI maps it to its flag.
 """
 
@@ -100,7 +100,7 @@ class AttackConfig:
     def build_attack(self) -> Attack:
         """The configured attack; refuses options the method does not take."""
         attack_class = METHODS[self.method]
-        accepted = attack_class.defaults()
+        accepted = attack_class.default_values()
         options = dict(self.attack_options)
         if self.max_iter is not None:
             options["max_iter"] = self.max_iter
@@ -127,7 +127,7 @@ class AttackConfig:
 
     @classmethod
     def default(cls, name: str) -> Any:
-        """The default of a field (the CLI's defaults come from here)."""
+        """The default of a field (the CLI takes its default values from here)."""
         spec = {f.name: f for f in fields(cls)}[name]
         return spec.default
 

@@ -262,7 +262,7 @@ def constant_search(victim: Victim, x: torch.Tensor, target: torch.Tensor, loss_
 class ConstantSearchAttack(Attack):
     """The hyperparameters ML-CW, Rank I and Rank II share.
 
-    Defaults: binary_steps 10 x max_iter 1000 at most, lr 1e-2 (the paper's), with the per-row
+    Default values: binary_steps 10 x max_iter 1000 at most, lr 1e-2 (the paper's), with the per-row
     shrinking search above. exhaustive=True restores the full search: every row runs every step for
     max_iter iterations from x, c0 = initial_const (1 when unset), no early abort, no convergence.
     abort_early=False keeps the shrinking search but runs every step to max_iter.

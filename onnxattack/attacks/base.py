@@ -84,7 +84,7 @@ class Attack(ABC):
         return {key: value for key, value in vars(self).items() if not key.startswith("_")}
 
     @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        """Every hyperparameter the constructor takes, with its default (one source of defaults)."""
+    def default_values(cls) -> dict[str, Any]:
+        """Every hyperparameter the constructor takes, with its default (the one source of default values)."""
         return {name: parameter.default for name, parameter in inspect.signature(cls).parameters.items()
                 if parameter.default is not inspect.Parameter.empty}

@@ -43,7 +43,7 @@ def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
 
 
 class ThresholdedRelu(nn.Module, OnnxToTorchModule):
-    """y = x where x > alpha, else 0 (alpha defaults to 1)."""
+    """y = x where x > alpha, else 0 (alpha is 1 by default)."""
 
     def __init__(self, alpha: float) -> None:
         super().__init__()

@@ -2,7 +2,7 @@
 
 ONNX semantics (per direction, gates stacked in W [dirs, G*H, in], R [dirs, G*H, H],
 B [dirs, 2*G*H] = Wb then Rb):
-- RNN (G=1):  H = f(X W^T + H R^T + Wb + Rb); f defaults to Tanh.
+- RNN (G=1):  H = f(X W^T + H R^T + Wb + Rb); f is Tanh by default.
 - GRU (G=3, gates z, r, h):  z = f(.), r = f(.),
   h = g(X Wh^T + (r * H) Rh^T + Rbh + Wbh)        (linear_before_reset=0)
   h = g(X Wh^T + r * (H Rh^T + Rbh) + Wbh)        (linear_before_reset=1)
@@ -12,7 +12,7 @@ B [dirs, 2*G*H] = Wb then Rb):
   o = f(. + Po * C'), H' = o * h(C'); f, g, h default to Sigmoid, Tanh, Tanh.
 `activations` lists the functions of the forward direction, then the reverse one; their
 alpha/beta values are consumed in that order by the functions that take them, with
-onnxruntime's defaults when the lists run out. `clip` bounds every gate's pre-activation.
+onnxruntime's default values when the lists run out. `clip` bounds every gate's pre-activation.
 sequence_lens (constant or run time) masks steps past each sequence's end: Y is 0 there and
 Y_h / Y_c hold the last valid step's state, as onnxruntime does.
 Outputs: Y [seq, dirs, batch, H] (layout 1: [batch, seq, dirs, H]); Y_h, Y_c [dirs, batch, H]
@@ -31,7 +31,7 @@ from ._common import register
 
 _GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 _DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
-# (takes alpha, takes beta) and onnxruntime's defaults when the attribute lists run out
+# (takes alpha, takes beta) and onnxruntime's default values when the attribute lists run out
 _ACTIVATION_ARGS = {
     "relu": (False, False), "tanh": (False, False), "sigmoid": (False, False), "affine": (True, True),
     "leakyrelu": (True, False), "thresholdedrelu": (True, False), "scaledtanh": (True, True),
