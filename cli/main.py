@@ -28,7 +28,7 @@ from onnxattack.config import (
     SCORES_CHOICES,
     AttackConfig,
 )
-from onnxattack.errors import BadInputError, ConfigError, OnnxAttackError
+from onnxattack.errors import BadInputError, ConfigError, OnnxAttackError, first_line
 from onnxattack.store import StoreWriteError
 
 # Config fields whose flag is not "--" + the field name with dashes.
@@ -59,11 +59,6 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _quiet_h5py_teardown(unraisable) -> None:
     """After a failed write (disk full), h5py objects that are garbage-collected retry their flush
     and report each failure as an 'Exception ignored' traceback; the error line already said it."""
@@ -85,15 +80,15 @@ def handle_errors(command: Callable) -> Callable:
                 warnings.simplefilter("ignore")
                 return command(*args, **kwargs)
         except StoreWriteError as exc:  # the HDF5 library cannot be shut down cleanly after a failed write
-            click.echo(f"onnxattack: error: {_one_line(exc)}", err=True)
+            click.echo(f"onnxattack: error: {first_line(exc)}", err=True)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(2)
         except ConfigError as exc:
-            bad = click.BadParameter(_one_line(exc), param_hint=f"'{flag_for(exc.field)}'")
+            bad = click.BadParameter(first_line(exc), param_hint=f"'{flag_for(exc.field)}'")
             _fail(bad.format_message(), 2)
         except OnnxAttackError as exc:
-            _fail(_one_line(exc), exc.exit_code)
+            _fail(first_line(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted; what was written stays readable (continue with --resume)", 130)
         finally:

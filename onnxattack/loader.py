@@ -18,7 +18,7 @@ from .bridge.normalise import (
     prune_to,
     symbolic_batch,
 )
-from .errors import BadInputError, ConversionError, FidelityError, OnnxAttackError, UnsupportedModelError
+from .errors import BadInputError, ConversionError, FidelityError, OnnxAttackError, UnsupportedModelError, first_line
 from .estimated import QueryModel
 from .inputs import check_rows
 from .model import (
@@ -104,6 +104,11 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     query_model: QueryModel | None = None  # set when gradients are estimated from onnxruntime queries
     max_queries: int | None = None
+
+    @property
+    def folded(self) -> bool:
+        """The score output is [N, ..., L]: its middle dims are folded (--reduce)."""
+        return len(self.score_output.shape) > 2
 
     @property
     def gradients(self) -> str:
@@ -328,7 +333,7 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
         if gradients == "torch":
             raise
         loaded.graph = None
-        return _estimated(loaded, kind, threshold, seed, str(exc).splitlines()[0])
+        return _estimated(loaded, kind, threshold, seed, first_line(exc))
     return loaded
 
 

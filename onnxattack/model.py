@@ -15,7 +15,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from onnx import external_data_helper, numpy_helper
 
-from .errors import BadInputError, UnsupportedModelError
+from .errors import BadInputError, UnsupportedModelError, first_line
 from .types import ScoresKind
 
 # Ops that pass a tensor through unchanged in value, skipped when looking for the op
@@ -61,11 +61,6 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _undecodable_text(message: Message, where: str = "model") -> str | None:
@@ -122,7 +117,7 @@ def _check_tensor(tensor: onnx.TensorProto, most_values: int) -> None:
         numpy_helper.to_array(tensor)
     except Exception as exc:  # numpy and onnx raise ValueError, TypeError, KeyError, ... here
         raise UnsupportedModelError(f"tensor {tensor.name!r} of shape {dims} cannot be read: "
-                                    f"{_first_line(exc)}") from None
+                                    f"{first_line(exc)}") from None
 
 
 def _dynamic_dim(position: int, value: int) -> bool:
@@ -187,7 +182,7 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # DecodeError, RuntimeError, OSError, ... depending on the damage
         raise BadInputError(f"{path} is not a readable ONNX model (truncated or another format): "
-                            f"{_first_line(exc)}") from None
+                            f"{first_line(exc)}") from None
     if (field_name := _undecodable_text(model)) is not None:
         raise BadInputError(f"{path} is not a readable ONNX model: {field_name} is not UTF-8 text")
     if not model.graph.node or not model.graph.output:
@@ -197,16 +192,16 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
     except (BadInputError, UnsupportedModelError):
         raise
     except Exception as exc:
-        raise UnsupportedModelError(f"{path}: unreadable external-data fields: {_first_line(exc)}") from None
+        raise UnsupportedModelError(f"{path}: unreadable external-data fields: {first_line(exc)}") from None
     try:  # by path: external data is then found beside the model, and protobufs over 2 GiB pass
         onnx.checker.check_model(str(path))
     except Exception as exc:  # ValidationError mostly; also UnicodeDecodeError, ValueError from its C++ side
-        raise UnsupportedModelError(f"{path} fails the ONNX checker: {_first_line(exc)}") from None
+        raise UnsupportedModelError(f"{path} fails the ONNX checker: {first_line(exc)}") from None
     if has_external_data:
         try:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
-            raise UnsupportedModelError(f"{path}: cannot read its external data: {_first_line(exc)}") from None
+            raise UnsupportedModelError(f"{path}: cannot read its external data: {first_line(exc)}") from None
     most_values = 8 * max(path.stat().st_size, model.ByteSize())  # 8: above the densest packing (4 to a byte)
     for tensor in external_data_helper._get_all_tensors(model):
         _check_tensor(tensor, most_values)

@@ -98,7 +98,7 @@ def _identity(run: RunPlan, config: AttackConfig) -> dict:
     params = {**attack.params(), "box": list(config.box), "batch_size": config.batch_size,
               "top_k": run.top_k or None, "tolerance": config.tolerance, "gradients": model.gradients,
               "max_queries": config.max_queries if model.gradients == "estimated" else None,
-              "reduce": config.reduce if len(model.score_output.shape) > 2 else None}
+              "reduce": config.reduce if model.folded else None}
     return {
         "model_sha256": model.info.sha256, "model_name": model.name, "method": attack.name,
         "target": target_text, "params": json.dumps(params, sort_keys=True), "seed": config.seed,
@@ -118,7 +118,7 @@ def _open_writer(out_path: Path, run: RunPlan, config: AttackConfig, inputs_path
     attrs = {**identity, "labels": json.dumps(model.labels), "versions": json.dumps(versions()),
              "task": run.attack.task.value, "inputs": str(inputs_path), "notes": json.dumps(model.notes),
              "output": model.score_output.name, "device": str(model.device), "gradients": model.gradients,
-             "reduce": config.reduce if len(model.score_output.shape) > 2 else "none"}
+             "reduce": config.reduce if model.folded else "none"}
     return ResultWriter.create(out_path, run.source.sample_shape, model.input.dtype, model.num_labels, attrs,
                                rows_per_chunk=config.batch_size, overwrite=config.overwrite)
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import UnsupportedModelError
+from .errors import UnsupportedModelError, first_line
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 QDQ_NOTE = ("int8 QDQ model: onnxruntime runs it with basic graph optimisations, which keep the ONNX "
@@ -42,8 +42,7 @@ def make_session(model_bytes: bytes, device: str = "cpu", quiet: bool = False,
     try:
         return ort.InferenceSession(model_bytes, session_options(quiet, exact_qdq), providers=providers_for(device))
     except Exception as exc:  # onnxruntime raises several unrelated types here
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedModelError(f"onnxruntime cannot load the model: {message}") from None
+        raise UnsupportedModelError(f"onnxruntime cannot load the model: {first_line(exc)}") from None
 
 
 def to_input_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -88,8 +87,7 @@ class OrtScorer:
         try:
             (scores,) = self.session.run([self.output_name], {self.input_name: x})
         except Exception as exc:  # onnxruntime's own exception types
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UnsupportedModelError(f"onnxruntime failed to run the model: {first_line}") from None
+            raise UnsupportedModelError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
         return fold_middle(np.asarray(scores, dtype=np.float32), self.reduce)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import BadInputError
+from .errors import BadInputError, first_line
 from .inputs import InputSource
 
 ROW_DATASETS = ("x", "x_adv", "scores", "scores_adv", "y_pred", "y_target", "y_adv",
@@ -55,11 +55,10 @@ class StoreWriteError(BadInputError):
 
 
 def _reason(exc: Exception) -> str:
-    text = getattr(exc, "strerror", None) or (str(exc).strip().splitlines()[0] if str(exc).strip() else "")
     for known in ("File too large", "No space left on device", "Disk quota exceeded"):
         if known in str(exc):
             return known
-    return text or type(exc).__name__
+    return getattr(exc, "strerror", None) or first_line(exc)
 
 
 def room_left(path: Path) -> float:

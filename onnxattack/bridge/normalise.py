@@ -10,7 +10,7 @@ import onnx.inliner
 from onnx import helper, numpy_helper
 from onnx.utils import Extractor
 
-from ..errors import UnsupportedModelError
+from ..errors import UnsupportedModelError, first_line
 from ..model import final_op, graph_inputs
 
 # Constant attributes onnx2torch's KeyError path trips over when weights live in nodes.
@@ -24,8 +24,7 @@ def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.inliner.inline_local_functions(model)
     except Exception as exc:  # onnx raises RuntimeError, ValidationError, ... on malformed functions
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedModelError(f"model-local functions cannot be inlined: {first_line}") from None
+        raise UnsupportedModelError(f"model-local functions cannot be inlined: {first_line(exc)}") from None
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
