@@ -30,9 +30,10 @@ class AttackConfig:
     """The settings of one `attack` run. Each field's help text is the CLI's."""
 
     method: str = field(default="ml-cw", metadata=_help("Attack method."))
-    target: str = field(default="hide-single", metadata=_help(
-        "hide-single | hide-all | random | extreme | '+A,-B' (label indices or names) | "
-        "top:K[:best|random|worst] (ranking methods)."))
+    target: str = field(default="auto", metadata=_help(
+        "auto (the method's default: hide-single; tkml-u: hide-all) | hide-single | hide-all | random | "
+        "extreme | '+A,-B' (label indices or names) | top:K[:best|random|worst] (ranking methods). "
+        "tkml-u: the labels hidden must leave the top K."))
     target_file: str | None = field(default=None, metadata=_help("(N, L) 0/1 .npy of per-input targets."))
     scores: str = field(default="auto", metadata=_help("How to read the score output."))
     threshold: float | None = field(default=None, metadata=_help(
@@ -51,6 +52,10 @@ class AttackConfig:
     overwrite: bool = field(default=False, metadata=_help("Replace an existing result file."))
     labels_file: str | None = field(default=None, metadata=_help("Label names (JSON list or one per line)."))
     key: str | None = field(default=None, metadata=_help("Array name inside a .npz or HDF5 input file."))
+    attack_input: str | None = field(default=None, metadata=_help(
+        "Models with several inputs: the one perturbed (default: the only floating input). The others come from "
+        "the same .npz / .h5 file, one array per input name, pass through unchanged and are stored under "
+        "inputs/<name>."))
     tolerance: float = field(default=1e-4, metadata=_help(
         "Max |torch - onnxruntime| score difference accepted on load."))
     reduce: str = field(default="max", metadata=_help(

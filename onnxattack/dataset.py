@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import BadInputError
-from .store import ROW_DATASETS, open_results, read_attrs
+from .store import open_results, read_attrs, row_datasets
 
 SPLITS = ("adv", "clean", "both")
 _READ_ROWS = 4096
@@ -37,11 +37,12 @@ class ResultDataset(Dataset):
                  extra: tuple[str, ...] = (), labels: np.ndarray | None = None) -> None:
         if split not in SPLITS:
             raise BadInputError(f"unknown split {split!r} (expected one of: {', '.join(SPLITS)})")
-        unknown = [name for name in extra if name not in ROW_DATASETS]
-        if unknown:
-            raise BadInputError(f"unknown dataset(s) {', '.join(unknown)} (known: {', '.join(ROW_DATASETS)})")
         self.path, self.split, self.extra = str(path), split, tuple(extra)
         with open_results(path) as handle:
+            known = row_datasets(handle)
+            unknown = [name for name in extra if name not in known]
+            if unknown:
+                raise BadInputError(f"unknown dataset(s) {', '.join(unknown)} (known: {', '.join(known)})")
             rows = int(read_attrs(handle).get("rows_written", handle["success"].shape[0]))
             keep = np.asarray(handle["attacked"][:rows], dtype=bool)
             if only_success:
@@ -141,7 +142,7 @@ def export_npz(results: str | os.PathLike, out: str | os.PathLike, only_success:
         if only_success:
             keep &= np.asarray(handle["success"][:rows], dtype=bool) & np.asarray(handle["attacked"][:rows], dtype=bool)
         arrays: dict[str, Any] = {name: np.asarray(handle[name][:rows])[keep]
-                                  for name in ROW_DATASETS if name in handle}
+                                  for name in row_datasets(handle)}
     arrays["index"] = np.flatnonzero(keep)
     arrays["attrs"] = np.array(json.dumps(attrs, default=str))
     if not out.parent.is_dir():

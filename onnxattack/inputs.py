@@ -236,3 +236,28 @@ def open_inputs(path: str | os.PathLike, key: str | None = None, image_layout: s
     if len(source.sample_shape) + 1 < 2 or source.count == 0:
         raise BadInputError(f"{path} holds no batch of inputs (shape {[source.count, *source.sample_shape]})")
     return source
+
+
+def open_passthrough(path: str | os.PathLike, names: list[str], attacked: str) -> dict[str, InputSource]:
+    """A multi-input model's other inputs: one array per input name from the same .npz / .h5 file."""
+    if not names:
+        return {}
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() not in (".npz", ".h5", ".hdf5"):
+        raise BadInputError(f"the model has inputs {', '.join([attacked, *names])}: give a .npz or .h5 file holding "
+                            f"one array per input name (the attacked one, {attacked}, with --key if named otherwise)")
+    return {name: open_inputs(path, name) for name in names}
+
+
+def check_passthrough_sources(sources: dict[str, InputSource], count: int, where: str) -> None:
+    """Each pass-through input has a row per input, and real, finite values (no box applies: they are
+    not perturbed)."""
+    for name, source in sources.items():
+        label = f"{where}:{name}"
+        if source.count < count:
+            raise BadInputError(f"{label} has {source.count} rows, the attacked input {count}")
+        check_numeric(source.dtype, label)
+        for first, rows in source.batches(0, count, 4096):
+            bad = _first_bad_row(rows, (-np.inf, np.inf))
+            if bad is not None:
+                raise _bad_row_error(label, first + bad[0], "nan", (0.0, 0.0), (0.0, 0.0))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,17 +22,20 @@ from .bridge.normalise import (
 )
 from .errors import BadInputError, ConversionError, FidelityError, OnnxAttackError, UnsupportedModelError, first_line
 from .estimated import QueryModel
-from .inputs import check_rows
+from .inputs import check_numeric, check_rows
 from .model import (
     ModelInfo,
     TensorInfo,
+    choose_attack_input,
     choose_score_output,
     describe,
     detect_scores_kind,
+    graph_inputs,
     read_labels,
     read_model,
 )
-from .runtime import QDQ_NOTE, REDUCTIONS, OrtScorer, has_qdq, make_session
+from .passthrough import BoundGraph, PassThroughInputs
+from .runtime import QDQ_NOTE, REDUCTIONS, OrtScorer, has_qdq, make_session, to_input_dtype
 from .scores import ScoreReader
 from .types import ScoresKind
 from .victim import Victim
@@ -58,14 +63,14 @@ class ChunkedGraph(torch.nn.Module):
         self.graph = graph
         self.batch = batch
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         parts = []
-        for start in range(0, x.shape[0], self.batch):
-            chunk = x[start:start + self.batch]
-            missing = self.batch - chunk.shape[0]
+        for start in range(0, inputs[0].shape[0], self.batch):
+            chunks = [tensor[start:start + self.batch] for tensor in inputs]
+            missing = self.batch - chunks[0].shape[0]
             if missing:
-                chunk = torch.cat([chunk, chunk[-1:].expand(missing, *chunk.shape[1:])])
-            parts.append(self.graph(chunk)[: self.batch - missing])
+                chunks = [torch.cat([chunk, chunk[-1:].expand(missing, *chunk.shape[1:])]) for chunk in chunks]
+            parts.append(self.graph(*chunks)[: self.batch - missing])
         return torch.cat(parts)
 
 
@@ -104,6 +109,18 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     query_model: QueryModel | None = None  # set when gradients are estimated from onnxruntime queries
     max_queries: int | None = None
+    passthrough_inputs: tuple[TensorInfo, ...] = ()  # a multi-input model's inputs that are not attacked
+    passthrough: PassThroughInputs = field(default_factory=PassThroughInputs)
+
+    def bound(self, others: Mapping[str, np.ndarray] | None) -> contextlib.AbstractContextManager[None]:
+        """Calls inside the block score rows of a batch whose pass-through inputs are `others` (checked:
+        every one present, one row per row of the batch, in the model's shape; cast to its dtype)."""
+        if not self.passthrough_inputs:
+            if others:
+                raise BadInputError(f"the model has one input ({self.input.name}); got other inputs "
+                                    f"{', '.join(others)}")
+            return contextlib.nullcontext()
+        return self.passthrough.bind(check_passthrough(self.passthrough_inputs, others or {}))
 
     @property
     def folded(self) -> bool:
@@ -135,8 +152,10 @@ class LoadedModel:
         """What the attacks see of this model: its attack tensor, how to read it, the valid box."""
         box = self.box if box is None else box
         query_model = self.query_model
+        passthrough = self.passthrough if self.passthrough_inputs else None
         if query_model is None:
-            return Victim(self.attack_logits, self.reader, box)
+            return Victim(self.attack_logits, self.reader, box,
+                          select=passthrough.select if passthrough is not None else None)
         query_model.box = (float(box[0]), float(box[1]))
 
         def jacobian(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +165,12 @@ class LoadedModel:
         def begin(rows: np.ndarray) -> None:
             query_model.begin(rows, self.max_queries)
 
-        return Victim(query_model, self.reader, box, jacobian=jacobian, begin=begin)
+        @contextlib.contextmanager
+        def select(rows: np.ndarray) -> Iterator[None]:
+            with query_model.select(rows), (passthrough.select(rows) if passthrough else contextlib.nullcontext()):
+                yield
+
+        return Victim(query_model, self.reader, box, jacobian=jacobian, begin=begin, select=select)
 
     def queries_spent(self) -> np.ndarray | None:
         """Queries per row of the batch last attacked (None with torch gradients)."""
@@ -166,12 +190,38 @@ class LoadedModel:
 
 
 def _probe_batch(input_info: TensorInfo, size: int, box: tuple[float, float], seed: int) -> np.ndarray:
+    """Random rows for the fidelity check: uniform in the box (zeros for a pass-through integer input)."""
     sample_shape = input_info.shape[1:]
     if not all(isinstance(dim, int) and dim > 0 for dim in sample_shape):
         raise BadInputError(f"input {input_info.name!r} has shape {list(input_info.shape)}: its sample "
                             f"dims are not fixed, so pass a probe batch of real inputs")
-    rng = np.random.default_rng(seed)
-    return rng.uniform(box[0], box[1], size=(size, *(int(dim) for dim in sample_shape if isinstance(dim, int))))
+    shape = (size, *(int(dim) for dim in sample_shape if isinstance(dim, int)))
+    if not input_info.is_float:
+        return np.zeros(shape, dtype=input_info.dtype)
+    return np.random.default_rng(seed).uniform(box[0], box[1], size=shape)
+
+
+def check_passthrough(inputs: tuple[TensorInfo, ...], given: Mapping[str, np.ndarray],
+                      rows: int | None = None, where: str = "inputs") -> dict[str, np.ndarray]:
+    """Every pass-through input present, real and finite, shaped as the model takes it, with one row per
+    row of the batch; cast to the model's dtype (integer values must be whole)."""
+    checked: dict[str, np.ndarray] = {}
+    for info in inputs:
+        if info.name not in given:
+            raise BadInputError(f"{where} has no array {info.name!r} for the model's input {info.name!r} "
+                                f"(give every input of the model, keyed by its name)")
+        array = np.asarray(given[info.name])
+        label = f"{where}:{info.name}"
+        check_numeric(array.dtype, label)
+        if rows is not None and len(array) != rows:
+            raise BadInputError(f"{label} has {len(array)} rows, the attacked input {rows}")
+        check_sample_shape(info, tuple(array.shape[1:]), label)
+        if array.size and not np.isfinite(array.astype(np.float64, copy=False)).all():
+            raise BadInputError(f"{label}: NaN or infinite values")
+        if not info.is_float and array.size and not np.array_equal(np.rint(array), array):
+            raise BadInputError(f"{label}: the model takes {info.dtype}, the values are not whole numbers")
+        checked[info.name] = to_input_dtype(array, info.dtype)
+    return checked
 
 
 def check_sample_shape(input_info: TensorInfo, sample_shape: tuple[int, ...], where: str = "inputs") -> None:
@@ -197,10 +247,10 @@ def _serialized(proto: onnx.ModelProto) -> bytes:
 
 
 def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str, device: str,
-                probe: np.ndarray, notes: list[str]) -> OrtScorer:
+                probe: np.ndarray, notes: list[str], passthrough: PassThroughInputs) -> OrtScorer:
     fixed = fixed_batch(input_info)
     original = OrtScorer(make_session(_serialized(proto), device, exact_qdq=has_qdq(proto)), input_info.name,
-                         input_info.dtype, output_name, fixed_batch=fixed)
+                         input_info.dtype, output_name, fixed_batch=fixed, passthrough=passthrough)
     if has_qdq(proto):
         notes.append(QDQ_NOTE)
     if device == "cuda" and "CUDAExecutionProvider" not in original.providers:
@@ -214,13 +264,17 @@ def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str
     if renamed is not None:
         try:
             session = make_session(_serialized(renamed), device, quiet=True, exact_qdq=has_qdq(proto))
-            batched = OrtScorer(session, input_info.name, input_info.dtype, output_name)
+            batched = OrtScorer(session, input_info.name, input_info.dtype, output_name, passthrough=passthrough)
             if np.allclose(batched(probe), original(probe), atol=1e-6, rtol=1e-5):
                 notes.append(f"batch size {fixed} is baked into the model; onnxruntime runs it batched "
                              f"after renaming the batch dim (checked against the original)")
                 return batched
         except Exception:  # the batch size is baked into the graph too
             pass
+    return _fixed_batch_note(original, fixed, notes)
+
+
+def _fixed_batch_note(original: OrtScorer, fixed: int, notes: list[str]) -> OrtScorer:
     notes.append(f"batch size {fixed} is baked into the model's graph: it runs {fixed} sample(s) "
                  f"at a time (slower)")
     return original
@@ -232,11 +286,13 @@ def _score_graph(proto: onnx.ModelProto, tensor_name: str, score_output: str) ->
 
 
 def _torch_graph(score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndarray,
-                 dtype: torch.dtype, device: torch.device, notes: list[str]) -> torch.nn.Module:
+                 dtype: torch.dtype, device: torch.device, notes: list[str],
+                 bind: Callable[[torch.nn.Module], torch.nn.Module]) -> torch.nn.Module:
+    """The converted graph as x -> scores (`bind` adds a multi-input model's pass-through inputs)."""
     renamed = symbolic_batch(score_graph) if fixed is not None else None
     if renamed is not None and fixed is not None:
         try:
-            graph = to_torch(renamed).to(device)
+            graph = bind(to_torch(renamed).to(device))
             with torch.no_grad():
                 graph(torch.as_tensor(probe, dtype=dtype, device=device))
             return graph
@@ -244,8 +300,8 @@ def _torch_graph(score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndar
             raise
         except Exception:
             notes.append(f"the torch graph also runs {fixed} sample(s) at a time")
-            return ChunkedGraph(to_torch(score_graph).to(device), fixed)
-    return to_torch(score_graph).to(device)
+            return bind(ChunkedGraph(to_torch(score_graph).to(device), fixed))
+    return bind(to_torch(score_graph).to(device))
 
 
 def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = None,
@@ -253,10 +309,14 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
          labels_file: str | os.PathLike | None = None, tolerance: float = DEFAULT_TOLERANCE,
          box: tuple[float, float] = (0.0, 1.0), probe: np.ndarray | None = None,
          convert: bool = True, seed: int = 0, probe_name: str = "the probe batch",
-         gradients: str = "torch", max_queries: int | None = None, reduce: str = "max") -> LoadedModel:
+         gradients: str = "torch", max_queries: int | None = None, reduce: str = "max",
+         attack_input: str | None = None, probe_others: Mapping[str, np.ndarray] | None = None) -> LoadedModel:
     """Load a model file and build everything an attack needs; raises typed errors with one line.
 
-    probe: a few real inputs for the fidelity check (random ones in the box when absent);
+    attack_input: the input perturbed (default: the only floating one); a multi-input model's other
+    inputs pass through unchanged (`LoadedModel.bound`).
+    probe: a few real inputs for the fidelity check (random ones in the box when absent), and
+    probe_others the same rows of the other inputs (zeros / uniform in the box when absent);
     probe_name: what error messages call them (the user's input file).
     gradients: "torch" (convert, else refuse), "estimate" (onnxruntime queries, no conversion) or
     "auto" (convert; when the graph cannot convert or is unfaithful, estimate and say so in a note);
@@ -269,18 +329,15 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
     torch_device = resolve_device(device)
     proto = read_model(path)
     info = describe(proto, path)
-    if len(info.inputs) != 1:
-        names = ", ".join(i.name for i in info.inputs)
-        raise UnsupportedModelError(f"the model has {len(info.inputs)} inputs ({names}); onnxattack "
-                                    f"attacks single-input models")
-    input_info = info.inputs[0]
+    input_info = choose_attack_input(info, attack_input)
+    others = tuple(i for i in info.inputs if i.name != input_info.name)
+    passthrough = PassThroughInputs(tuple(i.name for i in others))
     score_output = choose_score_output(info, output)
 
     detected = detect_scores_kind(proto, score_output.name)
     kind = detected if scores in ("auto", None) else ScoresKind.parse(str(getattr(scores, "value", scores)))
     tensor_name, head = attack_tensor(proto, score_output.name, cut_activation=(kind == detected))
-    folded = len(score_output.shape) > 2
-    if folded and head is not None and not (head == "sigmoid" and reduce == "max"):
+    if len(score_output.shape) > 2 and head is not None and not (head == "sigmoid" and reduce == "max"):
         # max commutes with a per-element sigmoid; mean (or a softmax) does not: attack the real output
         tensor_name, head = score_output.name, None
     try:
@@ -289,52 +346,63 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
         raise BadInputError(str(exc)) from None
 
     notes: list[str] = []
-    fixed = fixed_batch(input_info)
     if probe is None:
         probe = _probe_batch(input_info, PROBE_SIZE, box, seed)
     probe = np.asarray(probe)
     check_rows(probe, box, probe_name)
     check_sample_shape(input_info, tuple(probe.shape[1:]), probe_name)
-    scorer = _ort_scorer(proto, input_info, score_output.name, torch_device.type, probe, notes)
-    scorer.reduce = reduce
-    if folded:
-        notes.append(f"scores {list(score_output.shape)} are folded to [batch, labels] by {reduce} over the "
-                     f"middle dims (--reduce)")
-    probe_scores = scorer(probe)
-    if probe_scores.ndim != 2:
-        raise UnsupportedModelError(f"output {score_output.name!r} gives scores of shape "
-                                    f"{list(probe_scores.shape)}, not [batch, labels]")
-    num_labels = int(probe_scores.shape[1])
-
-    labels = read_labels(info, labels_file)
-    if labels is None:
-        labels = [str(i) for i in range(num_labels)]
-    elif len(labels) != num_labels:
-        raise BadInputError(f"{len(labels)} label names for {num_labels} labels")
-
-    torch_dtype = (torch.from_numpy(np.zeros(0, dtype=input_info.dtype)).dtype
-                   if input_info.is_float else torch.float32)
-    loaded = LoadedModel(info=info, input=input_info, score_output=score_output, reader=reader,
-                         scorer=scorer, num_labels=num_labels, labels=labels, device=torch_device,
-                         torch_dtype=torch_dtype, box=(float(box[0]), float(box[1])), notes=notes)
-    loaded.max_queries = max_queries
-    if not convert:
-        return loaded
-    if gradients == "estimate":
-        return _estimated(loaded, kind, threshold, seed, "asked for with --gradients estimate")
-    try:
-        score_graph = _score_graph(proto, tensor_name, score_output.name)
-        loaded.graph = _torch_graph(score_graph, fixed, probe, torch_dtype, torch_device, notes)
+    if probe_others is None:
+        probe_others = {i.name: _probe_batch(i, len(probe), box, seed) for i in others}
+    probe_others = check_passthrough(others, probe_others, len(probe), probe_name)
+    with passthrough.bind(probe_others):  # the probe's rows of the other inputs (multi-input models)
+        folded = len(score_output.shape) > 2
+        fixed = fixed_batch(input_info)
+        scorer = _ort_scorer(proto, input_info, score_output.name, torch_device.type, probe, notes, passthrough)
+        scorer.reduce = reduce
         if folded:
-            loaded.graph = FoldedGraph(loaded.graph, reduce)
-        loaded.fidelity = check_fidelity(loaded.graph, reader, scorer, probe, tolerance,
-                                         torch_dtype, torch_device)
-    except (ConversionError, FidelityError) as exc:
-        if gradients == "torch":
-            raise
-        loaded.graph = None
-        return _estimated(loaded, kind, threshold, seed, first_line(exc))
-    return loaded
+            notes.append(f"scores {list(score_output.shape)} are folded to [batch, labels] by {reduce} over the "
+                         f"middle dims (--reduce)")
+        probe_scores = scorer(probe)
+        if probe_scores.ndim != 2:
+            raise UnsupportedModelError(f"output {score_output.name!r} gives scores of shape "
+                                        f"{list(probe_scores.shape)}, not [batch, labels]")
+        num_labels = int(probe_scores.shape[1])
+
+        labels = read_labels(info, labels_file)
+        if labels is None:
+            labels = [str(i) for i in range(num_labels)]
+        elif len(labels) != num_labels:
+            raise BadInputError(f"{len(labels)} label names for {num_labels} labels")
+
+        torch_dtype = (torch.from_numpy(np.zeros(0, dtype=input_info.dtype)).dtype
+                       if input_info.is_float else torch.float32)
+        loaded = LoadedModel(info=info, input=input_info, score_output=score_output, reader=reader,
+                             scorer=scorer, num_labels=num_labels, labels=labels, device=torch_device,
+                             torch_dtype=torch_dtype, box=(float(box[0]), float(box[1])), notes=notes,
+                             passthrough_inputs=others, passthrough=passthrough)
+        loaded.max_queries = max_queries
+        if not convert:
+            return loaded
+        if gradients == "estimate":
+            return _estimated(loaded, kind, threshold, seed, "asked for with --gradients estimate")
+        try:
+            score_graph = _score_graph(proto, tensor_name, score_output.name)
+            order = tuple(value.name for value in graph_inputs(score_graph))
+
+            def bind(graph: torch.nn.Module) -> torch.nn.Module:
+                return BoundGraph(graph, order, input_info.name, passthrough) if others else graph
+
+            loaded.graph = _torch_graph(score_graph, fixed, probe, torch_dtype, torch_device, notes, bind)
+            if folded:
+                loaded.graph = FoldedGraph(loaded.graph, reduce)
+            loaded.fidelity = check_fidelity(loaded.graph, reader, scorer, probe, tolerance,
+                                             torch_dtype, torch_device)
+        except (ConversionError, FidelityError) as exc:
+            if gradients == "torch":
+                raise
+            loaded.graph = None
+            return _estimated(loaded, kind, threshold, seed, first_line(exc))
+        return loaded
 
 
 def _estimated(loaded: LoadedModel, kind: ScoresKind, threshold: float | None, seed: int, why: str) -> LoadedModel:
@@ -366,7 +434,8 @@ def _sample_shape(input_info: TensorInfo, shape: tuple[int, ...] | None) -> tupl
 def inspect_model(path: str | os.PathLike, *, output: str | None = None, scores: str = "auto",
                   labels_file: str | os.PathLike | None = None, device: str = "cpu",
                   box: tuple[float, float] = (0.0, 1.0), tolerance: float = DEFAULT_TOLERANCE,
-                  shape: tuple[int, ...] | None = None, probe: np.ndarray | None = None) -> dict:
+                  shape: tuple[int, ...] | None = None, probe: np.ndarray | None = None,
+                  attack_input: str | None = None, probe_others: Mapping[str, np.ndarray] | None = None) -> dict:
     """Everything `onnxattack inspect` reports; conversion problems are reported, not raised.
 
     shape (the sample dims) or probe (real inputs) fix symbolic sample dims for the fidelity check;
@@ -390,20 +459,28 @@ def inspect_model(path: str | os.PathLike, *, output: str | None = None, scores:
         tensor_name, _ = attack_tensor(proto, chosen.name, cut_activation=True)
         report["attack_tensor"] = tensor_name
         report["blocking_ops"] = blocking_ops(_score_graph(proto, tensor_name, chosen.name))
+        attacked = choose_attack_input(info, attack_input)
+        report["attack_input"] = attacked.name
     except OnnxAttackError as exc:
         report["reason"] = str(exc)
         return report
-    if probe is None and info.inputs:
-        sample = _sample_shape(info.inputs[0], shape)
+    if probe is None:
+        sample = _sample_shape(attacked, shape)
         if sample is None:
-            dims = list(info.inputs[0].shape)
-            report.update(converts=None, reason=f"input {info.inputs[0].name!r} has symbolic sample dims {dims}: "
+            dims = list(attacked.shape)
+            report.update(converts=None, reason=f"input {attacked.name!r} has symbolic sample dims {dims}: "
                                                 f"conversion not checked; pass --shape D1,D2,... or --probe INPUTS")
             return report
         probe = np.random.default_rng(0).uniform(box[0], box[1], size=(PROBE_SIZE, *sample))
+    unfixed = [i.name for i in info.inputs if i.name != attacked.name and _sample_shape(i, None) is None]
+    if probe_others is None and unfixed:
+        report.update(converts=None, reason=f"input(s) {', '.join(unfixed)} have symbolic sample dims: conversion "
+                                            f"not checked; pass --probe INPUTS with an array for every input")
+        return report
     try:
         loaded = load(path, device=device, output=output, scores=scores, labels_file=labels_file,
-                      tolerance=tolerance, box=box, probe=probe, gradients="torch")
+                      tolerance=tolerance, box=box, probe=probe, gradients="torch", attack_input=attack_input,
+                      probe_others=probe_others)
     except OnnxAttackError as exc:
         report["reason"] = str(exc)
         return report

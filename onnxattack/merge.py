@@ -20,7 +20,17 @@ import numpy as np
 
 from .errors import BadInputError
 from .inputs import InputSource
-from .store import ROW_DATASETS, RUN_IDENTITY, ResultWriter, _plain, check_output_path, open_results, read_attrs
+from .store import (
+    PASSTHROUGH_GROUP,
+    ROW_DATASETS,
+    RUN_IDENTITY,
+    ResultWriter,
+    _plain,
+    check_output_path,
+    open_results,
+    read_attrs,
+    row_datasets,
+)
 
 # Attributes only a shard file has; the merged file drops them.
 SHARD_ATTRS = ("shard_index", "shard_count", "row_start", "row_stop", "inputs_total")
@@ -76,7 +86,8 @@ def _read_shard(path: Path) -> dict[str, Any]:
         absent = [name for name in ROW_DATASETS if name not in handle]
         if absent:
             raise BadInputError(f"{path} lacks the dataset(s) {', '.join(absent)}")
-        attrs["_layout"] = {name: (list(handle[name].shape[1:]), str(handle[name].dtype)) for name in ROW_DATASETS}
+        attrs["_layout"] = {name: (list(handle[name].shape[1:]), str(handle[name].dtype))
+                            for name in row_datasets(handle)}
     return attrs
 
 
@@ -129,15 +140,18 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike, ove
     layout = first["_layout"]
     partial = out.with_name(out.name + ".merging")  # renamed to `out` once complete: never a half merge
     batch_size = int(json.loads(first.get("params", "{}")).get("batch_size") or 32)
+    passthrough = {name.split("/", 1)[1]: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in layout.items()
+                   if name.startswith(PASSTHROUGH_GROUP + "/")}
     writer = ResultWriter.create(partial, tuple(layout["x"][0]), np.dtype(layout["x"][1]),
-                                 int(layout["y_target"][0][0]), attrs, rows_per_chunk=batch_size, overwrite=True)
+                                 int(layout["y_target"][0][0]), attrs, rows_per_chunk=batch_size, overwrite=True,
+                                 passthrough=passthrough)
     try:
         for shard in shards:
             rows = min(int(shard.get("rows_written", 0)), int(shard["row_stop"]) - int(shard["row_start"]))
             with open_results(shard["_path"]) as handle:
                 for start in range(0, rows, _COPY_ROWS):
                     stop = min(rows, start + _COPY_ROWS)
-                    writer.append({name: handle[name][start:stop] for name in ROW_DATASETS})
+                    writer.append({name: handle[name][start:stop] for name in layout})
         writer.set_attrs(complete=True)
     finally:
         writer.close()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +16,10 @@ from .attacks import Attack
 from .batch import attack_arrays, judge, target_spec
 from .config import AttackConfig
 from .errors import BadInputError
-from .inputs import InputSource, open_inputs, scan_inputs
+from .inputs import InputSource, check_passthrough_sources, open_inputs, open_passthrough, scan_inputs
 from .loader import LoadedModel, load
 from .merge import shard_attrs
+from .model import choose_attack_input, describe, read_model
 from .scores import Criterion, criterion_for
 from .store import ResultWriter, check_output_path
 from .targets import TargetSpec, check_target_file
@@ -43,6 +44,14 @@ class RunPlan:
     count: int
     start: int = 0  # this run's rows [start, stop) of the input set: all of them unless --shard
     stop: int = -1
+    others: dict[str, InputSource] = field(default_factory=dict)  # multi-input models: passed through
+
+    def batches(self, start: int, batch_size: int) -> Iterator[tuple[int, np.ndarray, dict[str, np.ndarray]]]:
+        """(first row, attacked rows, the other inputs' rows) from row `start` to this run's stop."""
+        streams = [self.source.batches(start, self.stop, batch_size),
+                   *(source.batches(start, self.stop, batch_size) for source in self.others.values())]
+        for (first, x), *rest in zip(*streams, strict=True):
+            yield first, x, {name: rows for name, (_, rows) in zip(self.others, rest, strict=True)}
 
     @property
     def top_k(self) -> int:
@@ -68,19 +77,42 @@ def shard_rows(count: int, batch_size: int, shard: tuple[int, int] | None) -> tu
             min(count, (index + 1) * batches // shards * batch_size))
 
 
+def open_model_inputs(model_path: str | os.PathLike, inputs_path: str | os.PathLike, attack_input: str | None,
+                      key: str | None, image_layout: str = "chw", image_scale: float = 1 / 255,
+                      ) -> tuple[str, InputSource, dict[str, InputSource]]:
+    """(the attacked input's name, its rows, the other inputs' rows by name). A multi-input model's
+    inputs come from one .npz / .h5 file keyed by input name (--key names the attacked array if it is
+    stored under another name)."""
+    info = describe(read_model(model_path), model_path)
+    attacked = choose_attack_input(info, attack_input)
+    other_names = [i.name for i in info.inputs if i.name != attacked.name]
+    chosen_key = key if key is not None or not other_names else attacked.name
+    source = open_inputs(inputs_path, chosen_key, image_layout, image_scale)
+    return attacked.name, source, open_passthrough(inputs_path, other_names, attacked.name)
+
+
+def first_rows(source: InputSource, others: dict[str, InputSource],
+               rows: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The first rows of every input: the fidelity check's probe."""
+    probe = np.asarray(next(source.batches(0, rows, rows))[1], dtype=np.float64)
+    return probe, {name: next(other.batches(0, rows, rows))[1] for name, other in others.items()}
+
+
 def plan(model_path: str | os.PathLike, inputs_path: str | os.PathLike, config: AttackConfig) -> RunPlan:
     """Open and check the inputs (every row finite and in the box), load the model, resolve targets."""
     attack = config.build_attack()
-    source = open_inputs(inputs_path, config.key, config.image_layout, config.image_scale)
+    attacked, source, others = open_model_inputs(model_path, inputs_path, config.attack_input, config.key,
+                                                 config.image_layout, config.image_scale)
     source_name = Path(inputs_path).name
     count = source.count if config.limit is None else min(source.count, config.limit)
     scan_inputs(source, count, config.box, source_name)
-    probe = next(source.batches(0, min(count, 4), 4))[1]
+    check_passthrough_sources(others, count, source_name)
+    probe, probe_others = first_rows(source, others, min(count, 4))
     model = load(model_path, device=config.device, output=config.output, scores=config.scores,
                  threshold=config.threshold, labels_file=config.labels_file, tolerance=config.tolerance,
-                 box=config.box, probe=np.asarray(probe, dtype=np.float64), seed=config.seed,
+                 box=config.box, probe=probe, seed=config.seed,
                  probe_name=source_name, gradients=config.gradients, max_queries=config.max_queries,
-                 reduce=config.reduce)
+                 reduce=config.reduce, attack_input=attacked, probe_others=probe_others)
     spec, target_rows = None, None
     if config.target_file is not None:
         target_rows = _read_target_file(config.target_file, count, model.num_labels)
@@ -88,7 +120,7 @@ def plan(model_path: str | os.PathLike, inputs_path: str | os.PathLike, config: 
         spec = target_spec(config.target, model, attack)
     criterion = judge(model, attack, spec, config.top_k)
     start, stop = shard_rows(count, config.batch_size, config.shard)
-    return RunPlan(model, attack, source, source_name, spec, target_rows, criterion, count, start, stop)
+    return RunPlan(model, attack, source, source_name, spec, target_rows, criterion, count, start, stop, others)
 
 
 def _identity(run: RunPlan, config: AttackConfig) -> dict:
@@ -98,7 +130,8 @@ def _identity(run: RunPlan, config: AttackConfig) -> dict:
     params = {**attack.params(), "box": list(config.box), "batch_size": config.batch_size,
               "top_k": run.top_k or None, "tolerance": config.tolerance, "gradients": model.gradients,
               "max_queries": config.max_queries if model.gradients == "estimated" else None,
-              "reduce": config.reduce if model.folded else None}
+              "reduce": config.reduce if model.folded else None,
+              **({"attack_input": model.input.name} if model.passthrough_inputs else {})}
     return {
         "model_sha256": model.info.sha256, "model_name": model.name, "method": attack.name,
         "target": target_text, "params": json.dumps(params, sort_keys=True), "seed": config.seed,
@@ -118,9 +151,11 @@ def _open_writer(out_path: Path, run: RunPlan, config: AttackConfig, inputs_path
     attrs = {**identity, "labels": json.dumps(model.labels), "versions": json.dumps(versions()),
              "task": run.attack.task.value, "inputs": str(inputs_path), "notes": json.dumps(model.notes),
              "output": model.score_output.name, "device": str(model.device), "gradients": model.gradients,
-             "reduce": config.reduce if model.folded else "none"}
+             "reduce": config.reduce if model.folded else "none", "attack_input": model.input.name}
+    passthrough = {name: (source.sample_shape, info.dtype)
+                   for (name, source), info in zip(run.others.items(), model.passthrough_inputs, strict=True)}
     return ResultWriter.create(out_path, run.source.sample_shape, model.input.dtype, model.num_labels, attrs,
-                               rows_per_chunk=config.batch_size, overwrite=config.overwrite)
+                               rows_per_chunk=config.batch_size, overwrite=config.overwrite, passthrough=passthrough)
 
 
 def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out_path: str | os.PathLike,
@@ -140,11 +175,12 @@ def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, ou
         rows = run.stop - run.start
         if progress:
             progress(start, rows, successes, attacked_total)
-        for first, x in run.source.batches(run.start + start, run.stop, config.batch_size):
+        for first, x, other_inputs in run.batches(run.start + start, config.batch_size):
             target = run.target_rows[first:first + len(x)] if run.target_rows is not None else run.spec
             assert target is not None  # plan() sets one of the two
             result = attack_arrays(run.model, x, run.attack, target, box=config.box, seed=config.seed,
-                                   first_index=first, source=run.source_name, criterion=run.criterion)
+                                   first_index=first, source=run.source_name, criterion=run.criterion,
+                                   other_inputs=other_inputs)
             writer.append(result.rows())
             writer.set_attrs(elapsed_s=elapsed_before + time.monotonic() - started)
             successes += int(result.success.sum())
@@ -173,7 +209,7 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str], device
                  chunk: int = 256) -> dict[str, dict]:
     """Re-score the stored adversarial inputs on other models (same label space), chunk by chunk;
     store transfer/<model> groups and return per-model success and flip rates."""
-    from .store import begin_transfer, json_attr, open_results, read_attrs
+    from .store import PASSTHROUGH_GROUP, begin_transfer, json_attr, open_results, read_attrs
     from .validate import transfer
 
     with open_results(results_path) as handle:
@@ -182,11 +218,14 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str], device
         params = json_attr(handle, "params", {})
         probe = np.asarray(handle["x"][:min(rows, 4)], dtype=np.float64)
         labels = json_attr(handle, "labels", [])
+        stored_others = list(handle[PASSTHROUGH_GROUP]) if PASSTHROUGH_GROUP in handle else []
+        probe_others = {name: handle[f"{PASSTHROUGH_GROUP}/{name}"][:min(rows, 4)] for name in stored_others}
     task = Task(attrs.get("task", Task.CLASSIFICATION.value))
     rates: dict[str, dict] = {}
     for model_path in model_paths:
         other = load(model_path, device=device, convert=False, box=tuple(params.get("box", (0.0, 1.0))),
-                     probe=probe)
+                     probe=probe, attack_input=attrs.get("attack_input") if stored_others else None,
+                     probe_others=probe_others or None, probe_name=f"{Path(results_path).name}:x")
         if other.num_labels != len(labels):
             raise BadInputError(f"{model_path} has {other.num_labels} labels, the results have {len(labels)}")
         criterion = criterion_for(task, other.reader, int(params.get("top_k") or 1))
@@ -195,8 +234,10 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str], device
             group = begin_transfer(handle, other.name, rows, len(labels))
             for start in range(0, rows, chunk):
                 stop = min(rows, start + chunk)
-                result = transfer(other, criterion, handle["x"][start:stop], handle["x_adv"][start:stop],
-                                  handle["y_target"][start:stop])
+                others = {name: handle[f"{PASSTHROUGH_GROUP}/{name}"][start:stop] for name in stored_others}
+                with other.bound(others):
+                    result = transfer(other, criterion, handle["x"][start:stop], handle["x_adv"][start:stop],
+                                      handle["y_target"][start:stop])
                 attacked = np.asarray(handle["attacked"][start:stop], dtype=bool)
                 group["scores_adv"][start:stop] = result.scores_adv
                 group["y_adv"][start:stop] = result.y_adv

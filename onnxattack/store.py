@@ -27,6 +27,20 @@ from .inputs import InputSource
 ROW_DATASETS = ("x", "x_adv", "scores", "scores_adv", "y_pred", "y_target", "y_adv",
                 "success", "attacked", "torch_agrees", "l2", "linf", "iterations", "queries",
                 "model_calls")
+PASSTHROUGH_GROUP = "inputs"  # a multi-input model's other inputs, one dataset per input name
+
+
+def passthrough_dataset(name: str) -> str:
+    return f"{PASSTHROUGH_GROUP}/{name}"
+
+
+def row_datasets(handle: h5py.File) -> tuple[str, ...]:
+    """Every per-row dataset of a result file: ROW_DATASETS and the pass-through inputs/<name>."""
+    group = handle.get(PASSTHROUGH_GROUP)
+    extra = tuple(passthrough_dataset(name) for name in group) if isinstance(group, h5py.Group) else ()
+    return ROW_DATASETS + extra
+
+
 # Attributes that must match for --resume to continue a file.
 RUN_IDENTITY = ("model_sha256", "method", "target", "params", "seed", "scores_kind", "threshold",
                 "n_inputs", "row_start", "row_stop")
@@ -99,7 +113,10 @@ class ResultWriter:
     @classmethod
     def create(cls, path: str | os.PathLike, sample_shape: tuple[int, ...], input_dtype: np.dtype,
                num_labels: int, attrs: dict[str, Any], rows_per_chunk: int = 32,
-               overwrite: bool = False) -> ResultWriter:
+               overwrite: bool = False,
+               passthrough: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None) -> ResultWriter:
+        """passthrough: a multi-input model's other inputs, name -> (sample shape, dtype), stored as
+        inputs/<name> so that validate re-scores from the file alone."""
         path = Path(path)
         check_output_path(path, resume=False, overwrite=overwrite)
         try:
@@ -111,7 +128,9 @@ class ResultWriter:
         rows = int(max(1, min(rows_per_chunk, (4 << 20) // row_bytes)))
         writer = cls(handle)
         try:
-            for name, (shape, dtype) in _dataset_specs(sample_shape, input_dtype, num_labels).items():
+            specs = _dataset_specs(sample_shape, input_dtype, num_labels)
+            specs.update({passthrough_dataset(name): spec for name, spec in (passthrough or {}).items()})
+            for name, (shape, dtype) in specs.items():
                 handle.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
                                       chunks=(rows, *shape), compression="gzip", compression_opts=4, shuffle=True)
             attrs = {**attrs, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -136,7 +155,7 @@ class ResultWriter:
                                     f"this run has {attrs[key]!r}")
         writer = cls(handle)
         rows = writer.rows_written
-        for name in ROW_DATASETS:
+        for name in row_datasets(handle):
             if name in handle and handle[name].shape[0] != rows:
                 handle[name].resize(rows, axis=0)  # drop a batch cut short by a crash
         handle.flush()
@@ -147,13 +166,17 @@ class ResultWriter:
         (its raw bytes plus room for metadata) is refused before anything is written."""
         count = len(rows["x"])
         start = self.rows_written
-        needed = sum(np.asarray(rows[name]).nbytes for name in ROW_DATASETS) + METADATA_ROOM
+        names = row_datasets(self.handle)
+        missing = sorted(set(names) ^ set(rows))
+        if missing:
+            raise BadInputError(f"{self._path} holds other datasets than the batch: {', '.join(missing)}")
+        needed = sum(np.asarray(rows[name]).nbytes for name in names) + METADATA_ROOM
         room = room_left(self._path)
         if needed > room:
             reason = f"no room for the next batch: about {needed} bytes needed, {max(0, int(room))} left"
             raise self._write_failed(OSError(28, reason), start, broken=False)
         try:
-            for name in ROW_DATASETS:
+            for name in names:
                 dataset = self.handle[name]
                 dataset.resize(start + count, axis=0)
                 dataset[start:start + count] = rows[name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from .scores import ScoreReader
 
 # (x [m, ...], which rows of the attacked batch they are [m]) -> (attack-space scores [m, L], J [m, L, d])
 JacobianFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# rows of the attacked batch -> a block inside which calls send exactly those rows, in that order
+RowSelector = Callable[[np.ndarray], contextlib.AbstractContextManager[None]]
 
 
 @dataclass
@@ -20,7 +23,9 @@ class Victim:
 
     jacobian: a victim whose gradients are estimated supplies its own Jacobian (ML-DeepFool asks
     for it); None means autograd through `logits`. begin: called by the attack entry point with the
-    rows of the batch about to be attacked (per-row query ledgers start there).
+    rows of the batch about to be attacked (per-row query ledgers start there). select: a victim that
+    keeps something per row (query ledgers, the pass-through inputs of a multi-input model) must be
+    told which rows a call on a sub-batch sends: attacks wrap such calls in `on_rows(ids)`.
     """
 
     logits: Callable[[torch.Tensor], torch.Tensor]
@@ -28,6 +33,18 @@ class Victim:
     box: tuple[float, float]
     jacobian: JacobianFn | None = None
     begin: Callable[[np.ndarray], None] | None = None
+    select: RowSelector | None = None
+
+    def __post_init__(self) -> None:
+        if self.select is None:  # a logits callable with its own row selection (QueryModel) names its rows
+            self.select = getattr(self.logits, "select", None)
+
+    def on_rows(self, rows: torch.Tensor | np.ndarray | None) -> contextlib.AbstractContextManager[None]:
+        """Calls inside the block send the rows `rows` of the attacked batch (None: the whole batch)."""
+        if rows is None or self.select is None:
+            return contextlib.nullcontext()
+        index = rows.detach().cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+        return self.select(index)
 
     def attack_space(self, x: torch.Tensor) -> torch.Tensor:
         return self.reader.attack_space(self.logits(x))

@@ -30,7 +30,6 @@ model_calls: 1 forward + 1 backward per row and iteration = 2 per row that takes
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -68,15 +67,6 @@ def to_box(w: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 def from_box(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     unit = ((x - lo) / (hi - lo) * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6)
     return torch.atanh(unit)
-
-
-def rows_of(victim: Victim, rows: torch.Tensor | None) -> contextlib.AbstractContextManager[None]:
-    """Name the attacked rows a sub-batch holds, for victims that keep per-row ledgers
-    (estimated gradients: `select(ids)`); a no-op for plain torch graphs or a full batch."""
-    select = getattr(victim.logits, "select", None)
-    if rows is None or select is None:
-        return contextlib.nullcontext()
-    return select(rows.cpu().numpy())
 
 
 @dataclass
@@ -135,7 +125,7 @@ def _iterate(state: _Rows, victim: Victim, loss_term: LossTerm, criterion: Crite
     lo, hi = victim.box
     tanh = torch.tanh(state.w)
     x_adv = (lo + (hi - lo) * (tanh + 1) / 2).requires_grad_(True)
-    with rows_of(victim, None if len(state.ids) == full_batch else state.ids):
+    with victim.on_rows(None if len(state.ids) == full_batch else state.ids):
         scores = victim.attack_space(x_adv)
         term = loss_term(scores, state.target, state.ids)
         (g_term,) = torch.autograd.grad(term.sum(), x_adv)
