@@ -16,7 +16,6 @@ import warnings
 from collections.abc import Callable
 
 import click
-import numpy as np
 
 from onnxattack.attacks import METHODS
 from onnxattack.config import (
@@ -42,11 +41,16 @@ ATTACK_OPTIONS = {
     "overshoot": (float, "margin asked beyond each boundary"),
     "near": (float, "labels within this margin of their boundary get a gradient (inf: every label)"),
     "jacobian_budget_mb": (float, "memory for one Jacobian, in MB"),
+    "eps": (float, "perturbation budget in input units (None: 8/255 for --norm inf, 0.5 for --norm 2)"),
+    "norm": (click.Choice(["inf", "2"]), "norm of the budget: inf (L-inf) or 2 (L2)"),
+    "restarts": (int, "runs from new random starts for the rows not yet successful"),
+    "step_size": (float, "mean step of the cosine schedule (None: 2.5 eps / max-iter)"),
 }
 # Method switches offered as flags: flag -> (hyperparameter, value when the flag is given).
 ATTACK_FLAGS = {
     "exhaustive": ("exhaustive", True, "the paper's exhaustive search: every row runs every step (slow)"),
     "no_early_stop": ("abort_early", False, "never end a constant step early when the loss stalls"),
+    "no_random_start": ("random_start", False, "start from x itself, not from a random point of the budget"),
 }
 
 
@@ -118,23 +122,28 @@ def main() -> None:
 @click.option("--probe", "probe_path", type=click.Path(), metavar="INPUTS",
               help="Real inputs (.npy/.npz/.h5/image folder) to probe with; the first 4 rows are used.")
 @click.option("--key", help="Array name inside a .npz or HDF5 probe file.")
+@click.option("--attack-input", metavar="NAME",
+              help="Models with several inputs: the one perturbed (default: the only floating input); "
+                   "a --probe file then holds one array per input name.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handle_errors
 def inspect(model: str, output_name: str | None, labels_file: str | None, box: tuple[float, float],
-            shape: str | None, probe_path: str | None, key: str | None, as_json: bool) -> None:
+            shape: str | None, probe_path: str | None, key: str | None, attack_input: str | None,
+            as_json: bool) -> None:
     """Describe MODEL: inputs, outputs, opsets, producer, labels, the score output, and whether
     its score graph converts to torch (exit code 3, naming the blocking ops, when it does not).
     Symbolic sample dims (e.g. ? x 3 x H x W) need --shape or --probe; without them the
     conversion is reported as not checked (exit code 0)."""
-    from onnxattack.inputs import open_inputs
     from onnxattack.loader import inspect_model
+    from onnxattack.pipeline import first_rows, open_model_inputs
 
     dims = _parse_shape(shape) if shape else None
-    probe = None
+    probe, probe_others = None, None
     if probe_path:
-        source = open_inputs(probe_path, key)
-        probe = next(source.batches(0, min(source.count, 4), 4))[1].astype(np.float64)
-    report = inspect_model(model, output=output_name, labels_file=labels_file, box=box, shape=dims, probe=probe)
+        _, source, others = open_model_inputs(model, probe_path, attack_input, key)
+        probe, probe_others = first_rows(source, others, min(source.count, 4))
+    report = inspect_model(model, output=output_name, labels_file=labels_file, box=box, shape=dims, probe=probe,
+                           attack_input=attack_input, probe_others=probe_others)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     else:
@@ -245,6 +254,7 @@ def attack_options(command: Callable) -> Callable:
         _config_option("seed", type=int),
         _config_option("device", type=click.Choice(DEVICE_CHOICES)),
         _config_option("key"),
+        _config_option("attack_input", metavar="NAME"),
         _config_option("labels_file", "--labels", type=click.Path(dir_okay=False)),
         _config_option("image_layout", type=click.Choice(IMAGE_LAYOUTS)),
         _config_option("image_scale", type=float),

@@ -13,7 +13,20 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-from .attacks import METHODS, Attack, AttackResult, MLCarliniWagner, MLDeepFool, RankI, RankII, Victim  # noqa: E402
+from .attacks import (  # noqa: E402
+    METHODS,
+    MLALP,
+    MLPGD,
+    Attack,
+    AttackResult,
+    MLCarliniWagner,
+    MLDeepFool,
+    RankI,
+    RankII,
+    TkMLTargeted,
+    TkMLUntargeted,
+    Victim,
+)
 from .batch import BatchResult, attack_arrays  # noqa: E402
 from .config import AttackConfig  # noqa: E402
 from .dataset import open_dataset  # noqa: E402
@@ -30,6 +43,7 @@ from .pipeline import run_attack  # noqa: E402
 
 __all__ = [
     "METHODS", "Attack", "AttackConfig", "AttackResult", "BadInputError", "BatchResult", "ConfigError",
-    "ConversionError", "FidelityError", "LoadedModel", "MLCarliniWagner", "MLDeepFool", "OnnxAttackError",
-    "RankI", "RankII", "UnsupportedModelError", "Victim", "attack_arrays", "load", "open_dataset", "run_attack",
+    "ConversionError", "FidelityError", "LoadedModel", "MLALP", "MLCarliniWagner", "MLDeepFool", "MLPGD",
+    "OnnxAttackError", "RankI", "RankII", "TkMLTargeted", "TkMLUntargeted", "UnsupportedModelError", "Victim",
+    "attack_arrays", "load", "open_dataset", "run_attack",
 ]

@@ -8,7 +8,8 @@ The pipeline calls the same function batch by batch; the tests and the README do
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -16,10 +17,19 @@ import torch
 from .attacks import Attack
 from .errors import BadInputError
 from .inputs import check_rows
-from .loader import LoadedModel, check_sample_shape
+from .loader import LoadedModel, check_passthrough, check_sample_shape
 from .runtime import to_input_dtype
 from .scores import Criterion, criterion_for
-from .targets import TargetSpec, check_target_file, make_targets, parse_target
+from .store import passthrough_dataset
+from .targets import (
+    EXCLUSION_STRATEGIES,
+    METHOD_DEFAULT_TARGET,
+    TargetSpec,
+    check_target_file,
+    make_exclusion_targets,
+    make_targets,
+    parse_target,
+)
 from .types import Task
 from .validate import ort_verdict, torch_reached
 
@@ -43,9 +53,13 @@ class BatchResult:
     iterations: np.ndarray
     queries: np.ndarray  # onnxruntime queries per row when gradients are estimated (0 with torch gradients)
     model_calls: np.ndarray  # forward + backward passes the row took part in (0 for skipped rows)
+    other_inputs: dict[str, np.ndarray] = field(default_factory=dict)  # multi-input models: passed through
 
     def rows(self) -> dict[str, np.ndarray]:
-        return asdict(self)
+        """The row datasets of the result file; pass-through inputs as inputs/<name>."""
+        rows = {name: value for name, value in asdict(self).items() if name != "other_inputs"}
+        rows.update({passthrough_dataset(name): value for name, value in self.other_inputs.items()})
+        return rows
 
     @property
     def success_rate(self) -> float:
@@ -65,25 +79,36 @@ def resolve_top_k(model: LoadedModel, spec: TargetSpec | None, requested: int | 
 
 
 def target_spec(text: str | TargetSpec, model: LoadedModel, attack: Attack) -> TargetSpec:
+    """The parsed target; 'auto' is the method's own default (Attack.default_target)."""
+    if text == METHOD_DEFAULT_TARGET:
+        text = attack.default_target
     spec = parse_target(text, model.labels) if isinstance(text, str) else text
     if spec.strategy == "top" and attack.task is not Task.RANKING:
-        raise BadInputError("top:K targets are for ranking methods (rank1, rank2)")
+        raise BadInputError("top:K targets are for ranking methods (rank1, rank2, tkml-t)")
+    if attack.task is Task.TOP_K_EXCLUSION and (spec.strategy not in EXCLUSION_STRATEGIES or spec.show):
+        raise BadInputError(f"{attack.name} takes hide-single, hide-all or '-A,-B' targets: the labels that must "
+                            f"leave the top k (K from --top-k)")
     return spec
 
 
 def judge(model: LoadedModel, attack: Attack, spec: TargetSpec | None, top_k: int | None) -> Criterion:
     """The criterion onnxruntime's verdict is taken with."""
-    k = resolve_top_k(model, spec, top_k) if attack.task is Task.RANKING else 1
+    k = resolve_top_k(model, spec, top_k) if attack.task.ranks else 1
     return criterion_for(attack.task, model.reader, k)
 
 
 def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
-                  target: str | TargetSpec | np.ndarray = "hide-single", *, box: tuple[float, float] | None = None,
-                  seed: int = 0, top_k: int | None = None, first_index: int = 0, source: str = "inputs",
-                  criterion: Criterion | None = None) -> BatchResult:
+                  target: str | TargetSpec | np.ndarray = METHOD_DEFAULT_TARGET, *,
+                  box: tuple[float, float] | None = None, seed: int = 0, top_k: int | None = None,
+                  first_index: int = 0, source: str = "inputs",
+                  criterion: Criterion | None = None,
+                  other_inputs: Mapping[str, np.ndarray] | None = None) -> BatchResult:
     """Attack the rows of x (the model's own input format) and judge every result in onnxruntime.
 
-    target: a strategy ('hide-single', 'random', 'top:3:best', '+2,-5', ...) or an [N, L] 0/1 array.
+    target: a strategy ('hide-single', 'random', 'top:3:best', '+2,-5', ...), 'auto' (the method's
+    default) or an [N, L] 0/1 array (untargeted top-k methods: 1 marks a label that must leave the top k).
+    other_inputs: a multi-input model's other inputs by name, one row per row of x: they pass through
+    unchanged (x is the attacked input, `load(attack_input=...)`).
     Randomness is per input from (seed, first_index + row), so batches and resumes agree.
     Rows whose target already holds are not attacked (x_adv = x, attacked = False).
     """
@@ -91,39 +116,46 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
     x = np.asarray(x)
     check_rows(x, box, source, first_index)
     check_sample_shape(model.input, tuple(x.shape[1:]), source)
+    if other_inputs and not model.passthrough_inputs:
+        raise BadInputError(f"the model has one input ({model.input.name}); got others: {', '.join(other_inputs)}")
+    others = check_passthrough(model.passthrough_inputs, other_inputs or {}, len(x), source)
     spec = None if isinstance(target, np.ndarray) else target_spec(target, model, attack)
     criterion = criterion or judge(model, attack, spec, top_k)
     x = to_input_dtype(x, model.input.dtype)
-    clean = model.ort_scores(x)
-    predicted = criterion.predict(clean)
-    if spec is None:
-        goal = check_target_file(np.asarray(target), len(x), model.num_labels)[: len(x)]
-    else:
-        goal = make_targets(spec, predicted, clean, seed, first_index=first_index)
-    attacked = ~criterion.reached(clean, goal)
-    x_adv = x.copy()
-    iterations = np.zeros(len(x), dtype=np.int32)
-    queries = np.zeros(len(x), dtype=np.int64)
-    model_calls = np.zeros(len(x), dtype=np.int64)
-    if attacked.any():
-        index = np.flatnonzero(attacked)
-        victim = model.victim(box)
-        if victim.begin is not None:
-            victim.begin(first_index + index)  # per-row query ledger, keyed by the input's index
-        result = attack(victim, model.as_tensor(x[index]), torch.as_tensor(goal[index], device=model.device),
-                        criterion)
-        x_adv[index] = to_input_dtype(result.x_adv.detach().cpu().numpy(), model.input.dtype)
-        iterations[index] = result.iterations.cpu().numpy()
-        model_calls[index] = result.model_calls.cpu().numpy()
-        spent = model.queries_spent()
-        if spent is not None:
-            queries[index] = spent
-    verdict = ort_verdict(model, criterion, x_adv, goal)
-    torch_verdict = torch_reached(model, criterion, x_adv, goal)
-    delta = (x_adv.astype(np.float64) - x.astype(np.float64)).reshape(len(x), -1)
-    return BatchResult(
-        x=x, x_adv=x_adv, scores=clean.astype(np.float32), scores_adv=verdict.scores.astype(np.float32),
-        y_pred=predicted, y_target=goal, y_adv=verdict.predicted, success=verdict.reached & attacked,
-        attacked=attacked, torch_agrees=torch_verdict == verdict.reached,
-        l2=np.linalg.norm(delta, axis=1).astype(np.float32), linf=np.abs(delta).max(axis=1).astype(np.float32),
-        iterations=iterations, queries=queries, model_calls=model_calls)
+    with model.bound(others):
+        clean = model.ort_scores(x)
+        predicted = criterion.predict(clean)
+        if spec is None:
+            goal = check_target_file(np.asarray(target), len(x), model.num_labels)[: len(x)]
+        elif criterion.task is Task.TOP_K_EXCLUSION:
+            goal = make_exclusion_targets(spec, predicted, clean, seed, first_index=first_index)
+        else:
+            goal = make_targets(spec, predicted, clean, seed, first_index=first_index)
+        attacked = ~criterion.reached(clean, goal)
+        x_adv = x.copy()
+        iterations = np.zeros(len(x), dtype=np.int32)
+        queries = np.zeros(len(x), dtype=np.int64)
+        model_calls = np.zeros(len(x), dtype=np.int64)
+        if attacked.any():
+            index = np.flatnonzero(attacked)
+            victim = model.victim(box)
+            if victim.begin is not None:
+                victim.begin(first_index + index)  # per-row query ledger, keyed by the input's index
+            with model.bound({name: rows[index] for name, rows in others.items()}):
+                result = attack(victim, model.as_tensor(x[index]), torch.as_tensor(goal[index], device=model.device),
+                                criterion)
+            x_adv[index] = to_input_dtype(result.x_adv.detach().cpu().numpy(), model.input.dtype)
+            iterations[index] = result.iterations.cpu().numpy()
+            model_calls[index] = result.model_calls.cpu().numpy()
+            spent = model.queries_spent()
+            if spent is not None:
+                queries[index] = spent
+        verdict = ort_verdict(model, criterion, x_adv, goal)
+        torch_verdict = torch_reached(model, criterion, x_adv, goal)
+        delta = (x_adv.astype(np.float64) - x.astype(np.float64)).reshape(len(x), -1)
+        return BatchResult(
+            x=x, x_adv=x_adv, scores=clean.astype(np.float32), scores_adv=verdict.scores.astype(np.float32),
+            y_pred=predicted, y_target=goal, y_adv=verdict.predicted, success=verdict.reached & attacked,
+            attacked=attacked, torch_agrees=torch_verdict == verdict.reached,
+            l2=np.linalg.norm(delta, axis=1).astype(np.float32), linf=np.abs(delta).max(axis=1).astype(np.float32),
+            iterations=iterations, queries=queries, model_calls=model_calls, other_inputs=others)

@@ -255,7 +255,8 @@ def describe(model: onnx.ModelProto, path: str | os.PathLike) -> ModelInfo:
 
 def choose_score_output(info: ModelInfo, name: str | None = None) -> TensorInfo:
     """The output that holds the label scores: named by the user, else the first [batch, L] float, else the
-    first [batch, ..., L] float (frame-level taggers: the middle dims are folded by --reduce)."""
+    first [batch, ..., L] float (frame-level taggers: the middle dims are folded by --reduce), else the only
+    floating output whatever the dims it declares."""
     if name is not None:
         for output in info.outputs:
             if output.name == name:
@@ -268,6 +269,9 @@ def choose_score_output(info: ModelInfo, name: str | None = None) -> TensorInfo:
         for output in info.outputs:
             if output.is_float and rank_ok(len(output.shape)):
                 return output
+    floats = [output for output in info.outputs if output.is_float]
+    if len(floats) == 1:  # declared with too few dims (madmom's exporter writes [T, 12] as [d0]): the
+        return floats[0]  # probe's real scores decide, as for every output
     described = ", ".join(f"{o.name} {o.dtype} {list(o.shape)}" for o in info.outputs)
     raise UnsupportedModelError(
         f"no floating output shaped [batch, labels] or [batch, ..., labels] (outputs: {described}); "
@@ -275,17 +279,68 @@ def choose_score_output(info: ModelInfo, name: str | None = None) -> TensorInfo:
     )
 
 
+def _perturbable(tensor: TensorInfo) -> bool:
+    """Floating inputs, and uint8 pixels (attacked on their float relaxation, rounded back on output)."""
+    return tensor.is_float or tensor.dtype == np.uint8
+
+
+def choose_attack_input(info: ModelInfo, name: str | None = None) -> TensorInfo:
+    """The input the attack perturbs: named by the user, else the only floating (or uint8 pixel) input.
+    Other integer inputs (token ids, byte values, category codes) cannot be perturbed by small steps
+    along a gradient."""
+    if not info.inputs:
+        raise UnsupportedModelError("the model has no inputs: there is nothing to perturb")
+    if name is not None:
+        chosen = next((i for i in info.inputs if i.name == name), None)
+        if chosen is None:
+            raise BadInputError(f"model has no input named {name!r} (inputs: {', '.join(i.name for i in info.inputs)})")
+    else:
+        candidates = [i for i in info.inputs if _perturbable(i)]
+        if len(candidates) > 1:
+            raise BadInputError(f"the model has {len(candidates)} inputs that could be perturbed "
+                                f"({', '.join(i.name for i in candidates)}); choose one with --attack-input NAME")
+        chosen = candidates[0] if candidates else info.inputs[0]
+    if not _perturbable(chosen):
+        described = ", ".join(f"{i.name} {i.dtype}" for i in info.inputs)
+        raise UnsupportedModelError(
+            f"input {chosen.name!r} is {chosen.dtype}: integer inputs (token ids, byte values, category codes) have "
+            f"no gradient and no small perturbation; onnxattack perturbs floating inputs and uint8 pixels "
+            f"(inputs: {described})")
+    return chosen
+
+
 def final_op(model: onnx.ModelProto, output_name: str) -> onnx.NodeProto | None:
     """The op that produces the output, looking through value-preserving ops (Identity, Reshape, ...)."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    node = producers.get(output_name)
+    return _final_op_in(model.graph, output_name)[0]
+
+
+def _final_op_in(graph: onnx.GraphProto, name: str) -> tuple[onnx.NodeProto | None, str]:
+    """final_op within one graph, and the name of the value it ends at."""
+    producers = {out: node for node in graph.node for out in node.output}
+    node = producers.get(name)
     seen: set[int] = set()
     while node is not None and node.op_type in _PASS_THROUGH_OPS and node.domain in ("", "ai.onnx"):
         if not node.input or id(node) in seen:  # malformed: no data input, or a cycle
-            return None
+            return None, name
         seen.add(id(node))
-        node = producers.get(node.input[0])
-    return node
+        name = node.input[0]
+        node = producers.get(name)
+    return node, name
+
+
+def _if_branch_ends(model: onnx.ModelProto, output_name: str) -> list[onnx.NodeProto | None]:
+    """When an If makes the output: the op ending each branch's matching output (a branch may hand on a
+    value of the enclosing graph); else []."""
+    node, name = _final_op_in(model.graph, output_name)
+    if node is None or node.op_type != "If" or node.domain not in ("", "ai.onnx") or name not in node.output:
+        return []
+    index = list(node.output).index(name)
+    ends = []
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH and len(attribute.g.output) > index:
+            end, inner = _final_op_in(attribute.g, attribute.g.output[index].name)
+            ends.append(end if end is not None else final_op(model, inner))
+    return ends
 
 
 _ML_DOMAIN = "ai.onnx.ml"
@@ -315,7 +370,8 @@ def _ml_classifier_scores(model: onnx.ModelProto, output_name: str, depth: int =
 
 
 def detect_scores_kind(model: onnx.ModelProto, output_name: str) -> ScoresKind:
-    """Logits unless the graph ends with Sigmoid (probabilities) or Softmax over the labels, or the
+    """Logits unless the graph ends with Sigmoid (probabilities) or Softmax over the labels (in every
+    branch, when an If makes the output), or the
     scores come from an ai.onnx.ml classifier that outputs probabilities (tree ensembles: always;
     linear and SVM classifiers: with a LOGISTIC or SOFTMAX post-transform)."""
     node = final_op(model, output_name)
@@ -325,6 +381,10 @@ def detect_scores_kind(model: onnx.ModelProto, output_name: str) -> ScoresKind:
         if classifier.op_type.startswith("TreeEnsemble") or transform in _ML_PROBABILITY_TRANSFORMS:
             return ScoresKind.PROBABILITIES
         return ScoresKind.LOGITS
+    ends = _if_branch_ends(model, output_name)  # every branch of an If ending with the same activation
+    if ends and all(end is not None and end.domain in ("", "ai.onnx") for end in ends) \
+            and len({end.op_type for end in ends if end is not None}) == 1:
+        node = ends[0]
     if node is None or node.domain not in ("", "ai.onnx"):
         return ScoresKind.LOGITS
     if node.op_type == "Sigmoid":

@@ -34,9 +34,12 @@ def summarize(path: str | os.PathLike) -> dict:
         calls = _column(handle, "model_calls")[:rows]
         nonfinite = np.zeros(rows, dtype=bool)
         hamming = np.zeros(rows)
+        # untargeted top-k: y_target marks the labels that must leave the top k; count those still in it
+        exclusion = attrs.get("task") == "top-k-exclusion"
         for start in range(0, rows, _CHUNK):  # streamed: label arrays can be large
             stop = min(rows, start + _CHUNK)
-            hamming[start:stop] = (handle["y_adv"][start:stop] != handle["y_target"][start:stop]).sum(1)
+            adv, goal = handle["y_adv"][start:stop], handle["y_target"][start:stop]
+            hamming[start:stop] = ((adv & goal) if exclusion else (adv != goal)).sum(1)
             for name in ("scores", "scores_adv"):
                 nonfinite[start:stop] |= ~np.isfinite(handle[name][start:stop]).all(axis=1)
         transfer = {}
@@ -160,7 +163,7 @@ def _read_run(path: str | os.PathLike, examples: int) -> _Run:
         fields = ("x", "x_adv", "scores", "scores_adv", "y_pred", "y_target", "y_adv")
         chosen = [_Example(index=int(i), success=bool(success[i]), l2=float(l2[i]),
                            **{name: np.asarray(handle[name][i]) for name in fields}) for i in picked]
-    ranking = attrs.get("task") == "ranking"
+    ranking = attrs.get("task", "classification") != "classification"  # top-k tasks have no threshold
     threshold = None if ranking else float(attrs.get("threshold", 0.5))
     title = f"{attrs.get('model_name') or Path(path).stem}: {attrs.get('method')} / target {attrs.get('target')}"
     return _Run(labels, threshold, str(attrs.get("scores_kind", "scores")), title, chosen, l2[success],

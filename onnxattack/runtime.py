@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import UnsupportedModelError, first_line
+from .passthrough import PassThroughInputs
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 QDQ_NOTE = ("int8 QDQ model: onnxruntime runs it with basic graph optimisations, which keep the ONNX "
@@ -59,6 +60,10 @@ def to_input_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
 REDUCTIONS = ("max", "mean")
 
 
+def _pad(rows: np.ndarray, missing: int) -> np.ndarray:
+    return np.concatenate([rows, np.repeat(rows[-1:], missing, axis=0)])
+
+
 def fold_middle(scores: np.ndarray, reduce: str) -> np.ndarray:
     """[N, ..., L] -> [N, L]: the label axis is the last; the others fold by max or mean."""
     if scores.ndim <= 2:
@@ -68,40 +73,60 @@ def fold_middle(scores: np.ndarray, reduce: str) -> np.ndarray:
 
 
 class OrtScorer:
-    """Scores of one output for a batch, in chunks of the model's fixed batch size if it has one."""
+    """Scores of one output for a batch, in chunks of the model's fixed batch size if it has one.
+
+    A multi-input model's other inputs come from `passthrough`, the rows bound to the batch."""
 
     def __init__(self, session: ort.InferenceSession, input_name: str, input_dtype: np.dtype,
-                 output_name: str, fixed_batch: int | None = None, reduce: str = "max") -> None:
+                 output_name: str, fixed_batch: int | None = None, reduce: str = "max",
+                 passthrough: PassThroughInputs | None = None) -> None:
         self.session = session
         self.input_name = input_name
         self.input_dtype = np.dtype(input_dtype)
         self.output_name = output_name
         self.fixed_batch = fixed_batch
         self.reduce = reduce
+        self.passthrough = passthrough or PassThroughInputs()
 
     @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray, others: dict[str, np.ndarray]) -> np.ndarray:
         try:
-            (scores,) = self.session.run([self.output_name], {self.input_name: x})
+            (scores,) = self.session.run([self.output_name], {**others, self.input_name: x})
         except Exception as exc:  # onnxruntime's own exception types
             raise UnsupportedModelError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
-        return fold_middle(np.asarray(scores, dtype=np.float32), self.reduce)
+        scores = np.asarray(scores, dtype=np.float32)
+        if scores.ndim < 2:
+            raise UnsupportedModelError(f"output {self.output_name!r} gives scores of shape {list(scores.shape)} for "
+                                        f"{len(x)} input row(s), not [batch, labels]")
+        if len(scores) != len(x):  # e.g. time-major [T, N, L], or a model with no batch dim
+            raise UnsupportedModelError(
+                f"output {self.output_name!r} gives scores of shape {list(scores.shape)} for {len(x)} input row(s): "
+                f"its first dim is not the batch (scores must be [batch, labels] or [batch, ..., labels])")
+        return fold_middle(scores, self.reduce)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = to_input_dtype(np.asarray(x), self.input_dtype)
+        others = self.passthrough.rows_for(len(x))
+        if self.fixed_batch is None and len(x) == 1:
+            # one row runs as two copies: a graph ending with a Squeeze of every size-1 dim (madmom's
+            # exports) would drop the batch dim of a single row
+            doubled = {name: _pad(rows, 1) for name, rows in others.items()}
+            return self._run(_pad(x, 1), doubled)[:1]
         if self.fixed_batch is None:
-            return self._run(x)
+            return self._run(x, others)
         size = self.fixed_batch
         parts = []
         for start in range(0, len(x), size):
             chunk = x[start:start + size]
+            chunk_others = {name: rows[start:start + size] for name, rows in others.items()}
             missing = size - len(chunk)
             if missing:  # pad the last chunk with copies of its last row, then drop them
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], missing, axis=0)])
-            parts.append(self._run(chunk)[: size - missing])
+                chunk = _pad(chunk, missing)
+                chunk_others = {name: _pad(rows, missing) for name, rows in chunk_others.items()}
+            parts.append(self._run(chunk, chunk_others)[: size - missing])
         if not parts:
             raise UnsupportedModelError("empty batch")
         return np.concatenate(parts)

@@ -2,7 +2,7 @@
 
 Attacks work on the *attack tensor* z (the logits feeding a final Sigmoid/Softmax when
 there is one); `ScoreReader` maps z to the model's real scores and states the threshold in
-both spaces. The criteria (`ThresholdCriterion`, `RankingCriterion`) decide predictions,
+both spaces. The criteria (`ThresholdCriterion`, `RankingCriterion`, `TopKExclusionCriterion`) decide predictions,
 per-constraint progress and success, on onnxruntime scores (the verdict that is recorded) and
 on the attack tensor alike: `in_attack_space` restates a criterion on z with the margin the
 attacks aim for. Nothing else re-derives thresholds or success.
@@ -156,6 +156,12 @@ class ThresholdCriterion(_Decisions):
         return ThresholdCriterion(threshold=reader.attack_threshold, margin=FLOAT_GUARD)
 
 
+def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k highest-scored labels of each row, bool [N, L]."""
+    top = torch.topk(scores, min(k, scores.shape[-1]), dim=-1).indices
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, True)
+
+
 @dataclass(frozen=True)
 class RankingCriterion(_Decisions):
     """The predicted set is the top k; success = every target label outranks every other label (by gap)."""
@@ -165,9 +171,7 @@ class RankingCriterion(_Decisions):
     task: Task = Task.RANKING
 
     def predict_tensor(self, scores: torch.Tensor) -> torch.Tensor:
-        k = min(self.k, scores.shape[-1])
-        top = torch.topk(scores, k, dim=-1).indices
-        return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, True)
+        return top_k_mask(scores, self.k)
 
     def satisfied_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """One constraint per (i in T, j not in T) pair, s_i > s_j + gap; other pairs hold trivially."""
@@ -184,8 +188,43 @@ class RankingCriterion(_Decisions):
         return RankingCriterion(k=self.k, gap=FLOAT_GUARD)
 
 
-def criterion_for(task: Task, reader: ScoreReader, top_k: int) -> ThresholdCriterion | RankingCriterion:
+@dataclass(frozen=True)
+class TopKExclusionCriterion(_Decisions):
+    """Untargeted top-k: the predicted set is the top k; the target marks a set S of labels that must
+    all leave it. Success = every label of S scores below the k-th best label outside S (by gap), so
+    k labels outside S outrank all of S. S needs at least k labels outside it; an empty S is no target.
+    """
+
+    k: int
+    gap: float = 0.0
+    task: Task = Task.TOP_K_EXCLUSION
+
+    def predict_tensor(self, scores: torch.Tensor) -> torch.Tensor:
+        return top_k_mask(scores, self.k)
+
+    def kth_outside(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The k-th largest score among the labels outside S, per row; -inf when fewer than k are."""
+        outside = torch.where(target.bool(), torch.full_like(scores, float("-inf")), scores)
+        return torch.topk(outside, min(self.k, scores.shape[-1]), dim=-1).values[..., -1]
+
+    def satisfied_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """One constraint per label: a label of S lies below the k-th best outside S by gap; the others hold."""
+        below = scores + self.gap < self.kth_outside(scores, target).unsqueeze(-1)
+        return below | ~target.bool()
+
+    def reached_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().reached_tensor(scores, target) & target.bool().any(dim=-1)  # an empty S is no target
+
+    def in_attack_space(self, reader: ScoreReader) -> TopKExclusionCriterion:
+        del reader  # sigmoid and log-softmax keep the order of the labels
+        return TopKExclusionCriterion(k=self.k, gap=FLOAT_GUARD)
+
+
+def criterion_for(task: Task, reader: ScoreReader,
+                  top_k: int) -> ThresholdCriterion | RankingCriterion | TopKExclusionCriterion:
     """The criterion on the model's real output (onnxruntime's verdict)."""
     if task is Task.RANKING:
         return RankingCriterion(k=top_k)
+    if task is Task.TOP_K_EXCLUSION:
+        return TopKExclusionCriterion(k=top_k)
     return ThresholdCriterion(threshold=reader.threshold)

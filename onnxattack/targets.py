@@ -15,6 +15,9 @@ from .errors import BadInputError
 
 STRATEGIES = ("hide-single", "hide-all", "random", "extreme")
 TOP_MODES = ("best", "random", "worst")
+METHOD_DEFAULT_TARGET = "auto"  # resolved to the attack's own default_target before parsing
+# Untargeted top-k (Task.TOP_K_EXCLUSION): the strategies that name labels to push out of the top k.
+EXCLUSION_STRATEGIES = ("hide-single", "hide-all", "explicit")
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,22 @@ def make_targets(spec: TargetSpec, predicted: np.ndarray, scores: np.ndarray, se
         for i in range(len(predicted))
     ]
     return np.stack(rows) if rows else np.zeros_like(predicted, dtype=np.int8)
+
+
+def make_exclusion_targets(spec: TargetSpec, predicted: np.ndarray, scores: np.ndarray, seed: int,
+                           first_index: int = 0) -> np.ndarray:
+    """Untargeted top-k targets [N, L]: 1 marks a label that must leave the top k.
+
+    `predicted` is the clean top-k set. hide-single: one of its labels, drawn per input as for
+    classification; hide-all: all of them; explicit: the labels given with '-' (labels named with
+    '+' are refused by the caller)."""
+    predicted = np.asarray(predicted).astype(np.int8)
+    if spec.strategy == "explicit":
+        leave = np.zeros_like(predicted)
+        leave[:, list(spec.hide)] = 1
+        return leave
+    kept = make_targets(spec, predicted, scores, seed, first_index)
+    return (predicted & (1 - kept)).astype(np.int8)
 
 
 def check_target_file(targets: np.ndarray, count: int | None, num_labels: int) -> np.ndarray:

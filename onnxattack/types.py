@@ -26,6 +26,12 @@ class Task(str, Enum):
 
     CLASSIFICATION = "classification"  # thresholded label set must equal the target
     RANKING = "ranking"  # the target labels must outrank all the others
+    TOP_K_EXCLUSION = "top-k-exclusion"  # every target label must leave the top k (untargeted top-k)
+
+    @property
+    def ranks(self) -> bool:
+        """Whether predictions are the top k of the scores (the criterion needs K), not a threshold."""
+        return self is not Task.CLASSIFICATION
 
 
 DEFAULT_THRESHOLD = {

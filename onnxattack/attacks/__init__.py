@@ -1,18 +1,26 @@
-"""The paper's four attacks behind one interface, and a registry by method name."""
+"""The paper's four attacks and their successors behind one interface, and a registry by method name."""
 
 from __future__ import annotations
 
 from .base import Attack, AttackResult, Victim
 from .ml_cw import MLCarliniWagner
 from .ml_deepfool import MLDeepFool
+from .ml_pgd import MLPGD
+from .mla_lp import MLALP
 from .rank1 import RankI
 from .rank2 import RankII
+from .tkml import TkMLTargeted, TkMLUntargeted
 
 METHODS: dict[str, type[Attack]] = {
     MLCarliniWagner.name: MLCarliniWagner,
     MLDeepFool.name: MLDeepFool,
     RankI.name: RankI,
     RankII.name: RankII,
+    MLPGD.name: MLPGD,
+    MLALP.name: MLALP,
+    TkMLUntargeted.name: TkMLUntargeted,
+    TkMLTargeted.name: TkMLTargeted,
 }
 
-__all__ = ["Attack", "AttackResult", "Victim", "METHODS", "MLCarliniWagner", "MLDeepFool", "RankI", "RankII"]
+__all__ = ["Attack", "AttackResult", "Victim", "METHODS", "MLCarliniWagner", "MLDeepFool", "RankI", "RankII",
+           "MLPGD", "MLALP", "TkMLUntargeted", "TkMLTargeted"]

@@ -66,6 +66,7 @@ class Attack(ABC):
 
     name: ClassVar[str]
     task: ClassVar[Task]
+    default_target: ClassVar[str] = "hide-single"  # what target 'auto' means for this method
 
     def __call__(self, victim: Victim, x: torch.Tensor, target: torch.Tensor, criterion: Criterion) -> AttackResult:
         """Attack a batch: x [N, ...] inside the box, target [N, L] of 0/1 (1 = must be positive,
