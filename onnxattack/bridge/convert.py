@@ -17,7 +17,8 @@ from ..errors import ConversionError, FidelityError
 from ..runtime import OrtScorer
 from ..scores import ScoreReader
 from . import converters  # noqa: F401  (registers the project's converters)
-from .normalise import fold_constant_dequantize, split_multi_output_results
+from .converters._common import converting, subgraphs
+from .normalise import explicit_squeeze_axes, fold_constant_dequantize, split_multi_output_results
 
 
 def _op_version(node: onnx.NodeProto, opsets: dict[str, int]) -> int:
@@ -43,11 +44,21 @@ def _opsets(model: onnx.ModelProto) -> dict[str, int]:
     return {imp.domain or "": int(imp.version) for imp in model.opset_import}
 
 
+def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The graph's nodes and those of every subgraph they hold (If branches, Loop bodies), depth first."""
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for sub in subgraphs(node):
+            nodes.extend(_all_nodes(sub))
+    return nodes
+
+
 def blocking_ops(model: onnx.ModelProto) -> list[str]:
-    """Every op (with its version) that has no converter, e.g. 'ai.onnx.ml.Scaler-1'."""
+    """Every op (with its version) that has no converter, e.g. 'ai.onnx.ml.Scaler-1', subgraphs' included."""
     opsets = _opsets(model)
     missing: set[str] = set()
-    for node in model.graph.node:
+    for node in _all_nodes(model.graph):
         try:
             get_converter(node.op_type, _op_version(node, opsets), node.domain or "")
         except NotImplementedError:
@@ -106,7 +117,7 @@ def forward_failure(exc: BaseException) -> ConversionError:
 def to_torch(model: onnx.ModelProto) -> torch.nn.Module:
     """A frozen, eval-mode torch graph of `model`; ConversionError names what blocks it."""
     try:
-        model = fold_constant_dequantize(split_multi_output_results(model))
+        model = explicit_squeeze_axes(fold_constant_dequantize(split_multi_output_results(model)))
     except Exception as exc:  # a malformed graph: say so in one line, never a traceback
         raise ConversionError(f"the score graph cannot be prepared for conversion: {_one_line(exc)}") from None
     missing = blocking_ops(model)
@@ -114,7 +125,8 @@ def to_torch(model: onnx.ModelProto) -> torch.nn.Module:
         raise ConversionError(f"the score graph cannot become a torch graph: no converter for "
                               f"{', '.join(missing)}", blocking_ops=missing)
     try:
-        module = onnx2torch_convert(model)
+        with converting(model):  # converters of ops with subgraphs (If) read the model's opsets
+            module = onnx2torch_convert(model)
     except Exception as exc:  # converters raise NotImplementedError; onnx2torch KeyError, ValueError, ...
         node = _failing_onnx_node(exc)
         if node is None:

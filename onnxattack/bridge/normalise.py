@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import onnx.inliner
 from onnx import helper, numpy_helper
-from onnx.utils import Extractor
 
 from ..errors import UnsupportedModelError, first_line
 from ..model import final_op, graph_inputs
+from .converters._common import node_reads
 
 # Constant attributes onnx2torch's KeyError path trips over when weights live in nodes.
 _CONSTANT_VALUE_ATTRIBUTES = {"value", "value_float", "value_floats", "value_int", "value_ints"}
@@ -90,18 +90,46 @@ def attack_tensor(model: onnx.ModelProto, score_output: str, cut_activation: boo
 
 
 def prune_to(model: onnx.ModelProto, tensor_name: str, score_output: str) -> onnx.ModelProto:
-    """Keep only what `tensor_name` needs, with it as the single output."""
+    """Keep only what `tensor_name` needs, with it as the single output.
+
+    What a node needs includes the values its subgraphs read from the enclosing graph (an If
+    branch's weights, say), which onnx.utils.Extractor does not follow.
+    """
     model = copy.deepcopy(model)
-    known = {v.name for v in list(model.graph.value_info) + list(model.graph.output)}
+    graph = model.graph
+    known = {v.name for v in list(graph.value_info) + list(graph.output)}
     if tensor_name not in known:
-        template = next(o for o in model.graph.output if o.name == score_output)
+        template = next(o for o in graph.output if o.name == score_output)
         value = copy.deepcopy(template)
         value.name = tensor_name
-        model.graph.value_info.append(value)
-    input_names = [value.name for value in graph_inputs(model)]
-    extracted = Extractor(model).extract_model(input_names, [tensor_name])
+        graph.value_info.append(value)
+    output = copy.deepcopy(next(v for v in list(graph.output) + list(graph.value_info) if v.name == tensor_name))
+    producers = {name: index for index, node in enumerate(graph.node) for name in node.output}
+    kept: set[int] = set()
+    pending = [tensor_name]
+    while pending:
+        index = producers.get(pending.pop())
+        if index is not None and index not in kept:
+            kept.add(index)
+            pending.extend(node_reads(graph.node[index]))
+    used = {tensor_name} | {name for index in kept for name in [*node_reads(graph.node[index]),
+                                                                *graph.node[index].output]}
+    initializer_names = {init.name for init in graph.initializer}
+
+    def keep_only(field, wanted) -> None:  # in place: big initializers are not copied again
+        for index in reversed(range(len(field))):
+            if not wanted(index, field[index]):
+                del field[index]
+
+    keep_only(graph.node, lambda index, _: index in kept)  # the graph's order stays: a topological one
     # Keep the inputs even if the score path ignores one (the signature stays the model's).
-    return extracted
+    keep_only(graph.input, lambda _, value: value.name not in initializer_names)
+    keep_only(graph.initializer, lambda _, tensor: tensor.name in used)
+    keep_only(graph.sparse_initializer, lambda _, tensor: tensor.values.name in used)
+    keep_only(graph.value_info, lambda _, value: value.name in used and value.name != tensor_name)
+    del graph.output[:]
+    graph.output.append(output)
+    return model
 
 
 def symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -179,4 +207,52 @@ def fold_constant_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
             if not (node.op_type == "DequantizeLinear" and node.output[0] in folded_outputs)]
     del model.graph.node[:]
     model.graph.node.extend(kept)
+    return model
+
+
+def explicit_squeeze_axes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Squeeze with no axes of a [batch, fixed dims...] tensor -> Squeeze of the fixed dims of size 1
+    (Identity when none).
+
+    A Squeeze with no axes drops every dim of size 1, the batch dim too when a batch has one row
+    (madmom's exports end with one: [T, 12] becomes [12] for a single frame). Rewritten only where
+    shape inference knows every dim but the first, which is symbolic: the two then differ only for
+    a batch of one row, where the converted graph keeps its batch dim.
+    """
+    candidates = [node for node in model.graph.node if node.op_type == "Squeeze" and node.domain in ("", "ai.onnx")
+                  and len([name for name in node.input if name]) == 1
+                  and not any(attribute.name == "axes" for attribute in node.attribute)]
+    if not candidates:
+        return model
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is only a help here
+        return model
+    shapes = {value.name: value.type.tensor_type.shape for value in
+              [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+              if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape")}
+    opset = next((imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), 1)
+    model = copy.deepcopy(model)
+    taken = {name for node in model.graph.node for name in node.output} \
+        | {init.name for init in model.graph.initializer}
+    wanted = {node.output[0] for node in candidates}
+    for node in model.graph.node:
+        if node.op_type != "Squeeze" or not node.output or node.output[0] not in wanted:
+            continue
+        shape = shapes.get(node.input[0])
+        dims = list(shape.dim) if shape is not None else []
+        if not dims or dims[0].HasField("dim_value") or not all(dim.HasField("dim_value") for dim in dims[1:]):
+            continue
+        axes = [index for index, dim in enumerate(dims) if dim.HasField("dim_value") and dim.dim_value == 1]
+        if not axes:
+            node.op_type = "Identity"
+        elif opset < 13:
+            node.attribute.append(helper.make_attribute("axes", axes))
+        else:
+            name = node.output[0] + "__onnxattack_axes"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(axes, dtype=np.int64), name))
+            node.input.append(name)
     return model

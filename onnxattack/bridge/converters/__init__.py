@@ -2,10 +2,11 @@
 
 Importing this package registers them in onnx2torch's own registry (once per process),
 through _common.register: a version onnx2torch already converts is left to it, except where
-its converter is known to be wrong (Pad) and is replaced on purpose. One module per op family:
+its converter is known to be wrong or too narrow (Pad; Clip, whose bounds it takes only as
+constants) and is replaced on purpose. One module per op family:
 - reduce.py: Reduce*-18/20 (axes moved from an attribute to an input)
 - reshape.py: Reshape-19/21 (allowzero honoured)
-- activations.py: Gelu-20, Mish, ThresholdedRelu, Shrink
+- activations.py: Gelu-20, Mish, ThresholdedRelu, Shrink, Clip-11/12/13 (bounds computed in the graph)
 - structure.py: Split-18 (num_outputs), Pad (every version; reflect/edge/wrap on any dim),
   AveragePool-19 (dilations)
 - recurrent.py: LSTM, GRU, RNN
@@ -13,6 +14,7 @@ its converter is known to be wrong (Pad) and is replaced on purpose. One module 
 - normalization.py: GroupNormalization, LpNormalization
 - misc.py: GlobalMaxPool, Upsample, SpaceToDepth, ReverseSequence, Trilu, CastLike,
   ScatterElements
+- control.py: If (both branches converted as models of their own, chosen per call)
 - ml.py: ai.onnx.ml Scaler, Normalizer, LinearClassifier, LinearRegressor
 - aliases.py: version bumps that only widened the accepted types; they reuse the
   previous version's converter, with a guard where an attribute changed meaning.
@@ -35,6 +37,7 @@ naming bug is fixed (then _patch_node_naming is a harmless no-op on dot-free nam
 from . import (  # noqa: F401
     activations,
     aliases,
+    control,
     misc,
     ml,
     normalization,

@@ -1,10 +1,13 @@
-"""Helpers shared by the converters: registration, constant inputs, axes."""
+"""Helpers shared by the converters: registration, constant inputs, axes, subgraphs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto
 from onnx2torch.node_converters import registry as _registry
 from onnx2torch.node_converters.registry import OperationDescription, TConverter
 from onnx2torch.onnx_graph import OnnxGraph
@@ -91,3 +94,60 @@ def mapping(inputs: Iterable[str], node: OnnxNode) -> OnnxMapping:
 def normalise_axes(axes: list[int], rank: int) -> list[int]:
     """Negative axes made positive, order kept (Pad's pads follow the order of its axes)."""
     return [axis + rank if axis < 0 else axis for axis in axes]
+
+
+# The model being converted: its opsets by domain and its IR version. Converters of ops with
+# subgraphs (If) convert each branch as a model of its own and need them; onnx2torch hands a
+# converter only the node and its graph. Set by convert.to_torch for the length of a conversion.
+_MODEL_CONTEXT: ContextVar[tuple[dict[str, int], int] | None] = ContextVar("onnxattack_model_context", default=None)
+
+
+def model_context() -> tuple[dict[str, int], int] | None:
+    return _MODEL_CONTEXT.get()
+
+
+@contextmanager
+def converting(model: ModelProto) -> Iterator[None]:
+    """Within the block, model_context() gives `model`'s opsets and IR version."""
+    opsets = {imp.domain or "": int(imp.version) for imp in model.opset_import}
+    token = _MODEL_CONTEXT.set((opsets, int(model.ir_version)))
+    try:
+        yield
+    finally:
+        _MODEL_CONTEXT.reset(token)
+
+
+def subgraphs(node: NodeProto) -> list[GraphProto]:
+    """The graphs a node holds in its attributes (If's branches, Loop's and Scan's bodies)."""
+    found: list[GraphProto] = []
+    for attribute in node.attribute:
+        if attribute.type == AttributeProto.GRAPH:
+            found.append(attribute.g)
+        elif attribute.type == AttributeProto.GRAPHS:
+            found.extend(attribute.graphs)
+    return found
+
+
+def subgraph_free_names(graph: GraphProto) -> list[str]:
+    """Values a (sub)graph reads from its enclosing scopes, in first-use order: read by its nodes, or by
+    their own subgraphs, or listed as its outputs, and defined nowhere inside it."""
+    defined = {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer} \
+        | {tensor.values.name for tensor in graph.sparse_initializer}
+    free: dict[str, None] = {}
+    for node in graph.node:
+        for name in [*node.input, *(inner for sub in subgraphs(node) for inner in subgraph_free_names(sub))]:
+            if name and name not in defined:
+                free[name] = None
+        defined.update(node.output)
+    for value in graph.output:
+        if value.name not in defined:
+            free[value.name] = None
+    return list(free)
+
+
+def node_reads(node: NodeProto) -> list[str]:
+    """Every value a node reads: its inputs, and what its subgraphs read from the enclosing scope."""
+    names = [name for name in node.input if name]
+    for sub in subgraphs(node):
+        names.extend(name for name in subgraph_free_names(sub) if name not in names)
+    return names
