@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import torch
 
-from .bridge.convert import check_fidelity, to_torch
+from .bridge.convert import check_fidelity, forward_failure, to_torch
 from .bridge.normalise import (
     attack_tensor,
     constants_to_initializers,
@@ -146,7 +146,10 @@ class LoadedModel:
             return self.query_model(x)
         if self.graph is None:
             raise UnsupportedModelError(f"{self.name}: no torch graph was built for this model")
-        return self.graph(x)
+        try:
+            return self.graph(x)
+        except Exception as exc:  # a converted module that fails on the attack's inputs: exit 3 naming its node
+            raise forward_failure(exc) from None
 
     def victim(self, box: tuple[float, float] | None = None) -> Victim:
         """What the attacks see of this model: its attack tensor, how to read it, the valid box."""
@@ -291,16 +294,22 @@ def _torch_graph(score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndar
     """The converted graph as x -> scores (`bind` adds a multi-input model's pass-through inputs)."""
     renamed = symbolic_batch(score_graph) if fixed is not None else None
     if renamed is not None and fixed is not None:
+        chunked = bind(ChunkedGraph(to_torch(score_graph).to(device), fixed))
+        rows = probe if len(probe) != fixed else np.concatenate([probe, probe[:1]])  # a batch unlike the baked one
         try:
             graph = bind(to_torch(renamed).to(device))
             with torch.no_grad():
-                graph(torch.as_tensor(probe, dtype=dtype, device=device))
-            return graph
+                batch = torch.as_tensor(rows, dtype=dtype, device=device)
+                # a Reshape with the batch size baked in runs, but merges rows: compare with the chunked graph
+                batched, reference = graph(batch), chunked(batch)
+                if batched.shape == reference.shape and torch.allclose(batched, reference, atol=1e-5, rtol=1e-4):
+                    return graph
         except OnnxAttackError:
             raise
-        except Exception:
-            notes.append(f"the torch graph also runs {fixed} sample(s) at a time")
-            return bind(ChunkedGraph(to_torch(score_graph).to(device), fixed))
+        except Exception:  # the batch size is baked into the graph too
+            pass
+        notes.append(f"the torch graph also runs {fixed} sample(s) at a time")
+        return chunked
     return bind(to_torch(score_graph).to(device))
 
 

@@ -136,6 +136,24 @@ def fixed_batch_reshape_model(path: Path, features: int = 6, labels: int = 4) ->
     return path
 
 
+def batch_merging_model(path: Path, labels: int = 4) -> Path:
+    """Batch size 1 baked into a Reshape to [1, -1, 3]: with a renamed batch dim it still runs, but merges
+    the rows of a batch into one (ddddocr's detector does this)."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(3, labels)).astype(np.float32), "W")
+    shape = numpy_helper.from_array(np.array([1, -1, 3], dtype=np.int64), "shape")
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+    nodes = [helper.make_node("Reshape", ["input", "shape"], ["merged"]),
+             helper.make_node("ReduceMax", ["merged", "axes"], ["pooled"], keepdims=0),
+             helper.make_node("MatMul", ["pooled", "W"], ["scores"])]
+    graph = helper.make_graph(nodes, "merging", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 3])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, labels])],
+                              [weight, shape, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, str(path))
+    return path
+
+
 def unconvertible_model(path: Path) -> Path:
     """Scores pass through ai.onnx.ml Binarizer and Hardmax: neither has a converter (and neither has a gradient)."""
     nodes = [helper.make_node("Binarizer", ["input"], ["scaled"], domain="ai.onnx.ml", threshold=0.5),

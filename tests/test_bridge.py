@@ -114,6 +114,15 @@ def test_batch_baked_into_the_graph_runs_one_sample_at_a_time(tmp_path):
     assert_matches_onnxruntime(model, x)
 
 
+def test_a_renamed_batch_that_merges_rows_falls_back_to_one_sample_at_a_time(tmp_path):
+    path = ex.batch_merging_model(tmp_path / "merging.onnx")
+    model = load(path, device="cpu")
+    assert any("torch graph also runs 1 sample(s) at a time" in note for note in model.notes)
+    x = np.random.default_rng(0).random((5, 2, 3), dtype=np.float32)
+    assert model.torch_scores(torch.from_numpy(x)).shape == (5, 4)
+    assert_matches_onnxruntime(model, x)
+
+
 def test_unconvertible_graph_names_every_blocking_op(tmp_path):
     path = ex.unconvertible_model(tmp_path / "ml.onnx")
     with pytest.raises(ConversionError) as caught:
