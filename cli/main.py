@@ -14,6 +14,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -232,11 +233,19 @@ class ShardParam(click.ParamType):
             self.fail(f"expected I/N (shard I of N, I from 0), got {value!r}", param, ctx)
 
 
-def attack_options(command: Callable) -> Callable:
+def run_options(command: Callable, curve: bool = False) -> Callable:
+    """The options of `attack` (and of `curve`, where --eps takes a list and a PNG can be asked for)."""
+    method_options = {name: spec for name, spec in ATTACK_OPTIONS.items() if not (curve and name == "eps")}
+    curve_options = [
+        click.option("--eps", "eps_list", required=True, metavar="E1,E2,...",
+                     help="The budgets, in input units: one full pass per epsilon."),
+        click.option("--png", type=click.Path(dir_okay=False), help="Plot success against epsilon to this PNG."),
+    ] if curve else []
     options = [
         click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
-                     help="Result file (HDF5)."),
-        _config_option("method", type=click.Choice(list(METHODS))),
+                     help="Curve file (HDF5, a group per epsilon)." if curve else "Result file (HDF5)."),
+        *curve_options,
+        _config_option("method", type=click.Choice(list(METHODS)), **({"default": "ml-pgd"} if curve else {})),
         _config_option("target"),
         _config_option("target_file", type=click.Path(dir_okay=False)),
         _config_option("scores", type=click.Choice(SCORES_CHOICES)),
@@ -246,7 +255,7 @@ def attack_options(command: Callable) -> Callable:
         _config_option("box", "--range", nargs=2, type=float, metavar="LO HI"),
         _config_option("max_iter", type=int),
         *[click.option(flag_for(name), name, type=kind, help=_method_help(name, what))
-          for name, (kind, what) in ATTACK_OPTIONS.items()],
+          for name, (kind, what) in method_options.items()],
         *[click.option("--" + flag.replace("_", "-"), flag, is_flag=True, help=_flag_help(key, what))
           for flag, (key, _, what) in ATTACK_FLAGS.items()],
         _config_option("batch_size", type=int),
@@ -277,6 +286,50 @@ def attack_options(command: Callable) -> Callable:
     return command
 
 
+def attack_options(command: Callable) -> Callable:
+    return run_options(command)
+
+
+def curve_options(command: Callable) -> Callable:
+    return run_options(command, curve=True)
+
+
+def _config_from(options: dict) -> AttackConfig:
+    """AttackConfig from the parsed options; method options and flags become attack_options."""
+    extra = {name: options.pop(name) for name in ATTACK_OPTIONS if name in options}
+    extra.update({key: value for flag, (key, value, _) in ATTACK_FLAGS.items() if options.pop(flag)})
+    return AttackConfig(**options, attack_options={k: v for k, v in extra.items() if v is not None})
+
+
+class ProgressBar:
+    """One tqdm bar per run (per epsilon for a curve), on stderr; silent with --quiet or --json."""
+
+    def __init__(self, silent: bool) -> None:
+        self.silent = silent
+        self.bar: Any = None  # a tqdm bar once the first progress arrives
+        self.label = ""
+
+    def start(self, label: str) -> None:
+        self.close()
+        self.label = label
+
+    def __call__(self, done: int, total: int, successes: int, attacked: int) -> None:
+        if self.silent:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="input", file=sys.stderr, dynamic_ncols=True,
+                            desc=self.label or None)
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(f"success {successes}/{attacked}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", type=click.Path())
@@ -292,29 +345,41 @@ def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, **opti
     from onnxattack.engines import run as run_engine
     from onnxattack.report import format_summary, summarize
 
-    extra = {name: options.pop(name) for name in ATTACK_OPTIONS}
-    extra.update({key: value for flag, (key, value, _) in ATTACK_FLAGS.items() if options.pop(flag)})
-    config = AttackConfig(**options, attack_options={k: v for k, v in extra.items() if v is not None})
-    bar = None
-
-    def progress(done: int, total: int, successes: int, attacked: int) -> None:
-        nonlocal bar
-        if quiet or as_json:
-            return
-        if bar is None:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, initial=done, unit="input", file=sys.stderr, dynamic_ncols=True)
-        bar.update(done - bar.n)
-        bar.set_postfix_str(f"success {successes}/{attacked}")
-
+    config = _config_from(options)
+    progress = ProgressBar(silent=quiet or as_json)
     try:
         path = run_engine(model, inputs, out, config, progress=progress)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     summary = summarize(path)
     click.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("inputs", type=click.Path())
+@curve_options
+@handle_errors
+def curve(model: str, inputs: str, out: str, eps_list: str, png: str | None, as_json: bool, quiet: bool,
+          **options) -> None:
+    """Robustness curve: attack MODEL on INPUTS once per epsilon (--eps 0.01,0.02,...) with a budgeted
+    method (default ml-pgd), and print (and plot, --png) success against epsilon. Every run is kept
+    in OUT, a group eps/<value> each, with the layout of an attack's result file."""
+    from onnxattack.curve import format_curve, parse_eps, run_curve, write_curve_figure
+
+    eps_values = parse_eps(eps_list)
+    config = _config_from(options)
+    if config.shard is not None:
+        raise ConfigError("shard", "a curve runs every epsilon over the whole input set; --shard is for attack")
+    progress = ProgressBar(silent=quiet or as_json)
+    try:
+        result = run_curve(model, inputs, out, config, eps_values, progress=progress,
+                           on_pass=lambda index, total, eps: progress.start(f"eps {eps:g} ({index + 1}/{total})"))
+    finally:
+        progress.close()
+    if png:
+        write_curve_figure(result, png)
+    click.echo(json.dumps(result, default=str) if as_json else format_curve(result))
 
 
 @main.command()

@@ -25,10 +25,12 @@ from .attacks import (  # noqa: E402
     RankII,
     TkMLTargeted,
     TkMLUntargeted,
+    UniversalPerturbation,
     Victim,
 )
 from .batch import BatchResult, attack_arrays  # noqa: E402
 from .config import AttackConfig  # noqa: E402
+from .curve import run_curve  # noqa: E402
 from .dataset import open_dataset  # noqa: E402
 from .errors import (  # noqa: E402
     BadInputError,
@@ -44,6 +46,6 @@ from .pipeline import run_attack  # noqa: E402
 __all__ = [
     "METHODS", "Attack", "AttackConfig", "AttackResult", "BadInputError", "BatchResult", "ConfigError",
     "ConversionError", "FidelityError", "LoadedModel", "MLALP", "MLCarliniWagner", "MLDeepFool", "MLPGD",
-    "OnnxAttackError", "RankI", "RankII", "TkMLTargeted", "TkMLUntargeted", "UnsupportedModelError", "Victim",
-    "attack_arrays", "load", "open_dataset", "run_attack",
+    "OnnxAttackError", "RankI", "RankII", "TkMLTargeted", "TkMLUntargeted", "UniversalPerturbation",
+    "UnsupportedModelError", "Victim", "attack_arrays", "load", "open_dataset", "run_attack", "run_curve",
 ]

@@ -97,6 +97,22 @@ def judge(model: LoadedModel, attack: Attack, spec: TargetSpec | None, top_k: in
     return criterion_for(attack.task, model.reader, k)
 
 
+def batch_targets(model: LoadedModel, x: np.ndarray, target: str | TargetSpec | np.ndarray, spec: TargetSpec | None,
+                  criterion: Criterion, seed: int, first_index: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(onnxruntime's clean scores, prediction, target, attacked) of checked rows x in the model's dtype
+    (pass-through inputs bound): rows whose target already holds are not attacked."""
+    clean = model.ort_scores(x)
+    predicted = criterion.predict(clean)
+    if spec is None:
+        goal = check_target_file(np.asarray(target), len(x), model.num_labels)[: len(x)]
+    elif criterion.task is Task.TOP_K_EXCLUSION:
+        goal = make_exclusion_targets(spec, predicted, clean, seed, first_index=first_index)
+    else:
+        goal = make_targets(spec, predicted, clean, seed, first_index=first_index)
+    return clean, predicted, goal, ~criterion.reached(clean, goal)
+
+
 def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
                   target: str | TargetSpec | np.ndarray = METHOD_DEFAULT_TARGET, *,
                   box: tuple[float, float] | None = None, seed: int = 0, top_k: int | None = None,
@@ -123,15 +139,7 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
     criterion = criterion or judge(model, attack, spec, top_k)
     x = to_input_dtype(x, model.input.dtype)
     with model.bound(others):
-        clean = model.ort_scores(x)
-        predicted = criterion.predict(clean)
-        if spec is None:
-            goal = check_target_file(np.asarray(target), len(x), model.num_labels)[: len(x)]
-        elif criterion.task is Task.TOP_K_EXCLUSION:
-            goal = make_exclusion_targets(spec, predicted, clean, seed, first_index=first_index)
-        else:
-            goal = make_targets(spec, predicted, clean, seed, first_index=first_index)
-        attacked = ~criterion.reached(clean, goal)
+        clean, predicted, goal, attacked = batch_targets(model, x, target, spec, criterion, seed, first_index)
         x_adv = x.copy()
         iterations = np.zeros(len(x), dtype=np.int32)
         queries = np.zeros(len(x), dtype=np.int64)

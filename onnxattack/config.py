@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .attacks import METHODS, Attack
+from .attacks import METHODS, Attack, SetAttack
 from .errors import ConfigError
 
 SCORES_CHOICES = ("auto", "logits", "probabilities", "softmax")
@@ -100,7 +100,11 @@ class AttackConfig:
             raise ConfigError("resume", "resume and overwrite exclude each other")
         self.shard = _check_shard(self.shard)
         self._check_engine()
-        self.build_attack()  # the method checks its own hyperparameters
+        attack = self.build_attack()  # the method checks its own hyperparameters
+        if isinstance(attack, SetAttack) and (self.shard is not None or self.engine != "local"):
+            raise ConfigError("shard" if self.shard is not None else "engine",
+                              f"{self.method} learns one perturbation from the whole input set: run it in one "
+                              f"process (no --shard, --engine local)")
 
     def build_attack(self) -> Attack:
         """The configured attack; refuses options the method does not take."""

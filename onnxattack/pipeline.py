@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attacks import Attack
-from .batch import attack_arrays, judge, target_spec
+from .attacks import Attack, SetAttack
+from .batch import attack_arrays, batch_targets, judge, target_spec
 from .config import AttackConfig
-from .errors import BadInputError
+from .errors import BadInputError, UnsupportedModelError
 from .inputs import InputSource, check_passthrough_sources, open_inputs, open_passthrough, scan_inputs
-from .loader import LoadedModel, load
+from .loader import LoadedModel, check_passthrough, load
 from .merge import shard_attrs
 from .model import choose_attack_input, describe, read_model
+from .runtime import to_input_dtype
 from .scores import Criterion, criterion_for
 from .store import ResultWriter, check_output_path
 from .targets import TargetSpec, check_target_file
@@ -167,6 +168,8 @@ def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, ou
     torch.manual_seed(config.seed)
     writer = _open_writer(out_path, run, config, inputs_path)
     started = time.monotonic()
+    if isinstance(run.attack, SetAttack):
+        _learn_or_reuse(run, config, run.attack, writer)
     elapsed_before = float(writer.handle.attrs.get("elapsed_s", 0.0))
     try:
         start = writer.rows_written
@@ -192,6 +195,36 @@ def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, ou
     finally:
         writer.close()
     return out_path
+
+
+def _learn_or_reuse(run: RunPlan, config: AttackConfig, attack: SetAttack, writer: ResultWriter) -> None:
+    """A set attack learns from every row of the run before any is attacked, and the file keeps what it
+    learnt (a resumed run reads it back instead of learning again)."""
+    model = run.model
+    if model.gradients == "estimated":
+        raise UnsupportedModelError(f"{attack.name} learns from the whole input set through the torch graph; "
+                                    f"this model's gradients are estimated ({model.notes[-1]})")
+    stored = writer.learnt()
+    if stored is not None:
+        attack.use(torch.as_tensor(stored, device=model.device))
+        return
+
+    def epoch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for first, x, other_inputs in run.batches(run.start, config.batch_size):
+            x = to_input_dtype(np.asarray(x), model.input.dtype)
+            others = check_passthrough(model.passthrough_inputs, other_inputs, len(x), run.source_name)
+            target = run.target_rows[first:first + len(x)] if run.target_rows is not None else run.spec
+            assert target is not None  # plan() sets one of the two
+            with model.bound(others):
+                _, _, goal, attacked = batch_targets(model, x, target, run.spec, run.criterion, config.seed, first)
+                index = np.flatnonzero(attacked)
+                if index.size:
+                    with model.bound({name: rows[index] for name, rows in others.items()}):
+                        yield model.as_tensor(x[index]), torch.as_tensor(goal[index], device=model.device)
+
+    batches = -(-(run.stop - run.start) // config.batch_size)
+    learnt = attack.fit(model.victim(config.box), epoch, batches, run.criterion)
+    writer.write_learnt(learnt.detach().cpu().numpy())
 
 
 def versions() -> dict[str, str]:

@@ -41,6 +41,9 @@ def row_datasets(handle: h5py.File) -> tuple[str, ...]:
     return ROW_DATASETS + extra
 
 
+# What a set attack (universal) learnt from the whole input set, written before any row.
+LEARNT_DATASET = "universal_delta"
+
 # Attributes that must match for --resume to continue a file.
 RUN_IDENTITY = ("model_sha256", "method", "target", "params", "seed", "scores_kind", "threshold",
                 "n_inputs", "row_start", "row_stop")
@@ -184,6 +187,17 @@ class ResultWriter:
             self.handle.flush()
         except (OSError, RuntimeError) as exc:  # h5py reports failed writes as either
             raise self._write_failed(exc, start) from None
+
+    def learnt(self) -> np.ndarray | None:
+        """What a set attack learnt, if this file holds it (a resumed run)."""
+        return np.asarray(self.handle[LEARNT_DATASET]) if LEARNT_DATASET in self.handle else None
+
+    def write_learnt(self, learnt: np.ndarray) -> None:
+        try:
+            self.handle.create_dataset(LEARNT_DATASET, data=learnt)
+            self.handle.flush()
+        except (OSError, RuntimeError) as exc:
+            raise self._write_failed(exc, self.rows_written) from None
 
     def set_attrs(self, **attrs: Any) -> None:
         try:

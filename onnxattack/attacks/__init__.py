@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Attack, AttackResult, Victim
+from .base import Attack, AttackResult, SetAttack, Victim
 from .ml_cw import MLCarliniWagner
 from .ml_deepfool import MLDeepFool
 from .ml_pgd import MLPGD
@@ -10,6 +10,7 @@ from .mla_lp import MLALP
 from .rank1 import RankI
 from .rank2 import RankII
 from .tkml import TkMLTargeted, TkMLUntargeted
+from .universal import UniversalPerturbation, UniversalTopK
 
 METHODS: dict[str, type[Attack]] = {
     MLCarliniWagner.name: MLCarliniWagner,
@@ -20,7 +21,9 @@ METHODS: dict[str, type[Attack]] = {
     MLALP.name: MLALP,
     TkMLUntargeted.name: TkMLUntargeted,
     TkMLTargeted.name: TkMLTargeted,
+    UniversalPerturbation.name: UniversalPerturbation,
+    UniversalTopK.name: UniversalTopK,
 }
 
-__all__ = ["Attack", "AttackResult", "Victim", "METHODS", "MLCarliniWagner", "MLDeepFool", "RankI", "RankII",
-           "MLPGD", "MLALP", "TkMLUntargeted", "TkMLTargeted"]
+__all__ = ["Attack", "AttackResult", "SetAttack", "Victim", "METHODS", "MLCarliniWagner", "MLDeepFool", "RankI",
+           "RankII", "MLPGD", "MLALP", "TkMLUntargeted", "TkMLTargeted", "UniversalPerturbation", "UniversalTopK"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,7 +21,7 @@ from ..scores import Criterion
 from ..types import Task
 from ..victim import Victim
 
-__all__ = ["Attack", "AttackResult", "Victim", "verify_input_bounds"]
+__all__ = ["Attack", "AttackResult", "Epoch", "SetAttack", "Victim", "verify_input_bounds"]
 
 
 @dataclass
@@ -89,3 +90,22 @@ class Attack(ABC):
         """Every hyperparameter the constructor takes, with its default (the one source of default values)."""
         return {name: parameter.default for name, parameter in inspect.signature(cls).parameters.items()
                 if parameter.default is not inspect.Parameter.empty}
+
+
+# One pass over an input set: (attacked rows x [m, ...], their targets [m, L]) per batch.
+Epoch = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+class SetAttack(Attack):
+    """A method that learns from the whole input set before any input is attacked (a universal
+    perturbation): the pipeline calls `fit` over every batch first, stores what it learnt, and a
+    resumed run hands it back with `use`; `run` then applies it batch by batch."""
+
+    @abstractmethod
+    def fit(self, victim: Victim, epoch: Epoch, batches: int, criterion: Criterion) -> torch.Tensor:
+        """Learn from the set `epoch()` yields (in `batches` batches); the criterion is on the
+        model's real output, as onnxruntime judges."""
+
+    @abstractmethod
+    def use(self, learnt: torch.Tensor) -> None:
+        """Attack with what a previous `fit` learnt."""
