@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -140,8 +141,8 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike, ove
     layout = first["_layout"]
     partial = out.with_name(out.name + ".merging")  # renamed to `out` once complete: never a half merge
     batch_size = int(json.loads(first.get("params", "{}")).get("batch_size") or 32)
-    passthrough = {name.split("/", 1)[1]: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in layout.items()
-                   if name.startswith(PASSTHROUGH_GROUP + "/")}
+    passthrough = {unquote(name.split("/", 1)[1]): (tuple(shape), np.dtype(dtype))
+                   for name, (shape, dtype) in layout.items() if name.startswith(PASSTHROUGH_GROUP + "/")}
     writer = ResultWriter.create(partial, tuple(layout["x"][0]), np.dtype(layout["x"][1]),
                                  int(layout["y_target"][0][0]), attrs, rows_per_chunk=batch_size, overwrite=True,
                                  passthrough=passthrough)

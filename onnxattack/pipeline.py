@@ -242,7 +242,7 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str], device
                  chunk: int = 256) -> dict[str, dict]:
     """Re-score the stored adversarial inputs on other models (same label space), chunk by chunk;
     store transfer/<model> groups and return per-model success and flip rates."""
-    from .store import PASSTHROUGH_GROUP, begin_transfer, json_attr, open_results, read_attrs
+    from .store import begin_transfer, json_attr, open_results, passthrough_dataset, passthrough_names, read_attrs
     from .validate import transfer
 
     with open_results(results_path) as handle:
@@ -251,8 +251,8 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str], device
         params = json_attr(handle, "params", {})
         probe = np.asarray(handle["x"][:min(rows, 4)], dtype=np.float64)
         labels = json_attr(handle, "labels", [])
-        stored_others = list(handle[PASSTHROUGH_GROUP]) if PASSTHROUGH_GROUP in handle else []
-        probe_others = {name: handle[f"{PASSTHROUGH_GROUP}/{name}"][:min(rows, 4)] for name in stored_others}
+        stored_others = passthrough_names(handle)
+        probe_others = {name: handle[passthrough_dataset(name)][:min(rows, 4)] for name in stored_others}
     task = Task(attrs.get("task", Task.CLASSIFICATION.value))
     rates: dict[str, dict] = {}
     for model_path in model_paths:
@@ -267,7 +267,7 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str], device
             group = begin_transfer(handle, other.name, rows, len(labels))
             for start in range(0, rows, chunk):
                 stop = min(rows, start + chunk)
-                others = {name: handle[f"{PASSTHROUGH_GROUP}/{name}"][start:stop] for name in stored_others}
+                others = {name: handle[passthrough_dataset(name)][start:stop] for name in stored_others}
                 with other.bound(others):
                     result = transfer(other, criterion, handle["x"][start:stop], handle["x_adv"][start:stop],
                                       handle["y_target"][start:stop])

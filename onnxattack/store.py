@@ -17,6 +17,7 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import h5py
 import numpy as np
@@ -31,14 +32,19 @@ PASSTHROUGH_GROUP = "inputs"  # a multi-input model's other inputs, one dataset 
 
 
 def passthrough_dataset(name: str) -> str:
-    return f"{PASSTHROUGH_GROUP}/{name}"
+    """inputs/<name>; a '/' in an input name (tf2onnx's scopes) is written %2F, so it stays one dataset."""
+    return f"{PASSTHROUGH_GROUP}/{name.replace('%', '%25').replace('/', '%2F')}"
+
+
+def passthrough_names(handle: h5py.File) -> list[str]:
+    """The input names stored under inputs/ (in the file's order)."""
+    group = handle.get(PASSTHROUGH_GROUP)
+    return [unquote(key) for key in group] if isinstance(group, h5py.Group) else []
 
 
 def row_datasets(handle: h5py.File) -> tuple[str, ...]:
     """Every per-row dataset of a result file: ROW_DATASETS and the pass-through inputs/<name>."""
-    group = handle.get(PASSTHROUGH_GROUP)
-    extra = tuple(passthrough_dataset(name) for name in group) if isinstance(group, h5py.Group) else ()
-    return ROW_DATASETS + extra
+    return ROW_DATASETS + tuple(passthrough_dataset(name) for name in passthrough_names(handle))
 
 
 # What a set attack (universal) learnt from the whole input set, written before any row.

@@ -248,3 +248,25 @@ def test_a_byte_values_model_is_refused_with_the_reason(tmp_path):
         assert code == 3, output
         assert "'bytes' is int32" in output and "integer inputs" in output
     assert not (tmp_path / "r.h5").exists()
+
+
+def test_input_names_with_a_slash_stay_one_dataset_through_validate_and_merge(tmp_path):
+    """tf2onnx writes scoped names such as 'encoder/meta:0'."""
+    path = export(ImageWithMetadata(), (torch.rand(2, 1, 8, 8), torch.rand(2, 3)), ["image", "encoder/meta:0"],
+                  tmp_path / "scoped.onnx")
+    rng = np.random.default_rng(3)
+    arrays = {"image": rng.uniform(0, 1, (6, 1, 8, 8)).astype(np.float32),
+              "encoder/meta:0": rng.normal(0, 1, (6, 3)).astype(np.float32)}
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    shards = [tmp_path / f"s{i}.h5" for i in range(2)]
+    for index, shard in enumerate(shards):
+        attack(path, tmp_path / "inputs.npz", shard, "--attack-input", "image", "--method", "ml-deepfool",
+               "--batch-size", "3", "--shard", f"{index}/2")
+    code, output = run("merge", *map(str, shards), "-o", str(tmp_path / "merged.h5"))
+    assert code == 0, output
+    code, output = run("validate", str(tmp_path / "merged.h5"), "--model", str(path))
+    assert code == 0, output
+    with h5py.File(tmp_path / "merged.h5", "r") as handle:
+        assert list(handle["inputs"]) == ["encoder%2Fmeta:0"]
+        assert np.array_equal(handle["inputs/encoder%2Fmeta:0"][:], arrays["encoder/meta:0"])
+        assert np.array_equal(handle[f"transfer/{path.stem}/success"][:], handle["success"][:])
