@@ -131,7 +131,7 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
     box = model.box if box is None else box
     x = np.asarray(x)
     check_rows(x, box, source, first_index)
-    check_sample_shape(model.input, tuple(x.shape[1:]), source)
+    check_sample_shape(model.input, tuple(x.shape[1:]), source, model.per_sample)
     if other_inputs and not model.passthrough_inputs:
         raise BadInputError(f"the model has one input ({model.input.name}); got others: {', '.join(other_inputs)}")
     others = check_passthrough(model.passthrough_inputs, other_inputs or {}, len(x), source)

@@ -74,6 +74,17 @@ class ChunkedGraph(torch.nn.Module):
         return torch.cat(parts)
 
 
+class PerSampleGraph(torch.nn.Module):
+    """A graph without a batch dim (one whole sequence per call, e.g. [T, F] -> [T', L]) run row by row."""
+
+    def __init__(self, graph: torch.nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.graph(*(tensor[row] for tensor in inputs)) for row in range(inputs[0].shape[0])])
+
+
 class FoldedGraph(torch.nn.Module):
     """[N, ..., L] -> [N, L]: folds the middle dims of a frame-level output, as onnxruntime's side does."""
 
@@ -111,6 +122,8 @@ class LoadedModel:
     max_queries: int | None = None
     passthrough_inputs: tuple[TensorInfo, ...] = ()  # a multi-input model's inputs that are not attacked
     passthrough: PassThroughInputs = field(default_factory=PassThroughInputs)
+    per_sample: bool = False  # the model has no batch dim: each input row is one whole model input
+    folded: bool = False  # its scores [N, ..., L] fold their middle dims (--reduce)
 
     def bound(self, others: Mapping[str, np.ndarray] | None) -> contextlib.AbstractContextManager[None]:
         """Calls inside the block score rows of a batch whose pass-through inputs are `others` (checked:
@@ -121,11 +134,6 @@ class LoadedModel:
                                     f"{', '.join(others)}")
             return contextlib.nullcontext()
         return self.passthrough.bind(check_passthrough(self.passthrough_inputs, others or {}))
-
-    @property
-    def folded(self) -> bool:
-        """The score output is [N, ..., L]: its middle dims are folded (--reduce)."""
-        return len(self.score_output.shape) > 2
 
     @property
     def gradients(self) -> str:
@@ -227,9 +235,11 @@ def check_passthrough(inputs: tuple[TensorInfo, ...], given: Mapping[str, np.nda
     return checked
 
 
-def check_sample_shape(input_info: TensorInfo, sample_shape: tuple[int, ...], where: str = "inputs") -> None:
-    """Inputs must come in the model's own layout: the engine never guesses one."""
-    expected = tuple(input_info.shape[1:])
+def check_sample_shape(input_info: TensorInfo, sample_shape: tuple[int, ...], where: str = "inputs",
+                       per_sample: bool = False) -> None:
+    """Inputs must come in the model's own layout: the engine never guesses one (per_sample: a row is
+    the model's whole input, which has no batch dim)."""
+    expected = tuple(input_info.shape if per_sample else input_info.shape[1:])
     if len(expected) != len(sample_shape) or any(
             isinstance(e, int) and e > 0 and e != s for e, s in zip(expected, sample_shape, strict=True)):
         raise BadInputError(f"{where} has rows of shape {list(sample_shape)}, the model's input {input_info.name!r} "
@@ -250,10 +260,11 @@ def _serialized(proto: onnx.ModelProto) -> bytes:
 
 
 def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str, device: str,
-                probe: np.ndarray, notes: list[str], passthrough: PassThroughInputs) -> OrtScorer:
-    fixed = fixed_batch(input_info)
+                probe: np.ndarray, notes: list[str], passthrough: PassThroughInputs, per_sample: bool) -> OrtScorer:
+    fixed = None if per_sample else fixed_batch(input_info)
     original = OrtScorer(make_session(_serialized(proto), device, exact_qdq=has_qdq(proto)), input_info.name,
-                         input_info.dtype, output_name, fixed_batch=fixed, passthrough=passthrough)
+                         input_info.dtype, output_name, fixed_batch=fixed, passthrough=passthrough,
+                         per_sample=per_sample)
     if has_qdq(proto):
         notes.append(QDQ_NOTE)
     if device == "cuda" and "CUDAExecutionProvider" not in original.providers:
@@ -346,7 +357,9 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
     detected = detect_scores_kind(proto, score_output.name)
     kind = detected if scores in ("auto", None) else ScoresKind.parse(str(getattr(scores, "value", scores)))
     tensor_name, head = attack_tensor(proto, score_output.name, cut_activation=(kind == detected))
-    if len(score_output.shape) > 2 and head is not None and not (head == "sigmoid" and reduce == "max"):
+    per_sample = probe is not None and np.ndim(probe) == len(input_info.shape) + 1
+    folded = len(score_output.shape) > 2 or per_sample  # a whole-sequence model's scores are per frame
+    if folded and head is not None and not (head == "sigmoid" and reduce == "max"):
         # max commutes with a per-element sigmoid; mean (or a softmax) does not: attack the real output
         tensor_name, head = score_output.name, None
     try:
@@ -359,18 +372,21 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
         probe = _probe_batch(input_info, PROBE_SIZE, box, seed)
     probe = np.asarray(probe)
     check_rows(probe, box, probe_name)
-    check_sample_shape(input_info, tuple(probe.shape[1:]), probe_name)
+    check_sample_shape(input_info, tuple(probe.shape[1:]), probe_name, per_sample)
+    if per_sample:
+        notes.append(f"input {input_info.name!r} {list(input_info.shape)} has no batch dim: each input row is one "
+                     f"whole model input, run on its own")
     if probe_others is None:
         probe_others = {i.name: _probe_batch(i, len(probe), box, seed) for i in others}
     probe_others = check_passthrough(others, probe_others, len(probe), probe_name)
     with passthrough.bind(probe_others):  # the probe's rows of the other inputs (multi-input models)
-        folded = len(score_output.shape) > 2
-        fixed = fixed_batch(input_info)
-        scorer = _ort_scorer(proto, input_info, score_output.name, torch_device.type, probe, notes, passthrough)
+        fixed = None if per_sample else fixed_batch(input_info)
+        scorer = _ort_scorer(proto, input_info, score_output.name, torch_device.type, probe, notes, passthrough,
+                             per_sample)
         scorer.reduce = reduce
         if folded:
-            notes.append(f"scores {list(score_output.shape)} are folded to [batch, labels] by {reduce} over the "
-                         f"middle dims (--reduce)")
+            notes.append(f"scores {'[frames, ..., labels] per row' if per_sample else list(score_output.shape)} "
+                         f"are folded to [batch, labels] by {reduce} over the middle dims (--reduce)")
         probe_scores = scorer(probe)
         if probe_scores.ndim != 2:
             raise UnsupportedModelError(f"output {score_output.name!r} gives scores of shape "
@@ -388,7 +404,8 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
         loaded = LoadedModel(info=info, input=input_info, score_output=score_output, reader=reader,
                              scorer=scorer, num_labels=num_labels, labels=labels, device=torch_device,
                              torch_dtype=torch_dtype, box=(float(box[0]), float(box[1])), notes=notes,
-                             passthrough_inputs=others, passthrough=passthrough)
+                             passthrough_inputs=others, passthrough=passthrough, per_sample=per_sample,
+                         folded=folded)
         loaded.max_queries = max_queries
         if not convert:
             return loaded
@@ -399,6 +416,7 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
             order = tuple(value.name for value in graph_inputs(score_graph))
 
             def bind(graph: torch.nn.Module) -> torch.nn.Module:
+                graph = PerSampleGraph(graph) if per_sample else graph
                 return BoundGraph(graph, order, input_info.name, passthrough) if others else graph
 
             loaded.graph = _torch_graph(score_graph, fixed, probe, torch_dtype, torch_device, notes, bind)

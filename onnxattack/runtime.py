@@ -75,11 +75,12 @@ def fold_middle(scores: np.ndarray, reduce: str) -> np.ndarray:
 class OrtScorer:
     """Scores of one output for a batch, in chunks of the model's fixed batch size if it has one.
 
-    A multi-input model's other inputs come from `passthrough`, the rows bound to the batch."""
+    A multi-input model's other inputs come from `passthrough`, the rows bound to the batch. A model
+    without a batch dim (`per_sample`: one whole sequence per call) runs row by row."""
 
     def __init__(self, session: ort.InferenceSession, input_name: str, input_dtype: np.dtype,
                  output_name: str, fixed_batch: int | None = None, reduce: str = "max",
-                 passthrough: PassThroughInputs | None = None) -> None:
+                 passthrough: PassThroughInputs | None = None, per_sample: bool = False) -> None:
         self.session = session
         self.input_name = input_name
         self.input_dtype = np.dtype(input_dtype)
@@ -87,17 +88,23 @@ class OrtScorer:
         self.fixed_batch = fixed_batch
         self.reduce = reduce
         self.passthrough = passthrough or PassThroughInputs()
+        self.per_sample = per_sample
 
     @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
 
     def _run(self, x: np.ndarray, others: dict[str, np.ndarray]) -> np.ndarray:
+        feeds = {**others, self.input_name: x}
+        if self.per_sample:  # one row, fed without its batch dim
+            feeds = {name: rows[0] for name, rows in feeds.items()}
         try:
-            (scores,) = self.session.run([self.output_name], {**others, self.input_name: x})
+            (scores,) = self.session.run([self.output_name], feeds)
         except Exception as exc:  # onnxruntime's own exception types
             raise UnsupportedModelError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
         scores = np.asarray(scores, dtype=np.float32)
+        if self.per_sample:
+            scores = scores[None]
         if scores.ndim < 2:
             raise UnsupportedModelError(f"output {self.output_name!r} gives scores of shape {list(scores.shape)} for "
                                         f"{len(x)} input row(s), not [batch, labels]")
@@ -110,6 +117,11 @@ class OrtScorer:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = to_input_dtype(np.asarray(x), self.input_dtype)
         others = self.passthrough.rows_for(len(x))
+        if self.per_sample:
+            if not len(x):
+                raise UnsupportedModelError("empty batch")
+            return np.concatenate([self._run(x[i:i + 1], {name: rows[i:i + 1] for name, rows in others.items()})
+                                   for i in range(len(x))])
         if self.fixed_batch is None and len(x) == 1:
             # one row runs as two copies: a graph ending with a Squeeze of every size-1 dim (madmom's
             # exports) would drop the batch dim of a single row

@@ -87,6 +87,19 @@ class FrameTagger(nn.Module):
         return torch.sigmoid(self.net(x))
 
 
+class SequenceNoteTagger(nn.Module):
+    """A whole spectrogram [T, F] -> per-frame note probabilities [T - 4, L], no batch dim (madmom's notes_cnn)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(6, 12, 5)
+        self.head = nn.Linear(12, LABELS)
+
+    def forward(self, spectrogram):
+        frames = torch.tanh(self.conv(spectrogram.t().unsqueeze(0))).squeeze(0).t()  # [T - 4, 12]
+        return torch.sigmoid(self.head(frames) * 2)
+
+
 def attack(model: Path, x: np.ndarray, tmp: Path, *extra: str) -> tuple[dict, Path]:
     np.save(tmp / "x.npy", x.astype(np.float32))
     out = tmp / "r.h5"
@@ -215,3 +228,24 @@ def test_a_scaler_and_one_vs_rest_logistic_pipeline_converts(tmp_path):
     summary, out = attack(path, x[:12], tmp_path, "--method", "ml-deepfool", "--max-iter", "30")
     assert summary["gradients"] == "torch" and summary["scores_kind"] == "probabilities"
     assert recomputed_success(path, out, "probabilities", threshold=0.5).mean() >= 0.8
+
+
+def test_a_whole_sequence_model_without_a_batch_dim_runs_row_by_row(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "notes.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(SequenceNoteTagger().eval(), (torch.rand(16, 6),), str(path), dynamo=False, opset_version=17,
+                          input_names=["spectrogram"], output_names=["notes"],
+                          dynamic_axes={"spectrogram": {0: "time"}, "notes": {0: "frames"}})
+    x = np.random.default_rng(0).uniform(0, 1, (3, 16, 6))  # 3 sequences of 16 frames: one more dim than the model
+    summary, out = attack(path, x, tmp_path, "--method", "ml-cw", "--target", "random", "--max-iter", "100",
+                          "--binary-steps", "3", "--learning-rate", "0.1")
+    assert any("no batch dim" in note for note in summary["notes"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with h5py.File(out, "r") as handle:
+        scores = np.stack([session.run(None, {"spectrogram": row})[0].max(axis=0) for row in handle["x_adv"][:]])
+        reached = ((scores > 0.5) == handle["y_target"][:].astype(bool)).all(axis=1)
+        assert np.array_equal(reached & handle["attacked"][:], handle["success"][:])
+        assert handle["attacked"][:].sum() >= 2 and reached[handle["attacked"][:]].mean() >= 0.6
+
