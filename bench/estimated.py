@@ -110,24 +110,23 @@ def attack_model(model: LoadedModel, attack: Attack, x: np.ndarray, target: np.n
 
 def deepfool_model(model: LoadedModel, x: np.ndarray, target: np.ndarray, method: str, samples: int,
                    radius: float, budget: int = BUDGET, seed: int = 0) -> Outcome:
-    """ML-DeepFool on the QueryModel's own Jacobian, one input at a time (a ledger row each). The patch
-    stands in for the proposed `Victim.jacobian` hook until the attack takes it."""
-    from unittest import mock
-
-    from onnxattack.attacks import ml_deepfool
-
+    """ML-DeepFool on the QueryModel's own Jacobian (the Victim.jacobian hook), one input at a time (a
+    ledger row each)."""
     query = QueryModel(model.ort_scores, BOX, samples=samples, radius=radius, seed=seed, budget=budget,
                        neutral=model.reader.attack_threshold)
-    victim = Victim(query, model.reader, BOX)
+
+    def jacobian(x_: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return query.jacobian(x_, rows=rows, method=method)
+
+    victim = Victim(query, model.reader, BOX, jacobian=jacobian)
     attack = MLDeepFool(max_iter=50)
     rows, spent = [], []
     start = time.perf_counter()
-    with mock.patch.object(ml_deepfool, "scores_and_jacobian", lambda fn, x_, mode: query.jacobian(x_, method=method)):
-        for i in range(len(x)):
-            query.begin([i])
-            result = _run_attack(attack, victim, torch.from_numpy(x[i:i + 1]), torch.from_numpy(target[i:i + 1]), model)
-            rows.append(result.x_adv.numpy())
-            spent.append(int(query.spent[0]))
+    for i in range(len(x)):
+        query.begin([i])
+        result = _run_attack(attack, victim, torch.from_numpy(x[i:i + 1]), torch.from_numpy(target[i:i + 1]), model)
+        rows.append(result.x_adv.numpy())
+        spent.append(int(query.spent[0]))
     seconds = time.perf_counter() - start
     x_adv = np.concatenate(rows)
     success = criterion_for(attack.task, model.reader, 1).reached(model.ort_scores(x_adv), target)
