@@ -14,6 +14,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -29,7 +30,7 @@ from onnxattack.config import (
     AttackConfig,
 )
 from onnxattack.errors import BadInputError, ConfigError, OnnxAttackError, first_line
-from onnxattack.store import StoreWriteError
+from onnxattack.store import StoreWriteError, check_output_path
 
 # Config fields whose flag is not "--" + the field name with dashes.
 FIELD_FLAGS = {"box": "--range", "output": "--output", "labels_file": "--labels", "max_iter": "--max-iter"}
@@ -369,6 +370,8 @@ def curve(model: str, inputs: str, out: str, eps_list: str, png: str | None, as_
 
     eps_values = parse_eps(eps_list)
     config = _config_from(options)
+    if png:
+        check_output_path(Path(png), resume=False, overwrite=True)  # an unwritable plot fails now, not after the runs
     if config.shard is not None:
         raise ConfigError("shard", "a curve runs every epsilon over the whole input set; --shard is for attack")
     progress = ProgressBar(silent=quiet or as_json)

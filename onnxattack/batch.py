@@ -19,7 +19,7 @@ from .errors import BadInputError
 from .inputs import check_rows
 from .loader import LoadedModel, check_passthrough, check_sample_shape
 from .runtime import to_input_dtype
-from .scores import Criterion, criterion_for
+from .scores import Criterion, TopKExclusionCriterion, criterion_for
 from .store import passthrough_dataset
 from .targets import (
     EXCLUSION_STRATEGIES,
@@ -110,7 +110,22 @@ def batch_targets(model: LoadedModel, x: np.ndarray, target: str | TargetSpec | 
         goal = make_exclusion_targets(spec, predicted, clean, seed, first_index=first_index)
     else:
         goal = make_targets(spec, predicted, clean, seed, first_index=first_index)
+    if isinstance(criterion, TopKExclusionCriterion):
+        check_exclusion_targets(goal, criterion.k, first_index)
     return clean, predicted, goal, ~criterion.reached(clean, goal)
+
+
+def check_exclusion_targets(goal: np.ndarray, k: int, first_index: int) -> None:
+    """Untargeted top-k: every row names at least one label to push out, and leaves k others to take
+    the top k; a target no perturbation can reach is refused rather than attacked in vain."""
+    sizes = goal.astype(bool).sum(axis=1)
+    impossible = (sizes == 0) | (goal.shape[1] - sizes < k)
+    if impossible.any():
+        row = int(np.flatnonzero(impossible)[0])
+        size = int(sizes[row])
+        why = ("names no label to push out of the top k" if size == 0 else
+               f"pushes {size} of {goal.shape[1]} labels out, leaving fewer than k = {k} to fill the top k")
+        raise BadInputError(f"the target of input {first_index + row} {why}")
 
 
 def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,

@@ -31,19 +31,21 @@ class AttackConfig:
 
     method: str = field(default="ml-cw", metadata=_help("Attack method."))
     target: str = field(default="auto", metadata=_help(
-        "auto (the method's default: hide-single; tkml-u: hide-all) | hide-single | hide-all | random | "
-        "extreme | '+A,-B' (label indices or names) | top:K[:best|random|worst] (ranking methods). "
+        "auto (the method's default: hide-single; tkml-u, universal-topk: hide-all) | hide-single | hide-all | "
+        "random | extreme | '+A,-B' (label indices or names) | top:K[:best|random|worst] (ranking methods). "
         "tkml-u: the labels hidden must leave the top K."))
     target_file: str | None = field(default=None, metadata=_help("(N, L) 0/1 .npy of per-input targets."))
     scores: str = field(default="auto", metadata=_help("How to read the score output."))
     threshold: float | None = field(default=None, metadata=_help(
         "Decision threshold (default 0 on logits, 0.5 on probabilities)."))
-    top_k: int | None = field(default=None, metadata=_help("Rankers: the predicted set is the K best labels."))
+    top_k: int | None = field(default=None, metadata=_help(
+        "Top-k methods (rank1, rank2, tkml-t, tkml-u, universal-topk): the predicted set is the K best labels."))
     output: str | None = field(default=None, metadata=_help("Model output that holds the label scores."))
     box: tuple[float, float] = field(default=(0.0, 1.0), metadata=_help(
         "Valid input box: every input must lie in it, and adversarial inputs stay in it."))
     max_iter: int | None = field(default=None, metadata=_help(
-        "Iterations per search step (method default if absent)."))
+        "Iterations: per constant step (ml-cw, rank1, rank2, tkml-*), steps (ml-deepfool, mla-lp, ml-pgd), "
+        "epochs over the set (universal*); the method's default if absent."))
     batch_size: int = field(default=32, metadata=_help("Inputs per batch."))
     limit: int | None = field(default=None, metadata=_help("Attack only the first N inputs."))
     seed: int = field(default=0, metadata=_help("Seed of the random targets."))

@@ -19,6 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .attacks import METHODS
 from .config import AttackConfig
 from .errors import BadInputError, ConfigError
 from .report import summarize
@@ -37,7 +38,10 @@ def parse_eps(text: str) -> list[float]:
         raise ConfigError("eps", f"expected numbers separated by commas, like 0.01,0.02,0.03, got {text!r}") from None
     if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise ConfigError("eps", f"every epsilon must be a positive number, got {text!r}")
-    return sorted(set(values))
+    by_key = {eps_key(v): v for v in values}
+    if len(by_key) != len(values):
+        raise ConfigError("eps", f"each epsilon once, please (equal to 6 significant digits): {text!r}")
+    return sorted(by_key.values())
 
 
 def eps_key(eps: float) -> str:
@@ -57,12 +61,20 @@ def run_curve(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out
 
     out = Path(out_path)
     if "eps" not in config.build_attack().default_values():
-        raise ConfigError("method", f"{config.method} takes no --eps budget (curve methods: ml-pgd, universal)")
+        takers = ", ".join(name for name, method in METHODS.items() if "eps" in method.default_values())
+        raise ConfigError("method", f"{config.method} takes no --eps budget (curve methods: {takers})")
     if not eps_values:
         raise ConfigError("eps", "give at least one epsilon")
     check_output_path(out, resume=config.resume, overwrite=config.overwrite)
     if config.resume and out.exists():
-        return read_curve(out)
+        curve = read_curve(out)
+        asked = {"method": config.method, "eps": [eps_key(e) for e in eps_values]}
+        stored = {"method": curve["method"], "eps": [eps_key(p["eps"]) for p in curve["points"]]}
+        if asked != stored:
+            raise BadInputError(f"cannot resume {out}: it holds a {stored['method']} curve at eps "
+                                f"{','.join(stored['eps'])}, this run asks for {config.method} at "
+                                f"{','.join(asked['eps'])}")
+        return curve
     parts = []
     for index, eps in enumerate(eps_values):
         part = part_path(out, eps)
@@ -102,9 +114,9 @@ def _gather(out: Path, parts: list[Path], eps_values: list[float], points: list[
                                 norm=str(config.attack_options.get("norm", "inf")), complete=True,
                                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         os.replace(partial, out)
-    except OSError as exc:
+    except (OSError, RuntimeError, ValueError) as exc:  # h5py reports failed writes as any of these
         partial.unlink(missing_ok=True)
-        raise BadInputError(f"cannot write the curve file {out}: {exc.strerror or exc}") from None
+        raise BadInputError(f"cannot write the curve file {out}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def read_curve(path: str | os.PathLike) -> dict:
@@ -152,6 +164,7 @@ def write_curve_figure(curve: dict, png: str | os.PathLike) -> Path:
     figure.tight_layout()
     path = Path(png)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path)
     except OSError as exc:
         raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -410,6 +410,7 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
         if not convert:
             return loaded
         if gradients == "estimate":
+            _refuse_estimated_with_passthrough(others, "--gradients estimate was asked for")
             return _estimated(loaded, kind, threshold, seed, "asked for with --gradients estimate")
         try:
             score_graph = _score_graph(proto, tensor_name, score_output.name)
@@ -427,9 +428,16 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
         except (ConversionError, FidelityError) as exc:
             if gradients == "torch":
                 raise
+            _refuse_estimated_with_passthrough(others, first_line(exc))
             loaded.graph = None
             return _estimated(loaded, kind, threshold, seed, first_line(exc))
         return loaded
+
+
+def _refuse_estimated_with_passthrough(others: tuple[TensorInfo, ...], why: str) -> None:
+    if others:
+        raise UnsupportedModelError(f"{why}; estimated gradients do not take models with several inputs yet "
+                                    f"(other inputs: {', '.join(i.name for i in others)})")
 
 
 def _estimated(loaded: LoadedModel, kind: ScoresKind, threshold: float | None, seed: int, why: str) -> LoadedModel:
@@ -471,6 +479,11 @@ def inspect_model(path: str | os.PathLike, *, output: str | None = None, scores:
 
     proto = read_model(path)
     info = describe(proto, path)
+    try:  # a choice left to the user (several candidates, an unknown name) is exit 2, raised from here
+        attacked: TensorInfo | None = choose_attack_input(info, attack_input)
+        refusal = None
+    except UnsupportedModelError as exc:  # an integer input: described, then refused (exit 3)
+        attacked, refusal = None, str(exc)
     report: dict = {
         "path": str(info.path), "sha256": info.sha256, "producer": info.producer,
         "ir_version": info.ir_version, "opsets": info.opsets,
@@ -478,6 +491,7 @@ def inspect_model(path: str | os.PathLike, *, output: str | None = None, scores:
         "metadata": {k: v for k, v in info.metadata.items() if k != "labels"},
         "labels": read_labels(info, labels_file), "score_output": None, "scores_kind": None,
         "converts": False, "blocking_ops": [], "reason": None, "fidelity": None, "notes": [],
+        "attack_input": attacked.name if attacked else None,
     }
     try:
         chosen = choose_score_output(info, output)
@@ -486,10 +500,11 @@ def inspect_model(path: str | os.PathLike, *, output: str | None = None, scores:
         tensor_name, _ = attack_tensor(proto, chosen.name, cut_activation=True)
         report["attack_tensor"] = tensor_name
         report["blocking_ops"] = blocking_ops(_score_graph(proto, tensor_name, chosen.name))
-        attacked = choose_attack_input(info, attack_input)
-        report["attack_input"] = attacked.name
     except OnnxAttackError as exc:
         report["reason"] = str(exc)
+        return report
+    if attacked is None:
+        report["reason"] = refusal
         return report
     if probe is None:
         sample = _sample_shape(attacked, shape)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .attacks import Attack, SetAttack
-from .batch import attack_arrays, batch_targets, judge, target_spec
+from .batch import attack_arrays, batch_targets, check_exclusion_targets, judge, target_spec
 from .config import AttackConfig
 from .errors import BadInputError, UnsupportedModelError
 from .inputs import InputSource, check_passthrough_sources, open_inputs, open_passthrough, scan_inputs
@@ -21,7 +21,7 @@ from .loader import LoadedModel, check_passthrough, load
 from .merge import shard_attrs
 from .model import choose_attack_input, describe, read_model
 from .runtime import to_input_dtype
-from .scores import Criterion, criterion_for
+from .scores import Criterion, TopKExclusionCriterion, criterion_for
 from .store import ResultWriter, check_output_path
 from .targets import TargetSpec, check_target_file
 from .types import Task
@@ -46,6 +46,13 @@ class RunPlan:
     start: int = 0  # this run's rows [start, stop) of the input set: all of them unless --shard
     stop: int = -1
     others: dict[str, InputSource] = field(default_factory=dict)  # multi-input models: passed through
+
+    def target_for(self, first: int, rows: int) -> TargetSpec | np.ndarray:
+        """The targets of input rows [first, first + rows): rows of --target-file, or the strategy."""
+        if self.target_rows is not None:
+            return self.target_rows[first:first + rows]
+        assert self.spec is not None  # plan() sets one of the two
+        return self.spec
 
     def batches(self, start: int, batch_size: int) -> Iterator[tuple[int, np.ndarray, dict[str, np.ndarray]]]:
         """(first row, attacked rows, the other inputs' rows) from row `start` to this run's stop."""
@@ -120,6 +127,11 @@ def plan(model_path: str | os.PathLike, inputs_path: str | os.PathLike, config: 
     else:
         spec = target_spec(config.target, model, attack)
     criterion = judge(model, attack, spec, config.top_k)
+    if target_rows is not None and isinstance(criterion, TopKExclusionCriterion):
+        check_exclusion_targets(target_rows, criterion.k, 0)  # before the result file exists
+    if isinstance(attack, SetAttack) and model.gradients == "estimated":
+        raise UnsupportedModelError(f"{attack.name} learns from the whole input set through the torch graph, and "
+                                    f"this model has none: {model.notes[-1]}")
     start, stop = shard_rows(count, config.batch_size, config.shard)
     return RunPlan(model, attack, source, source_name, spec, target_rows, criterion, count, start, stop, others)
 
@@ -168,10 +180,10 @@ def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, ou
     torch.manual_seed(config.seed)
     writer = _open_writer(out_path, run, config, inputs_path)
     started = time.monotonic()
-    if isinstance(run.attack, SetAttack):
-        _learn_or_reuse(run, config, run.attack, writer)
     elapsed_before = float(writer.handle.attrs.get("elapsed_s", 0.0))
     try:
+        if isinstance(run.attack, SetAttack):
+            _learn_or_reuse(run, config, run.attack, writer)
         start = writer.rows_written
         successes = int(np.sum(writer.handle["success"][:start])) if start else 0
         attacked_total = int(np.sum(writer.handle["attacked"][:start])) if start else 0
@@ -179,8 +191,7 @@ def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, ou
         if progress:
             progress(start, rows, successes, attacked_total)
         for first, x, other_inputs in run.batches(run.start + start, config.batch_size):
-            target = run.target_rows[first:first + len(x)] if run.target_rows is not None else run.spec
-            assert target is not None  # plan() sets one of the two
+            target = run.target_for(first, len(x))
             result = attack_arrays(run.model, x, run.attack, target, box=config.box, seed=config.seed,
                                    first_index=first, source=run.source_name, criterion=run.criterion,
                                    other_inputs=other_inputs)
@@ -201,20 +212,16 @@ def _learn_or_reuse(run: RunPlan, config: AttackConfig, attack: SetAttack, write
     """A set attack learns from every row of the run before any is attacked, and the file keeps what it
     learnt (a resumed run reads it back instead of learning again)."""
     model = run.model
-    if model.gradients == "estimated":
-        raise UnsupportedModelError(f"{attack.name} learns from the whole input set through the torch graph; "
-                                    f"this model's gradients are estimated ({model.notes[-1]})")
     stored = writer.learnt()
     if stored is not None:
-        attack.use(torch.as_tensor(stored, device=model.device))
+        attack.use(torch.as_tensor(stored[0], device=model.device), stored[1])
         return
 
     def epoch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for first, x, other_inputs in run.batches(run.start, config.batch_size):
             x = to_input_dtype(np.asarray(x), model.input.dtype)
             others = check_passthrough(model.passthrough_inputs, other_inputs, len(x), run.source_name)
-            target = run.target_rows[first:first + len(x)] if run.target_rows is not None else run.spec
-            assert target is not None  # plan() sets one of the two
+            target = run.target_for(first, len(x))
             with model.bound(others):
                 _, _, goal, attacked = batch_targets(model, x, target, run.spec, run.criterion, config.seed, first)
                 index = np.flatnonzero(attacked)
@@ -224,7 +231,7 @@ def _learn_or_reuse(run: RunPlan, config: AttackConfig, attack: SetAttack, write
 
     batches = -(-(run.stop - run.start) // config.batch_size)
     learnt = attack.fit(model.victim(config.box), epoch, batches, run.criterion)
-    writer.write_learnt(learnt.detach().cpu().numpy())
+    writer.write_learnt(learnt.detach().cpu().numpy(), attack.learning_calls)
 
 
 def versions() -> dict[str, str]:
@@ -256,9 +263,14 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str], device
     task = Task(attrs.get("task", Task.CLASSIFICATION.value))
     rates: dict[str, dict] = {}
     for model_path in model_paths:
+        # the other model takes the stored pass-through inputs it has (by name), perhaps none of them
+        takes = {value.name for value in describe(read_model(model_path), model_path).inputs}
+        fed = [name for name in stored_others if name in takes]
+        attacked = attrs.get("attack_input")
         other = load(model_path, device=device, convert=False, box=tuple(params.get("box", (0.0, 1.0))),
-                     probe=probe, attack_input=attrs.get("attack_input") if stored_others else None,
-                     probe_others=probe_others or None, probe_name=f"{Path(results_path).name}:x")
+                     probe=probe, attack_input=attacked if attacked in takes else None,
+                     probe_others={name: probe_others[name] for name in fed},
+                     probe_name=f"{Path(results_path).name}:x")
         if other.num_labels != len(labels):
             raise BadInputError(f"{model_path} has {other.num_labels} labels, the results have {len(labels)}")
         criterion = criterion_for(task, other.reader, int(params.get("top_k") or 1))
@@ -267,7 +279,7 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str], device
             group = begin_transfer(handle, other.name, rows, len(labels))
             for start in range(0, rows, chunk):
                 stop = min(rows, start + chunk)
-                others = {name: handle[passthrough_dataset(name)][start:stop] for name in stored_others}
+                others = {name: handle[passthrough_dataset(name)][start:stop] for name in fed}
                 with other.bound(others):
                     result = transfer(other, criterion, handle["x"][start:stop], handle["x_adv"][start:stop],
                                       handle["y_target"][start:stop])

@@ -194,13 +194,17 @@ class ResultWriter:
         except (OSError, RuntimeError) as exc:  # h5py reports failed writes as either
             raise self._write_failed(exc, start) from None
 
-    def learnt(self) -> np.ndarray | None:
-        """What a set attack learnt, if this file holds it (a resumed run)."""
-        return np.asarray(self.handle[LEARNT_DATASET]) if LEARNT_DATASET in self.handle else None
+    def learnt(self) -> tuple[np.ndarray, int] | None:
+        """What a set attack learnt and the model calls per row it took, if this file holds it (a resume)."""
+        if LEARNT_DATASET not in self.handle:
+            return None
+        dataset = self.handle[LEARNT_DATASET]
+        return np.asarray(dataset), int(dataset.attrs.get("model_calls", 0))
 
-    def write_learnt(self, learnt: np.ndarray) -> None:
+    def write_learnt(self, learnt: np.ndarray, model_calls: int) -> None:
         try:
-            self.handle.create_dataset(LEARNT_DATASET, data=learnt)
+            dataset = self.handle.create_dataset(LEARNT_DATASET, data=learnt)
+            dataset.attrs["model_calls"] = model_calls
             self.handle.flush()
         except (OSError, RuntimeError) as exc:
             raise self._write_failed(exc, self.rows_written) from None

@@ -249,3 +249,23 @@ def test_the_cli_refuses_budget_options_elsewhere_and_unknown_norms(zoo_model, t
     assert refused.exit_code == 2 and "--eps" in refused.output and "ml-cw" in refused.output
     unknown = CliRunner().invoke(main, [*base, "--method", "ml-pgd", "--norm", "1"])
     assert unknown.exit_code == 2 and "--norm" in unknown.output
+
+
+def test_top_k_exclusion_targets_no_perturbation_can_reach_are_refused(zoo_model, zoo_inputs, tmp_path):
+    np.save(tmp_path / "x.npy", zoo_inputs("digits-ranker", 4))
+    np.save(tmp_path / "empty.npy", np.zeros((4, 10), dtype=np.int8))
+    base = ["attack", str(zoo_model("digits-ranker")), str(tmp_path / "x.npy"), "-o", str(tmp_path / "r.h5"),
+            "--method", "tkml-u"]
+    empty = CliRunner().invoke(main, [*base, "--target-file", str(tmp_path / "empty.npy")])
+    assert empty.exit_code == 2 and "names no label to push out" in empty.output
+    assert not (tmp_path / "r.h5").exists()
+    crowded = CliRunner().invoke(main, [*base, "--target=-0,-1", "--top-k", "9"])
+    assert crowded.exit_code == 2 and "fewer than k = 9" in crowded.output
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_ml_pgd_with_a_budget_beyond_the_box_does_not_overshoot(mosaic, norm):
+    """eps far larger than the box: default steps and starts follow the box, so success is not lost."""
+    model, x = mosaic
+    result = attack_arrays(model, x, MLPGD(eps=1e9, norm=norm, max_iter=20), "hide-single")
+    assert result.success[result.attacked].mean() == 1.0

@@ -18,8 +18,7 @@ from click.testing import CliRunner
 from onnxattack.cli.main import main
 from torch import nn
 
-from onnxattack import attack_arrays, load
-from onnxattack.attacks import MLCarliniWagner
+from onnxattack import UnsupportedModelError, load
 
 warnings.filterwarnings("ignore")
 LABELS = 5
@@ -213,19 +212,37 @@ def test_shards_resume_and_merge_keep_the_passthrough_rows(image_model, tmp_path
     assert np.array_equal(recomputed, stored)
 
 
-def test_library_call_with_other_inputs_and_estimated_gradients(image_model):
+def test_estimated_gradients_refuse_several_inputs_with_the_reason(image_model):
     model_path, arrays = image_model
-    model = load(model_path, attack_input="image", gradients="estimate", max_queries=4000,
-                 probe=arrays["image"][:4], probe_others={"metadata": arrays["metadata"][:4]})
-    result = attack_arrays(model, arrays["image"][:4], MLCarliniWagner(max_iter=20, binary_steps=2),
-                           "hide-single", other_inputs={"metadata": arrays["metadata"][:4]})
-    assert np.array_equal(result.other_inputs["metadata"], arrays["metadata"][:4])
-    assert result.queries.max() <= 4000 and result.queries[result.attacked].min() > 0
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    scores = session.run(None, {"image": result.x_adv, "metadata": arrays["metadata"][:4]})[0]
-    assert np.array_equal(((scores > 0) == result.y_target.astype(bool)).all(axis=1) & result.attacked,
-                          result.success)
-    assert result.success.any()
+    with pytest.raises(UnsupportedModelError, match="several inputs"):
+        load(model_path, attack_input="image", gradients="estimate", probe=arrays["image"][:4],
+             probe_others={"metadata": arrays["metadata"][:4]})
+
+
+class ImageOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 16, LABELS)
+
+    def forward(self, image):
+        return self.head(nn.functional.avg_pool2d(torch.tanh(self.conv(image)), 2).flatten(1))
+
+
+def test_validate_feeds_another_model_only_the_inputs_it_takes(image_model, tmp_path):
+    model, arrays = image_model
+    other = export(ImageOnly(), (torch.rand(2, 1, 8, 8),), ["pixels"], tmp_path / "image_only.onnx")
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    out = tmp_path / "r.h5"
+    attack(model, tmp_path / "inputs.npz", out, "--attack-input", "image", "--method", "ml-deepfool")
+    code, output = run("validate", str(out), "--model", str(other), "--json")
+    assert code == 0, output
+    session = ort.InferenceSession(str(other), providers=["CPUExecutionProvider"])
+    with h5py.File(out, "r") as handle:
+        scores = session.run(None, {"pixels": handle["x_adv"][:]})[0]
+        reached = ((scores > 0) == handle["y_target"][:].astype(bool)).all(axis=1) & handle["attacked"][:]
+        assert np.array_equal(handle[f"transfer/{other.stem}/success"][:], reached)
 
 
 def test_a_byte_values_model_is_refused_with_the_reason(tmp_path):
@@ -270,3 +287,9 @@ def test_input_names_with_a_slash_stay_one_dataset_through_validate_and_merge(tm
         assert list(handle["inputs"]) == ["encoder%2Fmeta:0"]
         assert np.array_equal(handle["inputs/encoder%2Fmeta:0"][:], arrays["encoder/meta:0"])
         assert np.array_equal(handle[f"transfer/{path.stem}/success"][:], handle["success"][:])
+
+
+def test_inspect_asks_which_input_when_several_could_be_perturbed(image_model):
+    model, _ = image_model
+    code, output = run("inspect", str(model))
+    assert code == 2 and "--attack-input" in output and output.count("\n") == 1

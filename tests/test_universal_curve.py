@@ -68,7 +68,7 @@ def test_resume_reads_the_stored_delta(yeast, tmp_path):
             "--batch-size", "8", "--quiet", "--max-iter", "5")
     assert run(*args)[0] == 0
     with h5py.File(out, "r+") as handle:
-        delta, x_adv = handle["universal_delta"][:], handle["x_adv"][:]
+        delta, x_adv, calls = handle["universal_delta"][:], handle["x_adv"][:], handle["model_calls"][:]
         handle.attrs["rows_written"] = 8  # as if the run had stopped after its first batch
         handle.attrs["complete"] = False
         handle["universal_delta"][...] = delta  # the delta was written before any row
@@ -77,6 +77,7 @@ def test_resume_reads_the_stored_delta(yeast, tmp_path):
     with h5py.File(out, "r") as handle:
         assert np.array_equal(handle["universal_delta"][:], delta)
         assert np.array_equal(handle["x_adv"][:], x_adv)
+        assert np.array_equal(handle["model_calls"][:], calls)  # the fit's calls are counted after a resume too
         assert bool(handle.attrs["complete"])
 
 
@@ -155,3 +156,18 @@ def test_universal_top_k_pushes_every_input_top_label_out(zoo_model, zoo_inputs,
         pushed_out = ~target[np.arange(len(best)), best]
         assert np.array_equal(pushed_out & handle["attacked"][:], handle["success"][:])
         assert np.abs(handle["universal_delta"][:]).max() <= 0.3
+
+
+def test_curve_refuses_equal_eps_and_a_resume_with_other_eps(zoo_model, zoo_inputs, tmp_path):
+    model = zoo_model("digits-mosaic")
+    np.save(tmp_path / "x.npy", zoo_inputs("digits-mosaic", 2))
+    out = tmp_path / "c.h5"
+    code, output = run("curve", model, tmp_path / "x.npy", "-o", out, "--eps", "0.1,0.1000000001")
+    assert code == 2 and "once" in output and not out.exists()
+    (tmp_path / "a_file").write_text("")
+    code, output = run("curve", model, tmp_path / "x.npy", "-o", out, "--eps", "0.1", "--max-iter", "5",
+                       "--png", tmp_path / "a_file" / "c.png")
+    assert code == 2 and "c.png" in output and not out.exists()  # refused before any pass ran
+    assert run("curve", model, tmp_path / "x.npy", "-o", out, "--eps", "0.1", "--max-iter", "5")[0] == 0
+    code, output = run("curve", model, tmp_path / "x.npy", "-o", out, "--eps", "0.2", "--max-iter", "5", "--resume")
+    assert code == 2 and "cannot resume" in output

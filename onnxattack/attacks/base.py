@@ -107,5 +107,10 @@ class SetAttack(Attack):
         model's real output, as onnxruntime judges."""
 
     @abstractmethod
-    def use(self, learnt: torch.Tensor) -> None:
-        """Attack with what a previous `fit` learnt."""
+    def use(self, learnt: torch.Tensor, learning_calls: int = 0) -> None:
+        """Attack with what a previous `fit` learnt (learning_calls: the model calls per row it took)."""
+
+    @property
+    @abstractmethod
+    def learning_calls(self) -> int:
+        """Model calls per row the last `fit` took (counted in every row's model_calls)."""

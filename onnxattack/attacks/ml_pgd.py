@@ -58,7 +58,8 @@ class MLPGD(Attack):
     - Start: uniform in the L-inf ball, or uniform in the L2 ball (random_start=False: x itself),
       drawn from torch's generator (the pipeline seeds it with --seed).
     - Step size, cosine schedule: step t of max_iter is step_size * (1 + cos(pi t / max_iter)), so the
-      steps add up to max_iter x step_size; the default step_size 2.5 eps / max_iter makes that 2.5 eps,
+      steps add up to max_iter x step_size; the default step_size 2.5 eps / max_iter makes that 2.5 eps
+      (eps capped at the box's diameter, beyond which a budget changes nothing),
       as in Madry et al.'s constant schedule, with long steps first and fine ones at the end.
     - Projection onto the budget AND the box: for L-inf their intersection, element-wise and exact in
       the input's own dtype (linf_bounds: |x' - x| <= eps holds after rounding); for L2 the ball's
@@ -84,6 +85,7 @@ class MLPGD(Attack):
         self.restarts = at_least_one("restarts", restarts)
         self.step_size = (2.5 * self.eps / self.max_iter if step_size is None
                           else number("step_size", step_size, positive=True))
+        self._step_from_eps = step_size is None
         self.random_start = bool(random_start)
         self.kappa = number("kappa", kappa, positive=False)
 
@@ -131,19 +133,27 @@ class MLPGD(Attack):
                     iterations[ids] += 1
         return AttackResult.from_inputs(x, best_x, done, iterations, calls)
 
+    def _reach(self, x: torch.Tensor, box: tuple[float, float]) -> float:
+        """The budget that can matter: eps, at most the box's diameter (a larger eps would only make the
+        default steps and the random start overshoot the box)."""
+        diameter = (box[1] - box[0]) * (1.0 if self.norm == "inf" else math.sqrt(x[0].numel()))
+        return min(self.eps, diameter)
+
     def _start(self, x: torch.Tensor, box: tuple[float, float]) -> torch.Tensor:
         if not self.random_start:
             return x.clone()
+        reach = self._reach(x, box)
         if self.norm == "inf":
-            return self._project(x, x + (torch.rand_like(x) * 2 - 1) * self.eps, box)
+            return self._project(x, x + (torch.rand_like(x) * 2 - 1) * reach, box)
         direction = torch.randn_like(x)
         direction = direction / _per_row(direction.flatten(1).norm(dim=1).clamp_min(1e-12), x)
-        radius = self.eps * torch.rand(len(x), dtype=x.dtype, device=x.device) ** (1.0 / x[0].numel())
+        radius = reach * torch.rand(len(x), dtype=x.dtype, device=x.device) ** (1.0 / x[0].numel())
         return self._project(x, x + direction * _per_row(radius, x), box)
 
     def _step(self, x: torch.Tensor, current: torch.Tensor, grad: torch.Tensor, step: int,
               box: tuple[float, float]) -> torch.Tensor:
-        size = self.step_size * (1 + math.cos(math.pi * step / self.max_iter))
+        mean_step = self.step_size * (self._reach(x, box) / self.eps if self._step_from_eps else 1.0)
+        size = mean_step * (1 + math.cos(math.pi * step / self.max_iter))
         if self.norm == "inf":
             direction = grad.sign()
         else:

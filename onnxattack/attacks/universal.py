@@ -28,7 +28,9 @@ class UniversalPerturbation(SetAttack):
     `run` then adds it to each input, projected exactly into the budget and the box in the input's
     own dtype (as ML-PGD projects). Called on a batch without `fit`, it learns delta from that batch.
 
-    model_calls per row: 2 per epoch of the fit (1 forward + 1 backward), 1 for its own verdict.
+    Fitting stops early once the delta satisfies every input of the set.
+    model_calls per row: 3 per epoch of the fit (forward + backward of the step, a forward measuring the
+    epoch's delta), 1 for its own verdict.
     """
 
     name = "universal"
@@ -51,10 +53,11 @@ class UniversalPerturbation(SetAttack):
         """The learnt perturbation (sample shape), None before `fit` or `use`."""
         return self._delta
 
-    def use(self, learnt: torch.Tensor) -> None:
-        """Attack with a perturbation learnt before (a resumed run reads it from its file)."""
+    def use(self, learnt: torch.Tensor, learning_calls: int = 0) -> None:
+        """Attack with a perturbation learnt before (a resumed run reads it, and the fit's model calls
+        per row, from its file)."""
         self._delta = learnt.detach()
-        self._fit_calls = 0
+        self._fit_calls = learning_calls
 
     def fit(self, victim: Victim, epoch: Epoch, batches: int, criterion: Criterion) -> torch.Tensor:
         """Learn delta over the set `epoch()` yields (in `batches` batches)."""
@@ -71,31 +74,54 @@ class UniversalPerturbation(SetAttack):
     def _fit(self, victim: Victim, epoch: Epoch, batches: int, criterion: Criterion) -> torch.Tensor:
         lo, hi = victim.box
         steps = self.max_iter * max(1, batches)
-        base = self.step_size if self.step_size is not None else 2.5 * self.eps / steps
+        base = self.step_size
         delta: torch.Tensor | None = None
         best, best_held = None, -1
-        step = 0
-        for _ in range(self.max_iter):
-            held = 0
+        step = epochs = 0
+        while epochs < self.max_iter:
+            epochs += 1
             for x, target in epoch():
                 if delta is None:
                     delta = torch.zeros_like(x[0])
+                    diameter = (hi - lo) * (1.0 if self.norm == "inf" else math.sqrt(delta.numel()))
+                    reach = min(self.eps, diameter)  # beyond the box's diameter a budget changes nothing
+                    base = base if base is not None else 2.5 * reach / steps
+                assert base is not None
                 leaf = delta.clone().requires_grad_(True)
                 scores = victim.attack_space((x + leaf).clamp(lo, hi))
                 (grad,) = torch.autograd.grad(self.loss(scores, target, criterion).sum(), leaf)
                 with torch.no_grad():
-                    held += int(criterion.reached_tensor(scores.detach(), target).sum())
                     size = base * (1 + math.cos(math.pi * step / steps))
                     direction = grad.sign() if self.norm == "inf" else grad / grad.norm().clamp_min(1e-12)
                     delta = self._project(delta - size * direction)
                 step += 1
-            if delta is not None and held >= best_held:  # measured with the delta each batch saw
+            if delta is None:
+                raise BadInputError(f"{self.name}: no input to learn a perturbation from")
+            held, total = self._held(victim, epoch, delta, criterion)  # the epoch's delta, measured over the set
+            if held > best_held:
                 best, best_held = delta.clone(), held
-        if best is None:
-            raise BadInputError("universal: no input to learn a perturbation from")
+            if held == total:
+                break
+        assert best is not None
         self._delta = best
-        self._fit_calls = 2 * self.max_iter
+        self._fit_calls = 3 * epochs
         return best
+
+    @property
+    def learning_calls(self) -> int:
+        """Model calls per row the fit took (2 per epoch for the step, 1 for measuring the epoch's delta)."""
+        return self._fit_calls
+
+    def _held(self, victim: Victim, epoch: Epoch, delta: torch.Tensor, criterion: Criterion) -> tuple[int, int]:
+        """(inputs whose target delta reaches, inputs), on the attack tensor."""
+        lo, hi = victim.box
+        held = total = 0
+        with torch.no_grad():
+            for x, target in epoch():
+                scores = victim.attack_space((x + delta).clamp(lo, hi))
+                held += int(criterion.reached_tensor(scores, target).sum())
+                total += len(x)
+        return held, total
 
     def _project(self, delta: torch.Tensor) -> torch.Tensor:
         """Into the eps ball, exactly in delta's dtype (eps itself may round up: 0.2 in float32 > 0.2)."""
