@@ -85,14 +85,14 @@ def run_curve(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out
             on_pass(index, len(eps_values), eps)
         run(model_path, inputs_path, part, settings, progress)
         parts.append(part)
-    points = [_point(eps, summarize(part)) for eps, part in zip(eps_values, parts, strict=True)]
+    points = [_curve_point(eps, summarize(part)) for eps, part in zip(eps_values, parts, strict=True)]
     _gather(out, parts, eps_values, points, config)
     for part in parts:
         part.unlink(missing_ok=True)
     return read_curve(out)
 
 
-def _point(eps: float, summary: dict) -> dict:
+def _curve_point(eps: float, summary: dict) -> dict:
     return {"eps": eps, "attacked": summary["attacked"], "successes": summary["successes"],
             "success_rate": summary["success_rate"], "linf_mean": summary["linf_mean"],
             "l2_mean": summary["l2_mean"]}

@@ -249,13 +249,15 @@ def open_passthrough(path: str | os.PathLike, names: list[str], attacked: str) -
     return {name: open_inputs(path, name) for name in names}
 
 
-def check_passthrough_sources(sources: dict[str, InputSource], count: int, where: str) -> None:
-    """Each pass-through input has a row per input, and real, finite values (no box applies: they are
-    not perturbed)."""
+def check_passthrough_sources(sources: dict[str, InputSource], total: int, count: int, where: str) -> None:
+    """Each pass-through input has exactly a row per input (`total`: the attacked array's rows; a
+    different count means the arrays are not aligned), and real, finite values in the `count` rows
+    attacked (no box applies: they are not perturbed)."""
     for name, source in sources.items():
         label = f"{where}:{name}"
-        if source.count < count:
-            raise BadInputError(f"{label} has {source.count} rows, the attacked input {count}")
+        if source.count != total:
+            raise BadInputError(f"{label} has {source.count} rows, the attacked input {total}: "
+                                f"every input needs one row per sample")
         check_numeric(source.dtype, label)
         for first, rows in source.batches(0, count, 4096):
             bad = _first_bad_row(rows, (-np.inf, np.inf))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -176,12 +176,8 @@ class LoadedModel:
         def begin(rows: np.ndarray) -> None:
             query_model.begin(rows, self.max_queries)
 
-        @contextlib.contextmanager
-        def select(rows: np.ndarray) -> Iterator[None]:
-            with query_model.select(rows), (passthrough.select(rows) if passthrough else contextlib.nullcontext()):
-                yield
-
-        return Victim(query_model, self.reader, box, jacobian=jacobian, begin=begin, select=select)
+        # estimated gradients take one-input models only (load refuses the others)
+        return Victim(query_model, self.reader, box, jacobian=jacobian, begin=begin, select=query_model.select)
 
     def queries_spent(self) -> np.ndarray | None:
         """Queries per row of the batch last attacked (None with torch gradients)."""
@@ -285,10 +281,10 @@ def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str
                 return batched
         except Exception:  # the batch size is baked into the graph too
             pass
-    return _fixed_batch_note(original, fixed, notes)
+    return _with_fixed_batch_note(original, fixed, notes)
 
 
-def _fixed_batch_note(original: OrtScorer, fixed: int, notes: list[str]) -> OrtScorer:
+def _with_fixed_batch_note(original: OrtScorer, fixed: int, notes: list[str]) -> OrtScorer:
     notes.append(f"batch size {fixed} is baked into the model's graph: it runs {fixed} sample(s) "
                  f"at a time (slower)")
     return original

@@ -114,7 +114,7 @@ def plan(model_path: str | os.PathLike, inputs_path: str | os.PathLike, config: 
     source_name = Path(inputs_path).name
     count = source.count if config.limit is None else min(source.count, config.limit)
     scan_inputs(source, count, config.box, source_name)
-    check_passthrough_sources(others, count, source_name)
+    check_passthrough_sources(others, source.count, count, source_name)
     probe, probe_others = first_rows(source, others, min(count, 4))
     model = load(model_path, device=config.device, output=config.output, scores=config.scores,
                  threshold=config.threshold, labels_file=config.labels_file, tolerance=config.tolerance,

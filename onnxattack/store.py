@@ -284,6 +284,10 @@ def open_results(path: str | os.PathLike, mode: str = "r") -> h5py.File:
     except OSError as exc:
         raise BadInputError(f"{path} is not a readable HDF5 result file: {exc}") from None
     missing = [name for name in ("x_adv", "success", "y_target") if name not in handle]
+    if missing and _plain(handle.attrs.get("kind")) == "curve":
+        handle.close()
+        raise BadInputError(f"{path} is a curve file: each of its runs is a group eps/<value> (`onnxattack curve "
+                            f"... --resume` prints the curve)")
     if missing:
         handle.close()
         raise BadInputError(f"{path} is not an onnxattack result file (missing {', '.join(missing)})")

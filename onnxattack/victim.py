@@ -14,7 +14,7 @@ from .scores import ScoreReader
 # (x [m, ...], which rows of the attacked batch they are [m]) -> (attack-space scores [m, L], J [m, L, d])
 JacobianFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # rows of the attacked batch -> a block inside which calls send exactly those rows, in that order
-RowSelector = Callable[[np.ndarray], contextlib.AbstractContextManager[None]]
+RowSelector = Callable[[np.ndarray | torch.Tensor], contextlib.AbstractContextManager[None]]
 
 
 @dataclass
@@ -43,8 +43,7 @@ class Victim:
         """Calls inside the block send the rows `rows` of the attacked batch (None: the whole batch)."""
         if rows is None or self.select is None:
             return contextlib.nullcontext()
-        index = rows.detach().cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
-        return self.select(index)
+        return self.select(rows)
 
     def attack_space(self, x: torch.Tensor) -> torch.Tensor:
         return self.reader.attack_space(self.logits(x))

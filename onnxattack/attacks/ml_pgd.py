@@ -17,6 +17,13 @@ NORMS = ("inf", "2")
 DEFAULT_EPS = {"inf": 8 / 255, "2": 0.5}  # the usual budgets for images in [0, 1]
 
 
+def checked_budget(norm: str, eps: float | None) -> tuple[str, float]:
+    """(norm, eps) checked, eps defaulting to the norm's usual budget (ML-PGD and universal share it)."""
+    if norm not in NORMS:
+        raise ConfigError("norm", f"unknown norm {norm!r} (expected one of: {', '.join(NORMS)})")
+    return norm, number("eps", DEFAULT_EPS[norm] if eps is None else eps, positive=True)
+
+
 def _per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view((-1,) + (1,) * (like.dim() - 1))
 
@@ -77,10 +84,7 @@ class MLPGD(Attack):
 
     def __init__(self, eps: float | None = None, norm: str = "inf", max_iter: int = 100, restarts: int = 1,
                  step_size: float | None = None, random_start: bool = True, kappa: float = 0.0) -> None:
-        if norm not in NORMS:
-            raise ConfigError("norm", f"unknown norm {norm!r} (expected one of: {', '.join(NORMS)})")
-        self.norm = norm
-        self.eps = number("eps", DEFAULT_EPS[norm] if eps is None else eps, positive=True)
+        self.norm, self.eps = checked_budget(norm, eps)
         self.max_iter = at_least_one("max_iter", max_iter)
         self.restarts = at_least_one("restarts", restarts)
         self.step_size = (2.5 * self.eps / self.max_iter if step_size is None

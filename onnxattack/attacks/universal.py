@@ -7,13 +7,13 @@ import math
 
 import torch
 
-from ..errors import BadInputError, ConfigError
+from ..errors import BadInputError
 from ..scores import Criterion, TopKExclusionCriterion
 from ..types import Task
 from ._checks import at_least_one, number
 from .base import AttackResult, Epoch, SetAttack, Victim
 from .ml_cw import threshold_criterion
-from .ml_pgd import DEFAULT_EPS, NORMS, linf_bounds, within_l2
+from .ml_pgd import checked_budget, linf_bounds, within_l2
 from .tkml import untargeted_top_k_term
 
 
@@ -38,10 +38,7 @@ class UniversalPerturbation(SetAttack):
 
     def __init__(self, eps: float | None = None, norm: str = "inf", max_iter: int = 20,
                  step_size: float | None = None, kappa: float = 0.0) -> None:
-        if norm not in NORMS:
-            raise ConfigError("norm", f"unknown norm {norm!r} (expected one of: {', '.join(NORMS)})")
-        self.norm = norm
-        self.eps = number("eps", DEFAULT_EPS[norm] if eps is None else eps, positive=True)
+        self.norm, self.eps = checked_budget(norm, eps)
         self.max_iter = at_least_one("max_iter", max_iter)
         self.step_size = None if step_size is None else number("step_size", step_size, positive=True)
         self.kappa = number("kappa", kappa, positive=False)
