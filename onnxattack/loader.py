@@ -388,20 +388,14 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
             raise UnsupportedModelError(f"output {score_output.name!r} gives scores of shape "
                                         f"{list(probe_scores.shape)}, not [batch, labels]")
         num_labels = int(probe_scores.shape[1])
-
-        labels = read_labels(info, labels_file)
-        if labels is None:
-            labels = [str(i) for i in range(num_labels)]
-        elif len(labels) != num_labels:
-            raise BadInputError(f"{len(labels)} label names for {num_labels} labels")
-
+        labels = _label_names(info, labels_file, num_labels)
         torch_dtype = (torch.from_numpy(np.zeros(0, dtype=input_info.dtype)).dtype
                        if input_info.is_float else torch.float32)
         loaded = LoadedModel(info=info, input=input_info, score_output=score_output, reader=reader,
                              scorer=scorer, num_labels=num_labels, labels=labels, device=torch_device,
                              torch_dtype=torch_dtype, box=(float(box[0]), float(box[1])), notes=notes,
                              passthrough_inputs=others, passthrough=passthrough, per_sample=per_sample,
-                         folded=folded)
+                             folded=folded)
         loaded.max_queries = max_queries
         if not convert:
             return loaded
@@ -409,18 +403,8 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
             _refuse_estimated_with_passthrough(others, "--gradients estimate was asked for")
             return _estimated(loaded, kind, threshold, seed, "asked for with --gradients estimate")
         try:
-            score_graph = _score_graph(proto, tensor_name, score_output.name)
-            order = tuple(value.name for value in graph_inputs(score_graph))
-
-            def bind(graph: torch.nn.Module) -> torch.nn.Module:
-                graph = PerSampleGraph(graph) if per_sample else graph
-                return BoundGraph(graph, order, input_info.name, passthrough) if others else graph
-
-            loaded.graph = _torch_graph(score_graph, fixed, probe, torch_dtype, torch_device, notes, bind)
-            if folded:
-                loaded.graph = FoldedGraph(loaded.graph, reduce)
-            loaded.fidelity = check_fidelity(loaded.graph, reader, scorer, probe, tolerance,
-                                             torch_dtype, torch_device)
+            _attach_torch_graph(loaded, _score_graph(proto, tensor_name, score_output.name), fixed, probe, tolerance,
+                                reduce)
         except (ConversionError, FidelityError) as exc:
             if gradients == "torch":
                 raise
@@ -428,6 +412,33 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
             loaded.graph = None
             return _estimated(loaded, kind, threshold, seed, first_line(exc))
         return loaded
+
+
+def _label_names(info: ModelInfo, labels_file: str | os.PathLike | None, num_labels: int) -> list[str]:
+    labels = read_labels(info, labels_file)
+    if labels is None:
+        return [str(i) for i in range(num_labels)]
+    if len(labels) != num_labels:
+        raise BadInputError(f"{len(labels)} label names for {num_labels} labels")
+    return labels
+
+
+def _attach_torch_graph(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndarray,
+                        tolerance: float, reduce: str) -> None:
+    """The converted score graph as x -> scores (row by row for a model without a batch dim, with the
+    pass-through inputs bound, frame scores folded), checked against onnxruntime on the probe."""
+    order = tuple(value.name for value in graph_inputs(score_graph))
+
+    def bind(graph: torch.nn.Module) -> torch.nn.Module:
+        graph = PerSampleGraph(graph) if loaded.per_sample else graph
+        if loaded.passthrough_inputs:
+            return BoundGraph(graph, order, loaded.input.name, loaded.passthrough)
+        return graph
+
+    graph = _torch_graph(score_graph, fixed, probe, loaded.torch_dtype, loaded.device, loaded.notes, bind)
+    loaded.graph = FoldedGraph(graph, reduce) if loaded.folded else graph
+    loaded.fidelity = check_fidelity(loaded.graph, loaded.reader, loaded.scorer, probe, tolerance,
+                                     loaded.torch_dtype, loaded.device)
 
 
 def _refuse_estimated_with_passthrough(others: tuple[TensorInfo, ...], why: str) -> None:
