@@ -17,7 +17,7 @@ import torch
 from .attacks import Attack
 from .errors import BadInputError
 from .inputs import check_rows
-from .loader import LoadedModel, check_passthrough, check_sample_shape
+from .loader import LoadedModel, check_sample_shape
 from .runtime import to_input_dtype
 from .scores import Criterion, TopKExclusionCriterion, criterion_for
 from .store import passthrough_dataset
@@ -147,13 +147,11 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
     x = np.asarray(x)
     check_rows(x, box, source, first_index)
     check_sample_shape(model.input, tuple(x.shape[1:]), source, model.per_sample)
-    if other_inputs and not model.passthrough_inputs:
-        raise BadInputError(f"the model has one input ({model.input.name}); got others: {', '.join(other_inputs)}")
-    others = check_passthrough(model.passthrough_inputs, other_inputs or {}, len(x), source)
+    others = model.checked_others(other_inputs, len(x), source)
     spec = None if isinstance(target, np.ndarray) else target_spec(target, model, attack)
     criterion = criterion or judge(model, attack, spec, top_k)
     x = to_input_dtype(x, model.input.dtype)
-    with model.bound(others):
+    with model.passthrough.bind(others):  # checked above
         clean, predicted, goal, attacked = batch_targets(model, x, target, spec, criterion, seed, first_index)
         x_adv = x.copy()
         iterations = np.zeros(len(x), dtype=np.int32)
@@ -164,7 +162,7 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
             victim = model.victim(box)
             if victim.begin is not None:
                 victim.begin(first_index + index)  # per-row query ledger, keyed by the input's index
-            with model.bound({name: rows[index] for name, rows in others.items()}):
+            with model.passthrough.bind({name: rows[index] for name, rows in others.items()}):
                 result = attack(victim, model.as_tensor(x[index]), torch.as_tensor(goal[index], device=model.device),
                                 criterion)
             x_adv[index] = to_input_dtype(result.x_adv.detach().cpu().numpy(), model.input.dtype)

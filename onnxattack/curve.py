@@ -60,7 +60,7 @@ def run_curve(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out
     from .engines import run
 
     out = Path(out_path)
-    if "eps" not in config.build_attack().default_values():
+    if "eps" not in METHODS[config.method].default_values():
         takers = ", ".join(name for name, method in METHODS.items() if "eps" in method.default_values())
         raise ConfigError("method", f"{config.method} takes no --eps budget (curve methods: {takers})")
     if not eps_values:

@@ -125,15 +125,17 @@ class LoadedModel:
     per_sample: bool = False  # the model has no batch dim: each input row is one whole model input
     folded: bool = False  # its scores [N, ..., L] fold their middle dims (--reduce)
 
+    def checked_others(self, others: Mapping[str, np.ndarray] | None, rows: int | None = None,
+                       where: str = "inputs") -> dict[str, np.ndarray]:
+        """A batch's pass-through inputs checked (every one present, `rows` rows each, in the model's shape)
+        and cast to the model's dtypes; a one-input model takes none."""
+        if others and not self.passthrough_inputs:
+            raise BadInputError(f"the model has one input ({self.input.name}); got other inputs {', '.join(others)}")
+        return check_passthrough(self.passthrough_inputs, others or {}, rows, where)
+
     def bound(self, others: Mapping[str, np.ndarray] | None) -> contextlib.AbstractContextManager[None]:
-        """Calls inside the block score rows of a batch whose pass-through inputs are `others` (checked:
-        every one present, one row per row of the batch, in the model's shape; cast to its dtype)."""
-        if not self.passthrough_inputs:
-            if others:
-                raise BadInputError(f"the model has one input ({self.input.name}); got other inputs "
-                                    f"{', '.join(others)}")
-            return contextlib.nullcontext()
-        return self.passthrough.bind(check_passthrough(self.passthrough_inputs, others or {}))
+        """Calls inside the block score rows of a batch whose pass-through inputs are `others` (checked)."""
+        return self.passthrough.bind(self.checked_others(others))
 
     @property
     def gradients(self) -> str:

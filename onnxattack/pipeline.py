@@ -17,7 +17,7 @@ from .batch import attack_arrays, batch_targets, check_exclusion_targets, judge,
 from .config import AttackConfig
 from .errors import BadInputError, UnsupportedModelError
 from .inputs import InputSource, check_passthrough_sources, open_inputs, open_passthrough, scan_inputs
-from .loader import LoadedModel, check_passthrough, load
+from .loader import LoadedModel, load
 from .merge import shard_attrs
 from .model import choose_attack_input, describe, read_model
 from .runtime import to_input_dtype
@@ -220,13 +220,13 @@ def _learn_or_reuse(run: RunPlan, config: AttackConfig, attack: SetAttack, write
     def epoch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for first, x, other_inputs in run.batches(run.start, config.batch_size):
             x = to_input_dtype(np.asarray(x), model.input.dtype)
-            others = check_passthrough(model.passthrough_inputs, other_inputs, len(x), run.source_name)
+            others = model.checked_others(other_inputs, len(x), run.source_name)
             target = run.target_for(first, len(x))
-            with model.bound(others):
+            with model.passthrough.bind(others):
                 _, _, goal, attacked = batch_targets(model, x, target, run.spec, run.criterion, config.seed, first)
                 index = np.flatnonzero(attacked)
                 if index.size:
-                    with model.bound({name: rows[index] for name, rows in others.items()}):
+                    with model.passthrough.bind({name: rows[index] for name, rows in others.items()}):
                         yield model.as_tensor(x[index]), torch.as_tensor(goal[index], device=model.device)
 
     batches = -(-(run.stop - run.start) // config.batch_size)
