@@ -21,10 +21,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/onnxattack zoo build digits-mosaic
-	rm -f $(DEMO_DIR)/demo.h5
-	$(BIN)/python -m onnxattack.zoo.sample_inputs digits-mosaic --count 32 -o $(DEMO_DIR)/inputs.npy
-	$(BIN)/onnxattack attack model_zoo/built/digits-mosaic.onnx $(DEMO_DIR)/inputs.npy \
-		-o $(DEMO_DIR)/demo.h5 --method ml-cw --target hide-single --seed 0
+	$(BIN)/onnxattack zoo inputs digits-mosaic --count 32 -o $(DEMO_DIR)/inputs.npy --overwrite
+	$(BIN)/onnxattack attack "$$($(BIN)/onnxattack zoo path digits-mosaic)" $(DEMO_DIR)/inputs.npy \
+		-o $(DEMO_DIR)/demo.h5 --overwrite --method ml-cw --target hide-single --seed 0
 	$(BIN)/onnxattack report $(DEMO_DIR)/demo.h5 --png $(DEMO_DIR)/demo.png
 
 bench: $(STAMP)
@@ -43,9 +42,10 @@ fuzz: $(STAMP)
 	$(BIN)/python -m bench.fuzz --mutants 5000 --seed 1
 
 # On a lent GPU machine whose python3 has torch, onnx, onnxruntime (CPU) and h5py, with the onnx2torch
-# and click wheels brought along and model_zoo/built carried: no venv, validation on onnxruntime's CPU.
+# and click wheels brought along and model_zoo/built carried (built here with
+# `ONNXATTACK_ZOO_DIR=model_zoo/built onnxattack zoo build`): no venv, validation on onnxruntime's CPU.
 gpu-check:
-	python3 bench/gpu_check.py --device cuda --out gpu_check.json
+	ONNXATTACK_ZOO_DIR=model_zoo/built python3 bench/gpu_check.py --device cuda --out gpu_check.json
 
 clean:
-	rm -rf $(DEMO_DIR) model_zoo/built .pytest_cache
+	rm -rf $(DEMO_DIR) .pytest_cache

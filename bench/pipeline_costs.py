@@ -21,7 +21,7 @@ from onnxattack.zoo.sample_inputs import test_inputs
 from onnxattack import validate
 from onnxattack.config import AttackConfig
 from onnxattack.pipeline import run_attack
-from onnxattack.store import ResultWriter
+from onnxattack.results import ResultWriter
 
 
 def _timed(fn: Callable[..., Any], spent: list[float]) -> Callable[..., Any]:

@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from onnxattack.attacks import METHODS
+from onnxattack.attacks.base import Option
 from onnxattack.config import (
     DEVICE_CHOICES,
     ENGINE_CHOICES,
@@ -28,36 +29,32 @@ from onnxattack.config import (
     REDUCE_CHOICES,
     SCORES_CHOICES,
     AttackConfig,
+    option_flag,
 )
 from onnxattack.errors import BadInputError, ConfigError, OnnxAttackError, first_line
-from onnxattack.store import StoreWriteError, check_output_path
+from onnxattack.results import StoreWriteError, check_output_path
 
+EXIT_CODES = ("Exit codes: 0 done (whatever the success rate), 1 internal error, 2 bad usage or input, "
+              "3 the model cannot be handled, 130 interrupted (the file stays readable; --resume continues).")
 # Config fields whose flag is not "--" + the field name with dashes.
 FIELD_FLAGS = {"box": "--range", "output": "--output", "labels_file": "--labels", "max_iter": "--max-iter"}
-# Method hyperparameters offered as flags (each refused by the methods that do not take it).
-ATTACK_OPTIONS = {
-    "binary_steps": (int, "constant search steps"),
-    "learning_rate": (float, "Adam learning rate"),
-    "kappa": (float, "confidence margin on the attack tensor (logits)"),
-    "initial_const": (float, "first constant of the search (None: from the clean margins)"),
-    "overshoot": (float, "margin asked beyond each boundary"),
-    "near": (float, "labels within this margin of their boundary get a gradient (inf: every label)"),
-    "jacobian_budget_mb": (float, "memory for one Jacobian, in MB"),
-    "eps": (float, "perturbation budget in input units (None: 8/255 for --norm inf, 0.5 for --norm 2)"),
-    "norm": (click.Choice(["inf", "2"]), "norm of the budget: inf (L-inf) or 2 (L2)"),
-    "restarts": (int, "runs from new random starts for the rows not yet successful"),
-    "step_size": (float, "mean step of the cosine schedule (None: 2.5 eps / max-iter)"),
-}
-# Method switches offered as flags: flag -> (hyperparameter, value when the flag is given).
-ATTACK_FLAGS = {
-    "exhaustive": ("exhaustive", True, "the paper's exhaustive search: every row runs every step (slow)"),
-    "no_early_stop": ("abort_early", False, "never end a constant step early when the loss stalls"),
-    "no_random_start": ("random_start", False, "start from x itself, not from a random point of the budget"),
-}
+
+
+def declared_options() -> dict[str, Option]:
+    """Every method hyperparameter offered on the command line, as the methods declare them."""
+    options: dict[str, Option] = {}
+    for method in METHODS.values():
+        options.update(method.declared_options())
+    return options
+
+
+ATTACK_OPTIONS = declared_options()
 
 
 def flag_for(field: str) -> str:
-    return FIELD_FLAGS.get(field, "--" + field.replace("_", "-"))
+    if field in FIELD_FLAGS:
+        return FIELD_FLAGS[field]
+    return option_flag(field) if field in ATTACK_OPTIONS else "--" + field.replace("_", "-")
 
 
 def _fail(message: str, code: int) -> None:
@@ -103,7 +100,8 @@ def handle_errors(command: Callable) -> Callable:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EXIT_CODES)
 @click.version_option(package_name="onnxattack")
 def main() -> None:
     """Targeted multi-label adversarial attacks on any exported ONNX model.
@@ -113,13 +111,14 @@ def main() -> None:
     """
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--output", "output_name", metavar="NAME", help="Model output that holds the label scores.")
 @click.option("--labels", "labels_file", type=click.Path(dir_okay=False),
               help="Label names (JSON list or one per line).")
-@click.option("--range", "box", nargs=2, type=float, default=(0.0, 1.0), show_default=True,
-              metavar="LO HI", help="Valid input box, used for the conversion probe.")
+@click.option("--range", "box", nargs=2, type=float, default=None, metavar="LO HI",
+              help="Valid input box, used for the conversion probe (default: the model's input_range metadata, "
+                   "else 0 1).")
 @click.option("--shape", metavar="D1,D2,...", help="Sample dims to probe with when the model's are symbolic.")
 @click.option("--probe", "probe_path", type=click.Path(), metavar="INPUTS",
               help="Real inputs (.npy/.npz/.h5/image folder) to probe with; the first 4 rows are used.")
@@ -129,22 +128,26 @@ def main() -> None:
                    "a --probe file then holds one array per input name.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handle_errors
-def inspect(model: str, output_name: str | None, labels_file: str | None, box: tuple[float, float],
+def inspect(model: str, output_name: str | None, labels_file: str | None, box: tuple[float, float] | None,
             shape: str | None, probe_path: str | None, key: str | None, attack_input: str | None,
             as_json: bool) -> None:
-    """Describe MODEL: inputs, outputs, opsets, producer, labels, the score output, and whether
-    its score graph converts to torch (exit code 3, naming the blocking ops, when it does not).
-    Symbolic sample dims (e.g. ? x 3 x H x W) need --shape or --probe; without them the
-    conversion is reported as not checked (exit code 0)."""
+    """Describe MODEL: inputs, outputs, opsets, producer, labels, the score output, whether its
+    score graph converts to torch, and how `attack` would attack it: through the torch graph, or
+    with gradients estimated from onnxruntime queries when it does not convert (exit code 0 for
+    both). Exit code 3, naming the reason, when it cannot be attacked at all. Symbolic sample dims
+    (e.g. ? x 3 x H x W) need --shape or --probe; without them the conversion is reported as not
+    checked (exit code 0)."""
     from onnxattack.loader import inspect_model
+    from onnxattack.model import open_model
     from onnxattack.pipeline import first_rows, open_model_inputs
 
     dims = _parse_shape(shape) if shape else None
+    model_file = open_model(model)
     probe, probe_others = None, None
     if probe_path:
-        _, source, others = open_model_inputs(model, probe_path, attack_input, key)
+        _, source, others = open_model_inputs(model_file, probe_path, attack_input, key)
         probe, probe_others = first_rows(source, others, min(source.count, 4))
-    report = inspect_model(model, output=output_name, labels_file=labels_file, box=box, shape=dims, probe=probe,
+    report = inspect_model(model_file, output=output_name, labels_file=labels_file, box=box, shape=dims, probe=probe,
                            attack_input=attack_input, probe_others=probe_others)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
@@ -153,9 +156,17 @@ def inspect(model: str, output_name: str | None, labels_file: str | None, box: t
     if report["converts"] is None:
         click.echo(f"onnxattack: {report['reason']}", err=True)
         return
+    if report["attack_route"] == "estimated":
+        click.echo(f"onnxattack: no torch graph ({first_line(report['reason'] or 'it does not convert')}); "
+                   f"`attack` estimates gradients from onnxruntime queries", err=True)
+        return
     if not report["converts"]:
         reason = report["reason"] or "the score graph does not convert"
         _fail(reason, 3)
+
+
+_ROUTES = {"torch": "through the torch graph (--gradients auto)",
+           "estimated": "with gradients estimated from onnxruntime queries (--gradients auto)"}
 
 
 def _converts_text(converts: bool | None) -> str:
@@ -187,6 +198,7 @@ def _format_inspect(report: dict) -> str:
         + (f", threshold {report['threshold']}" if report.get("threshold") is not None else ""),
         f"converts    {_converts_text(report['converts'])}"
         + (f" (max |torch - onnxruntime| = {report['fidelity']:.2g})" if report.get("fidelity") is not None else ""),
+        f"attack      {_ROUTES.get(report.get('attack_route'), 'not possible')}",
     ]
     if report["blocking_ops"]:
         lines.append(f"blocking    {', '.join(report['blocking_ops'])}")
@@ -194,18 +206,24 @@ def _format_inspect(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _method_help(option: str, what: str) -> str:
+def _method_help(name: str, option: Option, methods: dict) -> str:
+    """An option's help: what it does, and the methods that take it (with their defaults)."""
     def shown(value: object) -> str:
         return f"{value:g}" if isinstance(value, float | int) and not isinstance(value, bool) else str(value)
 
-    takers = [f"{name} {shown(cls.default_values()[option])}" for name, cls in METHODS.items()
-              if option in cls.default_values()]
-    return f"{what[0].upper() + what[1:]} (method default: {', '.join(takers)})."
+    what = option.help[0].upper() + option.help[1:]
+    takers = [cls for cls in methods.values() if name in cls.declared_options()]
+    if option.switch:
+        return f"{what} ({', '.join(sorted(cls.name for cls in takers))})."
+    return f"{what} (method default: {', '.join(f'{cls.name} {shown(cls.default_values()[name])}' for cls in takers)})."
 
 
-def _flag_help(key: str, what: str) -> str:
-    takers = ", ".join(sorted(name for name, cls in METHODS.items() if key in cls.default_values()))
-    return f"{what[0].upper() + what[1:]} ({takers})."
+def _method_option(name: str, option: Option, methods: dict) -> Callable:
+    if option.switch:
+        return click.option(option.flag(name), option.switch.replace("-", "_"), is_flag=True,
+                            help=_method_help(name, option, methods))
+    kind = click.Choice(list(option.kind)) if isinstance(option.kind, tuple) else option.kind
+    return click.option(option.flag(name), name, type=kind, help=_method_help(name, option, methods))
 
 
 def _config_option(name: str, *flags: str, **kwargs) -> Callable:
@@ -235,8 +253,11 @@ class ShardParam(click.ParamType):
 
 
 def run_options(command: Callable, curve: bool = False) -> Callable:
-    """The options of `attack` (and of `curve`, where --eps takes a list and a PNG can be asked for)."""
-    method_options = {name: spec for name, spec in ATTACK_OPTIONS.items() if not (curve and name == "eps")}
+    """The options of `attack` (and of `curve`: budgeted methods only, where --eps takes a list and a PNG
+    can be asked for, and no --shard: a curve runs every epsilon over the whole input set)."""
+    methods = {name: cls for name, cls in METHODS.items() if cls.budgeted or not curve}
+    method_options = {name: option for name, option in ATTACK_OPTIONS.items() if not (curve and name == "eps")
+                      and any(name in cls.declared_options() for cls in methods.values())}
     curve_options = [
         click.option("--eps", "eps_list", required=True, metavar="E1,E2,...",
                      help="The budgets, in input units: one full pass per epsilon."),
@@ -246,7 +267,7 @@ def run_options(command: Callable, curve: bool = False) -> Callable:
         click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
                      help="Curve file (HDF5, a group per epsilon)." if curve else "Result file (HDF5)."),
         *curve_options,
-        _config_option("method", type=click.Choice(list(METHODS)), **({"default": "ml-pgd"} if curve else {})),
+        _config_option("method", type=click.Choice(list(methods)), **({"default": "ml-pgd"} if curve else {})),
         _config_option("target"),
         _config_option("target_file", type=click.Path(dir_okay=False)),
         _config_option("scores", type=click.Choice(SCORES_CHOICES)),
@@ -255,10 +276,7 @@ def run_options(command: Callable, curve: bool = False) -> Callable:
         _config_option("output", "--output", metavar="NAME"),
         _config_option("box", "--range", nargs=2, type=float, metavar="LO HI"),
         _config_option("max_iter", type=int),
-        *[click.option(flag_for(name), name, type=kind, help=_method_help(name, what))
-          for name, (kind, what) in method_options.items()],
-        *[click.option("--" + flag.replace("_", "-"), flag, is_flag=True, help=_flag_help(key, what))
-          for flag, (key, _, what) in ATTACK_FLAGS.items()],
+        *[_method_option(name, option, methods) for name, option in method_options.items()],
         _config_option("batch_size", type=int),
         _config_option("limit", type=int),
         _config_option("seed", type=int),
@@ -274,7 +292,7 @@ def run_options(command: Callable, curve: bool = False) -> Callable:
         _config_option("max_queries", type=int),
         _config_option("resume", is_flag=True),
         _config_option("overwrite", is_flag=True),
-        _config_option("shard", type=ShardParam()),
+        *([] if curve else [_config_option("shard", type=ShardParam())]),
         _config_option("engine", type=click.Choice(ENGINE_CHOICES)),
         _config_option("address", metavar="ADDR"),
         _config_option("workers", type=int),
@@ -296,10 +314,17 @@ def curve_options(command: Callable) -> Callable:
 
 
 def _config_from(options: dict) -> AttackConfig:
-    """AttackConfig from the parsed options; method options and flags become attack_options."""
-    extra = {name: options.pop(name) for name in ATTACK_OPTIONS if name in options}
-    extra.update({key: value for flag, (key, value, _) in ATTACK_FLAGS.items() if options.pop(flag)})
-    return AttackConfig(**options, attack_options={k: v for k, v in extra.items() if v is not None})
+    """AttackConfig from the parsed options; method options and switches become attack_options."""
+    extra: dict[str, Any] = {}
+    for name, option in ATTACK_OPTIONS.items():
+        if option.switch:
+            if options.pop(option.switch.replace("-", "_"), False):
+                extra[name] = option.value
+        elif options.get(name) is not None:
+            extra[name] = options.pop(name)
+        else:
+            options.pop(name, None)
+    return AttackConfig(**options, attack_options=extra)
 
 
 class ProgressBar:
@@ -314,15 +339,17 @@ class ProgressBar:
         self.close()
         self.label = label
 
-    def __call__(self, done: int, total: int, successes: int, attacked: int) -> None:
+    def __call__(self, done: float, total: int, successes: int, attacked: int) -> None:
+        """done: rows finished, plus the share of the batch in progress (the bar moves within a batch)."""
         if self.silent:
             return
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="input", file=sys.stderr, dynamic_ncols=True,
-                            desc=self.label or None)
-        self.bar.update(done - self.bar.n)
+            self.bar = tqdm(total=total, initial=0, unit="input", file=sys.stderr, dynamic_ncols=True,
+                            desc=self.label or None, bar_format="{l_bar}{bar}| {n:.1f}/{total} [{elapsed}<{remaining}"
+                                                                ", {postfix}]")
+        self.bar.n = round(float(done), 1)
         self.bar.set_postfix_str(f"success {successes}/{attacked}")
 
     def close(self) -> None:
@@ -331,7 +358,7 @@ class ProgressBar:
             self.bar = None
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", type=click.Path())
 @attack_options
@@ -356,7 +383,7 @@ def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, **opti
     click.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", type=click.Path())
 @curve_options
@@ -372,8 +399,6 @@ def curve(model: str, inputs: str, out: str, eps_list: str, png: str | None, as_
     config = _config_from(options)
     if png:
         check_output_path(Path(png), resume=False, overwrite=True)  # an unwritable plot fails now, not after the runs
-    if config.shard is not None:
-        raise ConfigError("shard", "a curve runs every epsilon over the whole input set; --shard is for attack")
     progress = ProgressBar(silent=quiet or as_json)
     try:
         result = run_curve(model, inputs, out, config, eps_values, progress=progress,
@@ -385,19 +410,30 @@ def curve(model: str, inputs: str, out: str, eps_list: str, png: str | None, as_
     click.echo(json.dumps(result, default=str) if as_json else format_curve(result))
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--model", "models", multiple=True, required=True, type=click.Path(dir_okay=False),
               help="Another ONNX model with the same labels (repeatable).")
+@click.option("--scores", type=click.Choice(SCORES_CHOICES), default="auto", show_default=True,
+              help="How to read the other models' score outputs.")
+@click.option("--threshold", type=float, help="Their decision threshold (default 0 on logits, 0.5 on probabilities).")
+@click.option("--top-k", "top_k", type=int, help="Ranking runs: their predicted set is the K best labels "
+                                                 "(default: the run's K).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handle_errors
-def validate(results: str, models: tuple[str, ...], device: str, as_json: bool) -> None:
+def validate(results: str, models: tuple[str, ...], scores: str, threshold: float | None, top_k: int | None,
+             device: str, as_json: bool) -> None:
     """Re-score the adversarial inputs of RESULTS on other models (transfer, cross-framework);
-    store transfer/<model> groups in RESULTS and print per-model success and flip rates."""
-    from onnxattack.pipeline import run_transfer
+    store transfer/<model> groups in RESULTS and print per-model success and flip rates.
 
-    rates = run_transfer(results, list(models), device=device)
+    Over the attacked rows: success = the other model's prediction on x_adv reaches the row's
+    target; flip = its prediction on x_adv differs from its own prediction on x."""
+    from onnxattack.transfer import ReadAs, run_transfer
+
+    if top_k is not None and top_k < 1:
+        raise ConfigError("top_k", f"must be an integer of at least 1, got {top_k}")
+    rates = run_transfer(results, list(models), device=device, read_as=ReadAs(scores, threshold, top_k))
     if as_json:
         click.echo(json.dumps(rates))
         return
@@ -406,15 +442,18 @@ def validate(results: str, models: tuple[str, ...], device: str, as_json: bool) 
                    f"over {rate['attacked']} attacked inputs")
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--png", type=click.Path(dir_okay=False), help="Write a figure: examples and the norm histogram.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handle_errors
 def report(results: str, png: str | None, as_json: bool) -> None:
     """Print the summary of RESULTS again, from the file alone."""
-    from onnxattack.report import format_summary, summarize, write_figure
+    from onnxattack.report import figure_path, format_summary, summarize, write_figure
 
+    if png:
+        png = str(figure_path(png))
+        check_output_path(Path(png), resume=False, overwrite=True)  # before any work
     summary = summarize(results)
     if png:
         summary["png"] = str(write_figure(results, png))
@@ -423,7 +462,7 @@ def report(results: str, png: str | None, as_json: bool) -> None:
         click.echo(f"figure: {summary['png']}")
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Merged result file.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
@@ -441,24 +480,54 @@ def merge(shards: tuple[str, ...], out: str, overwrite: bool, as_json: bool) -> 
     click.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="The .npz to write.")
 @click.option("--only-success", is_flag=True, help="Keep only the rows whose attack succeeded.")
+@click.option("--eps", metavar="VALUE", help="A curve file: the epsilon whose run to export (as its group "
+                                             "eps/<value> is named).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @handle_errors
-def export(results: str, out: str, only_success: bool, overwrite: bool) -> None:
+def export(results: str, out: str, only_success: bool, eps: str | None, overwrite: bool) -> None:
     """Write the rows of RESULTS to a .npz (one array per dataset, `index` = input row, `attrs` = the
-    file's attributes as JSON), for users without HDF5."""
+    file's attributes as JSON, transfer/<model>/<column> for each validated model), for users without
+    HDF5."""
     from onnxattack.dataset import export_npz
 
-    path, rows = export_npz(results, out, only_success=only_success, overwrite=overwrite)
+    path, rows = export_npz(results, out, only_success=only_success, overwrite=overwrite, eps=eps)
     click.echo(f"{path}: {rows} rows")
 
 
-@main.group()
+@main.group(epilog=EXIT_CODES)
 def zoo() -> None:
-    """Reference models trained from data that packages ship."""
+    """Reference models trained from data that packages ship, built into a user cache folder
+    (ONNXATTACK_HOME overrides it)."""
+
+
+@zoo.command("inputs", epilog=EXIT_CODES)
+@click.argument("name")
+@click.option("--count", type=int, default=32, show_default=True, help="How many test inputs.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The .npy to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@handle_errors
+def zoo_inputs(name: str, count: int, out: str, overwrite: bool) -> None:
+    """Write COUNT held-out test inputs of zoo model NAME to a .npy, ready for `attack`."""
+    from onnxattack.zoo.sample_inputs import write_inputs
+
+    path, rows = write_inputs(name, count, Path(out), overwrite)
+    click.echo(f"{rows} test inputs of {name} -> {path}")
+
+
+@zoo.command("path")
+@click.argument("name")
+@handle_errors
+def zoo_path(name: str) -> None:
+    """Print where zoo model NAME is (or will be) built."""
+    from onnxattack.zoo.registry import MODELS, model_path
+
+    if name not in MODELS:
+        _fail(f"unknown zoo model {name!r} (known: {', '.join(MODELS)})", 2)
+    click.echo(str(model_path(name)))
 
 
 @zoo.command("list")
@@ -472,7 +541,7 @@ def zoo_list() -> None:
         click.echo(f"{spec.name}\n    {spec.description}\n    {state}")
 
 
-@zoo.command("build")
+@zoo.command("build", epilog=EXIT_CODES)
 @click.argument("names", nargs=-1)
 @click.option("--force", is_flag=True, help="Rebuild even when the file exists.")
 @handle_errors

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_DIR = Path(__file__).resolve().parent / "built"
+HOME_VARIABLE = "ONNXATTACK_HOME"  # overrides the user cache folder (models go to $ONNXATTACK_HOME/zoo)
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,19 @@ MODELS: dict[str, ZooModel] = {
 }
 
 
+def home() -> Path:
+    """onnxattack's folder for what it builds: $ONNXATTACK_HOME, else the user cache folder (never the
+    package's own folder, which a non-editable install places in site-packages)."""
+    if os.environ.get(HOME_VARIABLE):
+        return Path(os.environ[HOME_VARIABLE]).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("onnxattack", appauthor=False))
+
+
 def zoo_dir() -> Path:
-    return Path(os.environ.get("ONNXATTACK_ZOO_DIR", DEFAULT_DIR))
+    """Where zoo models are built ($ONNXATTACK_ZOO_DIR, kept for older scripts, else home()/zoo)."""
+    return Path(os.environ.get("ONNXATTACK_ZOO_DIR") or home() / "zoo")
 
 
 def model_path(name: str, directory: Path | None = None) -> Path:

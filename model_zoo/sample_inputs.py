@@ -1,4 +1,5 @@
-"""Write test inputs of a zoo model to a file: `python -m model_zoo.sample_inputs NAME -o X.npy`."""
+"""Test inputs of a zoo model: `onnxattack zoo inputs NAME -o X.npy` (this module's `main` is the same
+command for older scripts)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,34 @@ from pathlib import Path
 import click
 import numpy as np
 
+from onnxattack.errors import BadInputError
+from onnxattack.results import check_output_path
+
 from . import data
 
 
 def test_inputs(name: str, count: int) -> np.ndarray:
+    """The first `count` held-out test inputs of zoo model `name` (never seen in training)."""
     if name == "digits-mosaic":
         return data.digit_mosaics().x_test[:count]
     if name == "digits-ranker":
         return data.digit_mosaics(digits_per_mosaic=(3, 3), seed=1).x_test[:count]
     if name in ("yeast-mlp", "yeast-forest"):
         return data.yeast().x_test[:count]
-    raise click.BadParameter(f"unknown zoo model {name!r}")
+    raise BadInputError(f"unknown zoo model {name!r} (known: digits-mosaic, digits-ranker, yeast-mlp, yeast-forest)")
+
+
+def write_inputs(name: str, count: int, out: Path, overwrite: bool = False) -> tuple[Path, int]:
+    """Write test inputs of `name` to the .npy `out`; returns the path and the row count."""
+    if count < 1:
+        raise BadInputError(f"--count must be at least 1, got {count}")
+    if out.suffix != ".npy":
+        raise BadInputError(f"{out}: write the inputs to a .npy file")
+    check_output_path(out, resume=False, overwrite=overwrite)
+    x = test_inputs(name, count)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, x)
+    return out, len(x)
 
 
 @click.command()
@@ -25,10 +43,8 @@ def test_inputs(name: str, count: int) -> np.ndarray:
 @click.option("--count", type=int, default=32, show_default=True)
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False))
 def main(name: str, count: int, out: str) -> None:
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, test_inputs(name, count))
-    click.echo(f"{count} test inputs of {name} -> {path}")
+    path, rows = write_inputs(name, count, Path(out), overwrite=True)
+    click.echo(f"{rows} test inputs of {name} -> {path}")
 
 
 if __name__ == "__main__":

@@ -42,10 +42,11 @@ from .errors import (  # noqa: E402
 )
 from .loader import LoadedModel, load  # noqa: E402
 from .pipeline import run_attack  # noqa: E402
+from .results import ResultFile  # noqa: E402
 
 __all__ = [
     "METHODS", "Attack", "AttackConfig", "AttackResult", "BadInputError", "BatchResult", "ConfigError",
     "ConversionError", "FidelityError", "LoadedModel", "MLALP", "MLCarliniWagner", "MLDeepFool", "MLPGD",
-    "OnnxAttackError", "RankI", "RankII", "TkMLTargeted", "TkMLUntargeted", "UniversalPerturbation",
+    "OnnxAttackError", "RankI", "RankII", "ResultFile", "TkMLTargeted", "TkMLUntargeted", "UniversalPerturbation",
     "UnsupportedModelError", "Victim", "attack_arrays", "load", "open_dataset", "run_attack", "run_curve",
 ]

@@ -8,8 +8,8 @@ The pipeline calls the same function batch by batch; the tests and the README do
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,9 +18,9 @@ from .attacks import Attack
 from .errors import BadInputError
 from .inputs import check_rows
 from .loader import LoadedModel, check_sample_shape
+from .results import ROW_DATASETS, passthrough_dataset
 from .runtime import to_input_dtype
 from .scores import Criterion, TopKExclusionCriterion, criterion_for
-from .store import passthrough_dataset
 from .targets import (
     EXCLUSION_STRATEGIES,
     METHOD_DEFAULT_TARGET,
@@ -36,7 +36,7 @@ from .validate import ort_verdict, torch_reached
 
 @dataclass
 class BatchResult:
-    """One row per input, as stored in the result file (see the contract's HDF5 layout)."""
+    """One row per input, as stored in the result file: a field per column of results.schema.ROWS."""
 
     x: np.ndarray
     x_adv: np.ndarray
@@ -57,7 +57,7 @@ class BatchResult:
 
     def rows(self) -> dict[str, np.ndarray]:
         """The row datasets of the result file; pass-through inputs as inputs/<name>."""
-        rows = {name: value for name, value in asdict(self).items() if name != "other_inputs"}
+        rows = {name: getattr(self, name) for name in ROW_DATASETS}
         rows.update({passthrough_dataset(name): value for name, value in self.other_inputs.items()})
         return rows
 
@@ -133,7 +133,8 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
                   box: tuple[float, float] | None = None, seed: int = 0, top_k: int | None = None,
                   first_index: int = 0, source: str = "inputs",
                   criterion: Criterion | None = None,
-                  other_inputs: Mapping[str, np.ndarray] | None = None) -> BatchResult:
+                  other_inputs: Mapping[str, np.ndarray] | None = None,
+                  progress: Callable[[float], None] | None = None) -> BatchResult:
     """Attack the rows of x (the model's own input format) and judge every result in onnxruntime.
 
     target: a strategy ('hide-single', 'random', 'top:3:best', '+2,-5', ...), 'auto' (the method's
@@ -142,6 +143,7 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
     unchanged (x is the attacked input, `load(attack_input=...)`).
     Randomness is per input from (seed, first_index + row), so batches and resumes agree.
     Rows whose target already holds are not attacked (x_adv = x, attacked = False).
+    progress: told the share of the batch's work done (0..1) as the attack goes.
     """
     box = model.box if box is None else box
     x = np.asarray(x)
@@ -160,6 +162,7 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
         if attacked.any():
             index = np.flatnonzero(attacked)
             victim = model.victim(box)
+            victim.progress = progress
             if victim.begin is not None:
                 victim.begin(first_index + index)  # per-row query ledger, keyed by the input's index
             with model.passthrough.bind({name: rows[index] for name, rows in others.items()}):

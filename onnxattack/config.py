@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .attacks import METHODS, Attack, SetAttack
+from .attacks import METHODS, Attack
 from .errors import ConfigError
 
 SCORES_CHOICES = ("auto", "logits", "probabilities", "softmax")
@@ -19,6 +19,21 @@ IMAGE_LAYOUTS = ("chw", "hwc")
 GRADIENT_CHOICES = ("auto", "torch", "estimate")
 REDUCE_CHOICES = ("max", "mean")
 ENGINE_CHOICES = ("local", "ray")
+MAX_SEED = 2**63 - 1
+
+
+def option_flag(name: str) -> str:
+    """The command-line flag of a method hyperparameter (as the methods declare it)."""
+    for method in METHODS.values():
+        option = method.declared_options().get(name)
+        if option is not None:
+            return option.flag(name)
+    return "--" + name.replace("_", "-")
+
+
+def method_flags(method: str) -> list[str]:
+    """The flags a method takes besides the common ones: --max-iter and its declared options."""
+    return ["--max-iter", *(option.flag(name) for name, option in METHODS[method].declared_options().items())]
 
 
 def _help(text: str) -> dict[str, str]:
@@ -41,14 +56,15 @@ class AttackConfig:
     top_k: int | None = field(default=None, metadata=_help(
         "Top-k methods (rank1, rank2, tkml-t, tkml-u, universal-topk): the predicted set is the K best labels."))
     output: str | None = field(default=None, metadata=_help("Model output that holds the label scores."))
-    box: tuple[float, float] = field(default=(0.0, 1.0), metadata=_help(
-        "Valid input box: every input must lie in it, and adversarial inputs stay in it."))
+    box: tuple[float, float] | None = field(default=None, metadata=_help(
+        "Valid input box: every input must lie in it, and adversarial inputs stay in it. Default: the model's "
+        "input_range metadata when it declares one, else 0 1."))
     max_iter: int | None = field(default=None, metadata=_help(
         "Iterations: per constant step (ml-cw, rank1, rank2, tkml-*), steps (ml-deepfool, mla-lp, ml-pgd), "
         "epochs over the set (universal*); the method's default if absent."))
     batch_size: int = field(default=32, metadata=_help("Inputs per batch."))
     limit: int | None = field(default=None, metadata=_help("Attack only the first N inputs."))
-    seed: int = field(default=0, metadata=_help("Seed of the random targets."))
+    seed: int = field(default=0, metadata=_help("Seed of the random targets and starts (0 .. 2^63 - 1)."))
     device: str = field(default="auto", metadata=_help("Where torch runs the attack."))
     resume: bool = field(default=False, metadata=_help("Continue an interrupted result file."))
     overwrite: bool = field(default=False, metadata=_help("Replace an existing result file."))
@@ -83,7 +99,7 @@ class AttackConfig:
     gpus_per_worker: float = field(default=0.0, metadata=_help("Ray: GPUs reserved by each worker."))
 
     def __post_init__(self) -> None:
-        self.box = _check_box(self.box)
+        self.box = None if self.box is None else _check_box(self.box)
         _choice("method", self.method, tuple(METHODS))
         _choice("scores", self.scores, SCORES_CHOICES)
         _choice("device", self.device, DEVICE_CHOICES)
@@ -94,6 +110,8 @@ class AttackConfig:
         for name in ("batch_size", "limit", "top_k", "max_iter"):
             _at_least(name, getattr(self, name), 1)
         _at_least("seed", self.seed, 0)
+        if self.seed > MAX_SEED:
+            raise ConfigError("seed", f"must be at most 2^63 - 1, got {self.seed}")
         _positive("tolerance", self.tolerance)
         _positive("image_scale", self.image_scale)
         if self.threshold is not None and not math.isfinite(self.threshold):
@@ -102,8 +120,8 @@ class AttackConfig:
             raise ConfigError("resume", "resume and overwrite exclude each other")
         self.shard = _check_shard(self.shard)
         self._check_engine()
-        attack = self.build_attack()  # the method checks its own hyperparameters
-        if isinstance(attack, SetAttack) and (self.shard is not None or self.engine != "local"):
+        self.build_attack()  # the method checks its own hyperparameters
+        if METHODS[self.method].learns_from_set and (self.shard is not None or self.engine != "local"):
             raise ConfigError("shard" if self.shard is not None else "engine",
                               f"{self.method} learns one perturbation from the whole input set: run it in one "
                               f"process (no --shard, --engine local)")
@@ -117,8 +135,8 @@ class AttackConfig:
             options["max_iter"] = self.max_iter
         refused = [name for name in options if name not in accepted]
         if refused:
-            taken = ", ".join(sorted(name for name in accepted if name != "jacobian"))
-            raise ConfigError(refused[0], f"{', '.join(refused)} does not apply to {self.method} (it takes {taken})")
+            raise ConfigError(refused[0], f"{', '.join(option_flag(name) for name in refused)} does not apply to "
+                                          f"{self.method} (it takes {', '.join(method_flags(self.method))})")
         return attack_class(**options)
 
     def _check_engine(self) -> None:

@@ -16,16 +16,13 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .attacks import METHODS
 from .config import AttackConfig
 from .errors import BadInputError, ConfigError
 from .report import summarize
-from .store import check_output_path
-
-EPS_GROUP = "eps"
+from .results import CurveFile, ResultFile, check_output_path, copy_run, curve_writer
 
 PassProgress = Callable[[int, int, float], None]  # pass index, passes, epsilon
 
@@ -99,37 +96,23 @@ def _curve_point(eps: float, summary: dict) -> dict:
 
 
 def _gather(out: Path, parts: list[Path], eps_values: list[float], points: list[dict], config: AttackConfig) -> None:
-    partial = out.with_name(out.name + ".gathering")
-    try:
-        with h5py.File(partial, "w") as handle:
-            group = handle.create_group(EPS_GROUP)
-            for eps, part in zip(eps_values, parts, strict=True):
-                with h5py.File(part, "r") as source:
-                    source.copy(source["/"], group, name=eps_key(eps))
-            first = group[eps_key(eps_values[0])].attrs
-            for key in ("model_sha256", "model_name", "method", "target", "seed", "labels", "versions"):
-                if key in first:
-                    handle.attrs[key] = first[key]
-            handle.attrs.update(kind="curve", eps=json.dumps(eps_values), curve=json.dumps(points),
-                                norm=str(config.attack_options.get("norm", "inf")), complete=True,
-                                created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        os.replace(partial, out)
-    except (OSError, RuntimeError, ValueError) as exc:  # h5py reports failed writes as any of these
-        partial.unlink(missing_ok=True)
-        raise BadInputError(f"cannot write the curve file {out}: {getattr(exc, 'strerror', None) or exc}") from None
+    with curve_writer(out) as handle:
+        for eps, part in zip(eps_values, parts, strict=True):
+            copy_run(handle, part, eps_key(eps))
+        with ResultFile.open(parts[0]) as first:
+            kept = ("model_sha256", "model_name", "method", "target", "seed", "labels", "versions")
+            handle.attrs.update({key: first.attrs[key] for key in kept if key in first.attrs})
+        handle.attrs.update(kind="curve", eps=json.dumps(eps_values), curve=json.dumps(points),
+                            norm=str(config.attack_options.get("norm", "inf")), complete=True,
+                            created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 def read_curve(path: str | os.PathLike) -> dict:
     """The curve stored in a curve file: its method, norm and one point per epsilon."""
-    try:
-        with h5py.File(path, "r") as handle:
-            if handle.attrs.get("kind") != "curve":
-                raise BadInputError(f"{path} is not a curve file (written by `onnxattack curve`)")
-            return {"file": str(path), "model": handle.attrs.get("model_name"), "method": handle.attrs.get("method"),
-                    "target": handle.attrs.get("target"), "norm": handle.attrs.get("norm"),
-                    "points": json.loads(handle.attrs["curve"])}
-    except OSError as exc:
-        raise BadInputError(f"{path} is not a readable HDF5 file: {exc}") from None
+    with CurveFile.open(path) as curve:
+        attrs = curve.attrs
+        return {"file": str(path), "model": attrs.get("model_name"), "method": attrs.get("method"),
+                "target": attrs.get("target"), "norm": attrs.get("norm"), "points": curve.points()}
 
 
 def format_curve(curve: dict) -> str:

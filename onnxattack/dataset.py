@@ -12,19 +12,19 @@ worker) opens its own HDF5 handle.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .errors import BadInputError
-from .store import open_results, read_attrs, row_datasets
+from .results import CurveFile, ResultFile
 
 SPLITS = ("adv", "clean", "both")
 _READ_ROWS = 4096
@@ -38,15 +38,13 @@ class ResultDataset(Dataset):
         if split not in SPLITS:
             raise BadInputError(f"unknown split {split!r} (expected one of: {', '.join(SPLITS)})")
         self.path, self.split, self.extra = str(path), split, tuple(extra)
-        with open_results(path) as handle:
-            known = row_datasets(handle)
+        with ResultFile.open(path) as results:
+            known = results.row_datasets()
             unknown = [name for name in extra if name not in known]
             if unknown:
                 raise BadInputError(f"unknown dataset(s) {', '.join(unknown)} (known: {', '.join(known)})")
-            rows = int(read_attrs(handle).get("rows_written", handle["success"].shape[0]))
-            keep = np.asarray(handle["attacked"][:rows], dtype=bool)
-            if only_success:
-                keep &= np.asarray(handle["success"][:rows], dtype=bool)
+            rows = results.rows
+            keep = results.success if only_success else results.attacked
         if labels is not None:
             labels = np.asarray(labels)
             if labels.ndim != 2 or len(labels) < rows:
@@ -54,7 +52,7 @@ class ResultDataset(Dataset):
                                     f"got shape {list(labels.shape)}")
         self.labels = labels
         self.rows = np.flatnonzero(keep) if only_success else np.arange(rows)
-        self._handle: h5py.File | None = None
+        self._handle: ResultFile | None = None
         self._pid = -1
 
     @property
@@ -64,26 +62,26 @@ class ResultDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows) * len(self._views)
 
-    def _file(self) -> h5py.File:
+    def _file(self) -> ResultFile:
         if self._handle is None or self._pid != os.getpid():  # a forked DataLoader worker opens its own
-            self._handle = h5py.File(self.path, "r")
+            self._handle = ResultFile.open(self.path)
             self._pid = os.getpid()
         return self._handle
 
     def read(self, rows: np.ndarray, adv: bool) -> dict[str, np.ndarray]:
         """The samples of the given (increasing) input rows, as numpy arrays."""
-        handle = self._file()
+        results = self._file()
         rows = np.asarray(rows, dtype=np.int64)
         take: Any = rows if len(rows) != 1 else slice(int(rows[0]), int(rows[0]) + 1)
         sample = {
-            "x": handle["x_adv" if adv else "x"][take],
-            "y": self.labels[rows] if self.labels is not None else handle["y_pred"][take],
-            "y_target": handle["y_target"][take],
-            "success": handle["success"][take],
+            "x": results.take("x_adv" if adv else "x", take),
+            "y": self.labels[rows] if self.labels is not None else results.take("y_pred", take),
+            "y_target": results.take("y_target", take),
+            "success": results.take("success", take),
             "adv": np.full(len(rows), adv),
             "index": rows,
         }
-        sample.update({name: handle[name][take] for name in self.extra})
+        sample.update({name: results.take(name, take) for name in self.extra})
         return sample
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
@@ -129,20 +127,23 @@ def open_dataset(path: str | os.PathLike, split: str = "adv", only_success: bool
 
 
 def export_npz(results: str | os.PathLike, out: str | os.PathLike, only_success: bool = False,
-               overwrite: bool = False) -> tuple[Path, int]:
+               overwrite: bool = False, eps: str | None = None) -> tuple[Path, int]:
     """Write every row dataset of `results` (or only the successful rows) to a compressed .npz, with
-    `index` (input rows) and `attrs` (the root attributes as JSON); returns the path and the row count."""
+    `index` (input rows), `attrs` (the root attributes as JSON) and each transfer group's columns as
+    `transfer/<model>/<column>`; returns the path and the row count. A curve file needs `eps`: the
+    epsilon whose run is exported (as its group is named, e.g. '0.05')."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise BadInputError(f"{out} exists; pass --overwrite to replace it")
-    with open_results(results) as handle:
-        attrs = read_attrs(handle)
-        rows = int(attrs.get("rows_written", handle["success"].shape[0]))
-        keep = np.ones(rows, dtype=bool)
-        if only_success:
-            keep &= np.asarray(handle["success"][:rows], dtype=bool) & np.asarray(handle["attacked"][:rows], dtype=bool)
-        arrays: dict[str, Any] = {name: np.asarray(handle[name][:rows])[keep]
-                                  for name in row_datasets(handle)}
+    if out.exists() and out.resolve() == Path(results).resolve():
+        raise BadInputError(f"{out} is the result file being exported; write the .npz elsewhere")
+    with _open_run(results, eps) as run:
+        attrs = run.attrs
+        keep = run.success if only_success else np.ones(run.rows, dtype=bool)
+        arrays: dict[str, Any] = {name: run.column(name)[keep] for name in run.row_datasets()}
+        for model in run.transfers():
+            for column in ("scores_adv", "y_adv", "success"):
+                arrays[f"transfer/{model}/{column}"] = run.transfer_column(model, column)[keep]
     arrays["index"] = np.flatnonzero(keep)
     arrays["attrs"] = np.array(json.dumps(attrs, default=str))
     if not out.parent.is_dir():
@@ -156,3 +157,19 @@ def export_npz(results: str | os.PathLike, out: str | os.PathLike, only_success:
         partial.unlink(missing_ok=True)
         raise BadInputError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out, int(keep.sum())
+
+
+@contextlib.contextmanager
+def _open_run(path: str | os.PathLike, eps: str | None) -> Iterator[ResultFile]:
+    """The run of a result file, or of one epsilon of a curve file."""
+    if not CurveFile.is_curve(path):
+        if eps is not None:
+            raise BadInputError(f"{path} is not a curve file: --eps applies to curve files only")
+        with ResultFile.open(path) as run:
+            yield run
+        return
+    with CurveFile.open(path) as curve:
+        if eps is None:
+            raise BadInputError(f"{path} is a curve file: name the run to export with --eps (one of: "
+                                f"{', '.join(curve.epsilons())})")
+        yield curve.run(eps)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 
-from .bridge.convert import check_fidelity, forward_failure, to_torch
+from .bridge.convert import check_fidelity, to_torch
 from .bridge.normalise import (
     attack_tensor,
     constants_to_initializers,
@@ -24,25 +25,54 @@ from .errors import BadInputError, ConversionError, FidelityError, OnnxAttackErr
 from .estimated import QueryModel
 from .inputs import check_numeric, check_rows
 from .model import (
+    ModelFile,
     ModelInfo,
     TensorInfo,
     choose_attack_input,
     choose_score_output,
-    describe,
+    declared_range,
     detect_scores_kind,
     graph_inputs,
+    open_model,
     read_labels,
-    read_model,
 )
 from .passthrough import BoundGraph, PassThroughInputs
 from .runtime import QDQ_NOTE, REDUCTIONS, OrtScorer, has_qdq, make_session, to_input_dtype
 from .scores import ScoreReader
+from .sources import EstimatedSource, GradientSource, TorchGraphSource
 from .types import ScoresKind
 from .victim import Victim
 
 DEFAULT_TOLERANCE = 1e-4
 GRADIENT_SOURCES = ("auto", "torch", "estimate")
 PROBE_SIZE = 4
+DEFAULT_BOX = (0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How to load a model: one object, built from AttackConfig for a run (`from_config`)."""
+
+    device: str = "auto"
+    output: str | None = None  # the score output (default: the first floating [batch, L] output)
+    scores: str | ScoresKind = "auto"  # how to read it
+    threshold: float | None = None
+    labels_file: str | os.PathLike | None = None
+    tolerance: float = DEFAULT_TOLERANCE  # max |torch - onnxruntime| accepted on the probe
+    box: tuple[float, float] = DEFAULT_BOX
+    gradients: str = "torch"  # torch (convert, else refuse) | estimate | auto (convert, else estimate)
+    max_queries: int | None = None  # estimated gradients: the per-input query budget
+    reduce: str = "max"  # how score outputs [N, ..., L] fold to [N, L]
+    attack_input: str | None = None  # the input perturbed (default: the only floating one)
+    seed: int = 0
+    convert: bool = True  # False: onnxruntime only (validate's other models)
+
+    @classmethod
+    def from_config(cls, config: Any, **overrides: Any) -> LoadSettings:
+        """The load settings of an AttackConfig (fields of the same name)."""
+        names = {f.name for f in fields(cls)}
+        taken = {name: getattr(config, name) for name in names if hasattr(config, name)}
+        return cls(**{**taken, **overrides})
 
 
 def resolve_device(device: str) -> torch.device:
@@ -114,12 +144,9 @@ class LoadedModel:
     labels: list[str]
     device: torch.device
     torch_dtype: torch.dtype
-    box: tuple[float, float] = (0.0, 1.0)
-    graph: torch.nn.Module | None = None
-    fidelity: float | None = None
+    box: tuple[float, float] = DEFAULT_BOX
+    source: GradientSource | None = None  # where gradients come from (None: onnxruntime only)
     notes: list[str] = field(default_factory=list)
-    query_model: QueryModel | None = None  # set when gradients are estimated from onnxruntime queries
-    max_queries: int | None = None
     passthrough_inputs: tuple[TensorInfo, ...] = ()  # a multi-input model's inputs that are not attacked
     passthrough: PassThroughInputs = field(default_factory=PassThroughInputs)
     per_sample: bool = False  # the model has no batch dim: each input row is one whole model input
@@ -140,11 +167,25 @@ class LoadedModel:
     @property
     def gradients(self) -> str:
         """'torch' (autograd through the converted graph) or 'estimated' (onnxruntime queries)."""
-        return "estimated" if self.query_model is not None else "torch"
+        return self._source().kind
+
+    @property
+    def graph(self) -> torch.nn.Module | None:
+        """The converted torch graph (None when gradients are estimated)."""
+        return self.source.graph if isinstance(self.source, TorchGraphSource) else None
+
+    @property
+    def fidelity(self) -> float | None:
+        return self.source.fidelity if isinstance(self.source, TorchGraphSource) else None
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    def _source(self) -> GradientSource:
+        if self.source is None:
+            raise UnsupportedModelError(f"{self.name}: loaded for onnxruntime scores only (no gradient source)")
+        return self.source
 
     def ort_scores(self, x: np.ndarray) -> np.ndarray:
         """onnxruntime scores of the original model (the verdict that counts)."""
@@ -152,47 +193,20 @@ class LoadedModel:
 
     def attack_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The differentiable attack tensor z (logits when the graph ends with an activation)."""
-        if self.query_model is not None:
-            return self.query_model(x)
-        if self.graph is None:
-            raise UnsupportedModelError(f"{self.name}: no torch graph was built for this model")
-        try:
-            return self.graph(x)
-        except Exception as exc:  # a converted module that fails on the attack's inputs: exit 3 naming its node
-            raise forward_failure(exc) from None
+        return self._source().logits(x)
 
     def victim(self, box: tuple[float, float] | None = None) -> Victim:
         """What the attacks see of this model: its attack tensor, how to read it, the valid box."""
         box = self.box if box is None else box
-        query_model = self.query_model
-        passthrough = self.passthrough if self.passthrough_inputs else None
-        if query_model is None:
-            return Victim(self.attack_logits, self.reader, box,
-                          select=passthrough.select if passthrough is not None else None)
-        query_model.box = (float(box[0]), float(box[1]))
-
-        def jacobian(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            # random directions measured better than coordinate differences on forests and pipelines alike
-            return query_model.jacobian(x, rows=rows, method="random")
-
-        def begin(rows: np.ndarray) -> None:
-            query_model.begin(rows, self.max_queries)
-
-        # estimated gradients take one-input models only (load refuses the others)
-        return Victim(query_model, self.reader, box, jacobian=jacobian, begin=begin, select=query_model.select)
+        return self._source().victim(self.reader, box, self.passthrough if self.passthrough_inputs else None)
 
     def queries_spent(self) -> np.ndarray | None:
         """Queries per row of the batch last attacked (None with torch gradients)."""
-        if self.query_model is None or self.query_model.ledger is None:
-            return None
-        return self.query_model.spent.copy()
+        return self._source().queries_spent()
 
     def torch_scores(self, x: torch.Tensor) -> torch.Tensor:
         """The scores the attack saw: the torch graph's, or onnxruntime's when gradients are estimated."""
-        if self.query_model is not None:
-            scores = self.ort_scores(x.detach().cpu().numpy())
-            return torch.as_tensor(scores, device=x.device)
-        return self.reader.to_scores(self.attack_logits(x))
+        return self._source().scores(x, self.reader)
 
     def as_tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(x), dtype=self.torch_dtype, device=self.device)
@@ -322,32 +336,27 @@ def _torch_graph(score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndar
     return bind(to_torch(score_graph).to(device))
 
 
-def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = None,
-         scores: str | ScoresKind = "auto", threshold: float | None = None,
-         labels_file: str | os.PathLike | None = None, tolerance: float = DEFAULT_TOLERANCE,
-         box: tuple[float, float] = (0.0, 1.0), probe: np.ndarray | None = None,
-         convert: bool = True, seed: int = 0, probe_name: str = "the probe batch",
-         gradients: str = "torch", max_queries: int | None = None, reduce: str = "max",
-         attack_input: str | None = None, probe_others: Mapping[str, np.ndarray] | None = None) -> LoadedModel:
-    """Load a model file and build everything an attack needs; raises typed errors with one line.
+def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = None, *,
+         probe: np.ndarray | None = None, probe_name: str = "the probe batch",
+         probe_others: Mapping[str, np.ndarray] | None = None, **overrides: Any) -> LoadedModel:
+    """Load a model (a path, or a ModelFile already read) and build everything an attack needs; raises
+    typed errors with one line. `settings` (LoadSettings) says how; keyword overrides change single
+    fields (`load("m.onnx", box=(-1, 1), gradients="auto")`).
 
-    attack_input: the input perturbed (default: the only floating one); a multi-input model's other
-    inputs pass through unchanged (`LoadedModel.bound`).
     probe: a few real inputs for the fidelity check (random ones in the box when absent), and
-    probe_others the same rows of the other inputs (zeros / uniform in the box when absent);
-    probe_name: what error messages call them (the user's input file).
-    gradients: "torch" (convert, else refuse), "estimate" (onnxruntime queries, no conversion) or
-    "auto" (convert; when the graph cannot convert or is unfaithful, estimate and say so in a note);
-    max_queries: the per-input query budget of estimated gradients.
-    reduce: how score outputs [N, ..., L] fold to [N, L] ("max" or "mean" over the middle dims)."""
+    probe_others the same rows of a multi-input model's other inputs (zeros / uniform in the box when
+    absent); probe_name: what error messages call them (the user's input file)."""
+    settings = replace(settings or LoadSettings(), **overrides)
+    device, output, scores, threshold = settings.device, settings.output, settings.scores, settings.threshold
+    box, seed, reduce, gradients = settings.box, settings.seed, settings.reduce, settings.gradients
     if reduce not in REDUCTIONS:
         raise BadInputError(f"unknown reduction {reduce!r} (expected one of: {', '.join(REDUCTIONS)})")
     if gradients not in GRADIENT_SOURCES:
         raise BadInputError(f"unknown gradient source {gradients!r} (expected one of: {', '.join(GRADIENT_SOURCES)})")
     torch_device = resolve_device(device)
-    proto = read_model(path)
-    info = describe(proto, path)
-    input_info = choose_attack_input(info, attack_input)
+    model_file = model if isinstance(model, ModelFile) else open_model(model)
+    proto, info = model_file.proto, model_file.info
+    input_info = choose_attack_input(info, settings.attack_input)
     others = tuple(i for i in info.inputs if i.name != input_info.name)
     passthrough = PassThroughInputs(tuple(i.name for i in others))
     score_output = choose_score_output(info, output)
@@ -390,7 +399,7 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
             raise UnsupportedModelError(f"output {score_output.name!r} gives scores of shape "
                                         f"{list(probe_scores.shape)}, not [batch, labels]")
         num_labels = int(probe_scores.shape[1])
-        labels = _label_names(info, labels_file, num_labels)
+        labels = _label_names(info, settings.labels_file, num_labels)
         torch_dtype = (torch.from_numpy(np.zeros(0, dtype=input_info.dtype)).dtype
                        if input_info.is_float else torch.float32)
         loaded = LoadedModel(info=info, input=input_info, score_output=score_output, reader=reader,
@@ -398,22 +407,32 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
                              torch_dtype=torch_dtype, box=(float(box[0]), float(box[1])), notes=notes,
                              passthrough_inputs=others, passthrough=passthrough, per_sample=per_sample,
                              folded=folded)
-        loaded.max_queries = max_queries
-        if not convert:
+        if not settings.convert:
             return loaded
         if gradients == "estimate":
             _refuse_estimated_with_passthrough(others, "--gradients estimate was asked for")
-            return _estimated(loaded, kind, threshold, seed, "asked for with --gradients estimate")
+            return _estimated(loaded, kind, settings, "asked for with --gradients estimate")
         try:
-            _attach_torch_graph(loaded, _score_graph(proto, tensor_name, score_output.name), fixed, probe, tolerance,
-                                reduce)
+            loaded.source = _torch_source(loaded, _score_graph(proto, tensor_name, score_output.name), fixed, probe,
+                                          settings.tolerance, reduce)
         except (ConversionError, FidelityError) as exc:
             if gradients == "torch":
                 raise
             _refuse_estimated_with_passthrough(others, first_line(exc))
-            loaded.graph = None
-            return _estimated(loaded, kind, threshold, seed, first_line(exc))
+            return _estimated(loaded, kind, settings, first_line(exc))
         return loaded
+
+
+def resolve_box(requested: tuple[float, float] | None, info: ModelInfo) -> tuple[tuple[float, float], str | None]:
+    """The input box: the user's, else the model's `input_range` metadata, else [0, 1]; with a note
+    when the metadata chose it."""
+    if requested is not None:
+        return (float(requested[0]), float(requested[1])), None
+    declared = declared_range(info)
+    if declared is None:
+        return DEFAULT_BOX, None
+    return declared, (f"input range [{declared[0]:g}, {declared[1]:g}] from the model's metadata (input_range); "
+                      f"--range overrides it")
 
 
 def _label_names(info: ModelInfo, labels_file: str | os.PathLike | None, num_labels: int) -> list[str]:
@@ -425,8 +444,8 @@ def _label_names(info: ModelInfo, labels_file: str | os.PathLike | None, num_lab
     return labels
 
 
-def _attach_torch_graph(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndarray,
-                        tolerance: float, reduce: str) -> None:
+def _torch_source(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndarray,
+                  tolerance: float, reduce: str) -> TorchGraphSource:
     """The converted score graph as x -> scores (row by row for a model without a batch dim, with the
     pass-through inputs bound, frame scores folded), checked against onnxruntime on the probe."""
     order = tuple(value.name for value in graph_inputs(score_graph))
@@ -438,9 +457,10 @@ def _attach_torch_graph(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed
         return graph
 
     graph = _torch_graph(score_graph, fixed, probe, loaded.torch_dtype, loaded.device, loaded.notes, bind)
-    loaded.graph = FoldedGraph(graph, reduce) if loaded.folded else graph
-    loaded.fidelity = check_fidelity(loaded.graph, loaded.reader, loaded.scorer, probe, tolerance,
-                                     loaded.torch_dtype, loaded.device)
+    graph = FoldedGraph(graph, reduce) if loaded.folded else graph
+    fidelity = check_fidelity(graph, loaded.reader, loaded.scorer, probe, tolerance, loaded.torch_dtype,
+                              loaded.device)
+    return TorchGraphSource(graph, fidelity)
 
 
 def _refuse_estimated_with_passthrough(others: tuple[TensorInfo, ...], why: str) -> None:
@@ -449,12 +469,13 @@ def _refuse_estimated_with_passthrough(others: tuple[TensorInfo, ...], why: str)
                                     f"(other inputs: {', '.join(i.name for i in others)})")
 
 
-def _estimated(loaded: LoadedModel, kind: ScoresKind, threshold: float | None, seed: int, why: str) -> LoadedModel:
+def _estimated(loaded: LoadedModel, kind: ScoresKind, settings: LoadSettings, why: str) -> LoadedModel:
     """Switch a loaded model to gradients estimated from onnxruntime queries (the attack tensor is then
     the model's real output: no activation is cut off)."""
-    loaded.reader = ScoreReader.create(kind, threshold, head=None)
-    loaded.query_model = QueryModel(loaded.ort_scores, loaded.box, seed=seed,
-                                    neutral=loaded.reader.attack_threshold)
+    loaded.reader = ScoreReader.create(kind, settings.threshold, head=None)
+    query_model = QueryModel(loaded.ort_scores, loaded.box, seed=settings.seed,
+                             neutral=loaded.reader.attack_threshold)
+    loaded.source = EstimatedSource(query_model, loaded.ort_scores, settings.max_queries)
     loaded.notes.append(f"gradients are estimated from onnxruntime queries ({why})")
     return loaded
 
@@ -475,19 +496,22 @@ def _sample_shape(input_info: TensorInfo, shape: tuple[int, ...] | None) -> tupl
     return None
 
 
-def inspect_model(path: str | os.PathLike, *, output: str | None = None, scores: str = "auto",
+def inspect_model(model: str | os.PathLike | ModelFile, *, output: str | None = None, scores: str = "auto",
                   labels_file: str | os.PathLike | None = None, device: str = "cpu",
-                  box: tuple[float, float] = (0.0, 1.0), tolerance: float = DEFAULT_TOLERANCE,
+                  box: tuple[float, float] | None = None, tolerance: float = DEFAULT_TOLERANCE,
                   shape: tuple[int, ...] | None = None, probe: np.ndarray | None = None,
                   attack_input: str | None = None, probe_others: Mapping[str, np.ndarray] | None = None) -> dict:
     """Everything `onnxattack inspect` reports; conversion problems are reported, not raised.
 
     shape (the sample dims) or probe (real inputs) fix symbolic sample dims for the fidelity check;
-    without either, a model with symbolic sample dims is reported as unchecked (converts None)."""
+    without either, a model with symbolic sample dims is reported as unchecked (converts None).
+    `attack_route` says how `attack --gradients auto` would attack it: "torch", "estimated" (the graph
+    does not convert or is unfaithful: gradients from onnxruntime queries) or None (it cannot)."""
     from .bridge.convert import blocking_ops
 
-    proto = read_model(path)
-    info = describe(proto, path)
+    model_file = model if isinstance(model, ModelFile) else open_model(model)
+    proto, info = model_file.proto, model_file.info
+    box, box_note = resolve_box(box, info)
     try:  # a choice left to the user (several candidates, an unknown name) is exit 2, raised from here
         attacked: TensorInfo | None = choose_attack_input(info, attack_input)
         refusal = None
@@ -500,8 +524,10 @@ def inspect_model(path: str | os.PathLike, *, output: str | None = None, scores:
         "metadata": {k: v for k, v in info.metadata.items() if k != "labels"},
         "labels": read_labels(info, labels_file), "score_output": None, "scores_kind": None,
         "converts": False, "blocking_ops": [], "reason": None, "fidelity": None, "notes": [],
-        "attack_input": attacked.name if attacked else None,
+        "attack_input": attacked.name if attacked else None, "input_range": list(box), "attack_route": None,
     }
+    if box_note:
+        report["notes"].append(box_note)
     try:
         chosen = choose_score_output(info, output)
         report["score_output"] = chosen.name
@@ -529,13 +555,19 @@ def inspect_model(path: str | os.PathLike, *, output: str | None = None, scores:
                                             f"not checked; pass --probe INPUTS with an array for every input")
         return report
     try:
-        loaded = load(path, device=device, output=output, scores=scores, labels_file=labels_file,
+        loaded = load(model_file, device=device, output=output, scores=scores, labels_file=labels_file,
                       tolerance=tolerance, box=box, probe=probe, gradients="torch", attack_input=attack_input,
                       probe_others=probe_others)
+    except (ConversionError, FidelityError) as exc:
+        report["reason"] = str(exc)
+        if not [i for i in info.inputs if i.name != attacked.name]:  # estimated gradients take one input
+            report["attack_route"] = "estimated"
+        return report
     except OnnxAttackError as exc:
         report["reason"] = str(exc)
         return report
-    report.update(converts=True, fidelity=loaded.fidelity, notes=loaded.notes, labels=loaded.labels,
+    report.update(converts=True, attack_route="torch", fidelity=loaded.fidelity,
+                  notes=[*report["notes"], *loaded.notes], labels=loaded.labels,
                   num_labels=loaded.num_labels, threshold=loaded.reader.threshold,
                   scores_kind=loaded.reader.kind.value, providers=loaded.scorer.providers)
     return report

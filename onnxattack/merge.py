@@ -15,22 +15,20 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import numpy as np
 
 from .errors import BadInputError
 from .inputs import InputSource
-from .store import (
+from .results import (
     PASSTHROUGH_GROUP,
     ROW_DATASETS,
     RUN_IDENTITY,
+    ResultFile,
     ResultWriter,
-    _plain,
     check_output_path,
-    open_results,
-    read_attrs,
-    row_datasets,
+    passthrough_name,
+    plain,
 )
 
 # Attributes only a shard file has; the merged file drops them.
@@ -79,16 +77,16 @@ def _span(rows: list[int], most: int = 6) -> str:
 
 
 def _read_shard(path: Path) -> dict[str, Any]:
-    with open_results(path) as handle:
-        attrs = read_attrs(handle)
+    with ResultFile.open(path) as results:
+        attrs = dict(results.attrs)
         missing = [key for key in ("row_start", "row_stop", "shard_index", "shard_count") if key not in attrs]
         if missing:
             raise BadInputError(f"{path} is not a shard file (no {missing[0]} attribute; written without --shard)")
-        absent = [name for name in ROW_DATASETS if name not in handle]
+        absent = [name for name in ROW_DATASETS if not results.has(name)]
         if absent:
             raise BadInputError(f"{path} lacks the dataset(s) {', '.join(absent)}")
-        attrs["_layout"] = {name: (list(handle[name].shape[1:]), str(handle[name].dtype))
-                            for name in row_datasets(handle)}
+        attrs["_layout"] = {name: (list(shape), dtype) for name, (shape, dtype) in results.layout().items()}
+        attrs["rows_written"] = results.rows
     return attrs
 
 
@@ -101,7 +99,7 @@ def check_shards(paths: list[Path]) -> list[dict[str, Any]]:
     first = shards[0]
     for path, attrs in zip(paths[1:], shards[1:], strict=True):
         for key in (*SAME_RUN, "_layout"):
-            if _plain(attrs.get(key)) != _plain(first.get(key)):
+            if plain(attrs.get(key)) != plain(first.get(key)):
                 what = "dataset shapes and dtypes" if key == "_layout" else key
                 raise BadInputError(f"{path} is not from the same run as {paths[0]}: its {what} differ"
                                     + ("" if key in ("_layout", "labels", "params") else
@@ -141,7 +139,7 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike, ove
     layout = first["_layout"]
     partial = out.with_name(out.name + ".merging")  # renamed to `out` once complete: never a half merge
     batch_size = int(json.loads(first.get("params", "{}")).get("batch_size") or 32)
-    passthrough = {unquote(name.split("/", 1)[1]): (tuple(shape), np.dtype(dtype))
+    passthrough = {passthrough_name(name.split("/", 1)[1]): (tuple(shape), np.dtype(dtype))
                    for name, (shape, dtype) in layout.items() if name.startswith(PASSTHROUGH_GROUP + "/")}
     writer = ResultWriter.create(partial, tuple(layout["x"][0]), np.dtype(layout["x"][1]),
                                  int(layout["y_target"][0][0]), attrs, rows_per_chunk=batch_size, overwrite=True,
@@ -149,10 +147,10 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike, ove
     try:
         for shard in shards:
             rows = min(int(shard.get("rows_written", 0)), int(shard["row_stop"]) - int(shard["row_start"]))
-            with open_results(shard["_path"]) as handle:
+            with ResultFile.open(shard["_path"]) as results:
                 for start in range(0, rows, _COPY_ROWS):
                     stop = min(rows, start + _COPY_ROWS)
-                    writer.append({name: handle[name][start:stop] for name in layout})
+                    writer.append({name: results.column(name, start, stop) for name in layout})
         writer.set_attrs(complete=True)
     finally:
         writer.close()

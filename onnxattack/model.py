@@ -171,15 +171,40 @@ def _check_function_calls(model: onnx.ModelProto) -> None:
         visit(key, ())
 
 
-def read_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load and check an ONNX file. Raises BadInputError / UnsupportedModelError with one line."""
-    path = Path(path)
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file read, checked and hashed once: what every later step of a command uses."""
+
+    proto: onnx.ModelProto
+    info: ModelInfo
+
+
+def open_model(path: str | os.PathLike) -> ModelFile:
+    """Read the file once (its bytes are hashed and parsed from memory), check it, describe it."""
+    data = _read_bytes(Path(path))
+    proto = read_model(path, data)
+    return ModelFile(proto, describe(proto, path, sha256=hashlib.sha256(data).hexdigest()))
+
+
+def _read_bytes(path: Path) -> bytes:
     if not path.exists():
         raise BadInputError(f"model file not found: {path}")
     if not path.is_file():
         raise BadInputError(f"model path is not a file: {path}")
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"cannot read the model file {path}: {exc.strerror or exc}") from None
+
+
+def read_model(path: str | os.PathLike, data: bytes | None = None) -> onnx.ModelProto:
+    """Load and check an ONNX file (from `data`, its bytes, when the caller has read them already).
+    Raises BadInputError / UnsupportedModelError with one line."""
+    path = Path(path)
+    if data is None:
+        data = _read_bytes(path)
+    try:
+        model = onnx.load_model_from_string(data)
     except Exception as exc:  # DecodeError, RuntimeError, OSError, ... depending on the damage
         raise BadInputError(f"{path} is not a readable ONNX model (truncated or another format): "
                             f"{first_line(exc)}") from None
@@ -193,8 +218,8 @@ def read_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise
     except Exception as exc:
         raise UnsupportedModelError(f"{path}: unreadable external-data fields: {first_line(exc)}") from None
-    try:  # by path: external data is then found beside the model, and protobufs over 2 GiB pass
-        onnx.checker.check_model(str(path))
+    try:  # with external data by path (it is then found beside the model); otherwise from memory
+        onnx.checker.check_model(str(path) if has_external_data else model)
     except Exception as exc:  # ValidationError mostly; also UnicodeDecodeError, ValueError from its C++ side
         raise UnsupportedModelError(f"{path} fails the ONNX checker: {first_line(exc)}") from None
     if has_external_data:
@@ -237,13 +262,13 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [value for value in model.graph.input if value.name not in initializers]
 
 
-def describe(model: onnx.ModelProto, path: str | os.PathLike) -> ModelInfo:
+def describe(model: onnx.ModelProto, path: str | os.PathLike, sha256: str | None = None) -> ModelInfo:
     path = Path(path)
     opsets = {(imp.domain or "ai.onnx"): int(imp.version) for imp in model.opset_import}
     producer = " ".join(p for p in (model.producer_name, model.producer_version) if p)
     return ModelInfo(
         path=path,
-        sha256=_file_sha256(path),
+        sha256=sha256 or _file_sha256(path),
         inputs=tuple(_tensor_info(v) for v in graph_inputs(model)),
         outputs=tuple(_tensor_info(v) for v in model.graph.output),
         opsets=opsets,
@@ -392,6 +417,18 @@ def detect_scores_kind(model: onnx.ModelProto, output_name: str) -> ScoresKind:
     if node.op_type == "Softmax":
         return ScoresKind.SOFTMAX
     return ScoresKind.LOGITS
+
+
+def declared_range(info: ModelInfo) -> tuple[float, float] | None:
+    """The input box the model's metadata declares (`input_range`: a JSON [lo, hi]), if it holds one."""
+    raw = info.metadata.get("input_range")
+    try:
+        low, high = (float(value) for value in json.loads(raw)) if raw else (None, None)
+    except (TypeError, ValueError):
+        return None
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high) and low < high):
+        return None
+    return low, high
 
 
 def read_labels(info: ModelInfo, labels_file: str | os.PathLike | None = None) -> list[str] | None:

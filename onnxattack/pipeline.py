@@ -17,18 +17,18 @@ from .batch import attack_arrays, batch_targets, check_exclusion_targets, judge,
 from .config import AttackConfig
 from .errors import BadInputError, UnsupportedModelError
 from .inputs import InputSource, check_passthrough_sources, open_inputs, open_passthrough, scan_inputs
-from .loader import LoadedModel, load
+from .loader import LoadedModel, LoadSettings, load, resolve_box
 from .merge import shard_attrs
-from .model import choose_attack_input, describe, read_model
+from .model import ModelFile, choose_attack_input, open_model
+from .results import ResultFile, ResultWriter, check_output_path
 from .runtime import to_input_dtype
-from .scores import Criterion, TopKExclusionCriterion, criterion_for
-from .store import ResultWriter, check_output_path
+from .scores import Criterion, TopKExclusionCriterion
 from .targets import TargetSpec, check_target_file
-from .types import Task
 
-__all__ = ["AttackConfig", "RunPlan", "plan", "run_attack", "run_transfer", "versions"]
+__all__ = ["AttackConfig", "RunPlan", "plan", "run_attack", "run_local", "versions"]
 
-Progress = Callable[[int, int, int, int], None]  # rows done, rows total, successes, attacked
+# rows done (fractional inside a batch: progress reported by the attack), rows total, successes, attacked
+Progress = Callable[[float, int, int, int], None]
 
 
 @dataclass
@@ -46,6 +46,7 @@ class RunPlan:
     start: int = 0  # this run's rows [start, stop) of the input set: all of them unless --shard
     stop: int = -1
     others: dict[str, InputSource] = field(default_factory=dict)  # multi-input models: passed through
+    box: tuple[float, float] = (0.0, 1.0)  # --range, or the model's input_range metadata
 
     def target_for(self, first: int, rows: int) -> TargetSpec | np.ndarray:
         """The targets of input rows [first, first + rows): rows of --target-file, or the strategy."""
@@ -85,13 +86,13 @@ def shard_rows(count: int, batch_size: int, shard: tuple[int, int] | None) -> tu
             min(count, (index + 1) * batches // shards * batch_size))
 
 
-def open_model_inputs(model_path: str | os.PathLike, inputs_path: str | os.PathLike, attack_input: str | None,
+def open_model_inputs(model: ModelFile, inputs_path: str | os.PathLike, attack_input: str | None,
                       key: str | None, image_layout: str = "chw", image_scale: float = 1 / 255,
                       ) -> tuple[str, InputSource, dict[str, InputSource]]:
     """(the attacked input's name, its rows, the other inputs' rows by name). A multi-input model's
     inputs come from one .npz / .h5 file keyed by input name (--key names the attacked array if it is
     stored under another name)."""
-    info = describe(read_model(model_path), model_path)
+    info = model.info
     attacked = choose_attack_input(info, attack_input)
     other_names = [i.name for i in info.inputs if i.name != attacked.name]
     chosen_key = key if key is not None or not other_names else attacked.name
@@ -106,21 +107,23 @@ def first_rows(source: InputSource, others: dict[str, InputSource],
     return probe, {name: next(other.batches(0, rows, rows))[1] for name, other in others.items()}
 
 
-def plan(model_path: str | os.PathLike, inputs_path: str | os.PathLike, config: AttackConfig) -> RunPlan:
-    """Open and check the inputs (every row finite and in the box), load the model, resolve targets."""
+def plan(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLike, config: AttackConfig) -> RunPlan:
+    """Read the model once, open and check the inputs (every row finite and in the box), load the model,
+    resolve targets."""
     attack = config.build_attack()
-    attacked, source, others = open_model_inputs(model_path, inputs_path, config.attack_input, config.key,
+    model_file = model_path if isinstance(model_path, ModelFile) else open_model(model_path)
+    box, box_note = resolve_box(config.box, model_file.info)
+    attacked, source, others = open_model_inputs(model_file, inputs_path, config.attack_input, config.key,
                                                  config.image_layout, config.image_scale)
     source_name = Path(inputs_path).name
     count = source.count if config.limit is None else min(source.count, config.limit)
-    scan_inputs(source, count, config.box, source_name)
+    scan_inputs(source, count, box, source_name)
     check_passthrough_sources(others, source.count, count, source_name)
     probe, probe_others = first_rows(source, others, min(count, 4))
-    model = load(model_path, device=config.device, output=config.output, scores=config.scores,
-                 threshold=config.threshold, labels_file=config.labels_file, tolerance=config.tolerance,
-                 box=config.box, probe=probe, seed=config.seed,
-                 probe_name=source_name, gradients=config.gradients, max_queries=config.max_queries,
-                 reduce=config.reduce, attack_input=attacked, probe_others=probe_others)
+    settings = LoadSettings.from_config(config, box=box, attack_input=attacked)
+    model = load(model_file, settings, probe=probe, probe_name=source_name, probe_others=probe_others)
+    if box_note:
+        model.notes.insert(0, box_note)
     spec, target_rows = None, None
     if config.target_file is not None:
         target_rows = _read_target_file(config.target_file, count, model.num_labels)
@@ -129,18 +132,19 @@ def plan(model_path: str | os.PathLike, inputs_path: str | os.PathLike, config: 
     criterion = judge(model, attack, spec, config.top_k)
     if target_rows is not None and isinstance(criterion, TopKExclusionCriterion):
         check_exclusion_targets(target_rows, criterion.k, 0)  # before the result file exists
-    if isinstance(attack, SetAttack) and model.gradients == "estimated":
-        raise UnsupportedModelError(f"{attack.name} learns from the whole input set through the torch graph, and "
-                                    f"this model has none: {model.notes[-1]}")
+    if attack.needs_torch_gradients and model.gradients == "estimated":
+        raise UnsupportedModelError(f"{attack.name} needs torch gradients, and this model has no torch graph: "
+                                    f"{model.notes[-1]}")
     start, stop = shard_rows(count, config.batch_size, config.shard)
-    return RunPlan(model, attack, source, source_name, spec, target_rows, criterion, count, start, stop, others)
+    return RunPlan(model, attack, source, source_name, spec, target_rows, criterion, count, start, stop, others,
+                   box)
 
 
 def _identity(run: RunPlan, config: AttackConfig) -> dict:
     """The attributes a --resume must match: model, method, target, every parameter, seed, inputs."""
     model, attack = run.model, run.attack
     target_text = run.spec.describe() if run.spec else f"file:{Path(str(config.target_file)).name}"
-    params = {**attack.params(), "box": list(config.box), "batch_size": config.batch_size,
+    params = {**attack.params(), "box": list(run.box), "batch_size": config.batch_size,
               "top_k": run.top_k or None, "tolerance": config.tolerance, "gradients": model.gradients,
               "max_queries": config.max_queries if model.gradients == "estimated" else None,
               "reduce": config.reduce if model.folded else None,
@@ -158,9 +162,7 @@ def _open_writer(out_path: Path, run: RunPlan, config: AttackConfig, inputs_path
     model = run.model
     identity = _identity(run, config)
     if config.resume and out_path.exists():
-        writer = ResultWriter.resume(out_path, identity)
-        writer.check_same_inputs(run.source, run.source_name, offset=run.start)
-        return writer
+        return ResultWriter.resume(out_path, identity, run.source, run.source_name, offset=run.start)
     attrs = {**identity, "labels": json.dumps(model.labels), "versions": json.dumps(versions()),
              "task": run.attack.task.value, "inputs": str(inputs_path), "notes": json.dumps(model.notes),
              "output": model.score_output.name, "device": str(model.device), "gradients": model.gradients,
@@ -173,7 +175,18 @@ def _open_writer(out_path: Path, run: RunPlan, config: AttackConfig, inputs_path
 
 def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out_path: str | os.PathLike,
                config: AttackConfig, progress: Progress | None = None) -> Path:
-    """Attack every input and write the result file; returns its path. Resumable."""
+    """Attack every input and write the result file with the engine the config names (local: this
+    process; ray: one Ray actor per shard, merged at the end); returns its path. Resumable."""
+    if config.engine == "ray":
+        from .engines.ray import run_ray
+
+        return run_ray(model_path, inputs_path, out_path, config, progress)
+    return run_local(model_path, inputs_path, out_path, config, progress)
+
+
+def run_local(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out_path: str | os.PathLike,
+              config: AttackConfig, progress: Progress | None = None) -> Path:
+    """Attack every input (of one shard, with --shard) in this process and write the result file."""
     out_path = Path(out_path)
     check_output_path(out_path, resume=config.resume, overwrite=config.overwrite)  # before any slow work
     run = plan(model_path, inputs_path, config)
@@ -184,17 +197,24 @@ def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, ou
     try:
         if isinstance(run.attack, SetAttack):
             _learn_or_reuse(run, config, run.attack, writer)
-        start = writer.rows_written
-        successes = int(np.sum(writer.handle["success"][:start])) if start else 0
-        attacked_total = int(np.sum(writer.handle["attacked"][:start])) if start else 0
+        written = ResultFile(writer.handle, out_path)
+        start = written.rows
+        successes, attacked_total = int(written.success.sum()), int(written.attacked.sum())
         rows = run.stop - run.start
         if progress:
             progress(start, rows, successes, attacked_total)
         for first, x, other_inputs in run.batches(run.start + start, config.batch_size):
             target = run.target_for(first, len(x))
-            result = attack_arrays(run.model, x, run.attack, target, box=config.box, seed=config.seed,
+            done = first - run.start
+
+            def within(fraction: float, done: int = done, size: int = len(x), successes: int = successes,
+                       attacked: int = attacked_total) -> None:
+                if progress:
+                    progress(done + fraction * size, rows, successes, attacked)
+
+            result = attack_arrays(run.model, x, run.attack, target, box=run.box, seed=config.seed,
                                    first_index=first, source=run.source_name, criterion=run.criterion,
-                                   other_inputs=other_inputs)
+                                   other_inputs=other_inputs, progress=within)
             writer.append(result.rows())
             writer.set_attrs(elapsed_s=elapsed_before + time.monotonic() - started)
             successes += int(result.success.sum())
@@ -230,7 +250,7 @@ def _learn_or_reuse(run: RunPlan, config: AttackConfig, attack: SetAttack, write
                         yield model.as_tensor(x[index]), torch.as_tensor(goal[index], device=model.device)
 
     batches = -(-(run.stop - run.start) // config.batch_size)
-    learnt = attack.fit(model.victim(config.box), epoch, batches, run.criterion)
+    learnt = attack.fit(model.victim(run.box), epoch, batches, run.criterion)
     writer.write_learnt(learnt.detach().cpu().numpy(), attack.learning_calls)
 
 
@@ -243,57 +263,3 @@ def versions() -> dict[str, str]:
 
     return {"onnxattack": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "onnx": onnx.__version__, "onnx2torch": getattr(onnx2torch, "__version__", "1.5.15")}
-
-
-def run_transfer(results_path: str | os.PathLike, model_paths: list[str], device: str = "auto",
-                 chunk: int = 256) -> dict[str, dict]:
-    """Re-score the stored adversarial inputs on other models (same label space), chunk by chunk;
-    store transfer/<model> groups and return per-model success and flip rates."""
-    from .store import begin_transfer, json_attr, open_results, passthrough_dataset, passthrough_names, read_attrs
-    from .validate import transfer
-
-    with open_results(results_path) as handle:
-        attrs = read_attrs(handle)
-        rows = int(attrs.get("rows_written", handle["x_adv"].shape[0]))
-        params = json_attr(handle, "params", {})
-        probe = np.asarray(handle["x"][:min(rows, 4)], dtype=np.float64)
-        labels = json_attr(handle, "labels", [])
-        stored_others = passthrough_names(handle)
-        probe_others = {name: handle[passthrough_dataset(name)][:min(rows, 4)] for name in stored_others}
-    task = Task(attrs.get("task", Task.CLASSIFICATION.value))
-    rates: dict[str, dict] = {}
-    for model_path in model_paths:
-        # the other model takes the stored pass-through inputs it has (by name), perhaps none of them
-        takes = {value.name for value in describe(read_model(model_path), model_path).inputs}
-        fed = [name for name in stored_others if name in takes]
-        attacked = attrs.get("attack_input")
-        other = load(model_path, device=device, convert=False, box=tuple(params.get("box", (0.0, 1.0))),
-                     probe=probe, attack_input=attacked if attacked in takes else None,
-                     probe_others={name: probe_others[name] for name in fed},
-                     probe_name=f"{Path(results_path).name}:x")
-        if other.num_labels != len(labels):
-            raise BadInputError(f"{model_path} has {other.num_labels} labels, the results have {len(labels)}")
-        criterion = criterion_for(task, other.reader, int(params.get("top_k") or 1))
-        successes = flips = attacked_count = 0
-        with open_results(results_path, "r+") as handle:
-            group = begin_transfer(handle, other.name, rows, len(labels))
-            for start in range(0, rows, chunk):
-                stop = min(rows, start + chunk)
-                others = {name: handle[passthrough_dataset(name)][start:stop] for name in fed}
-                with other.bound(others):
-                    result = transfer(other, criterion, handle["x"][start:stop], handle["x_adv"][start:stop],
-                                      handle["y_target"][start:stop])
-                attacked = np.asarray(handle["attacked"][start:stop], dtype=bool)
-                group["scores_adv"][start:stop] = result.scores_adv
-                group["y_adv"][start:stop] = result.y_adv
-                group["success"][start:stop] = result.success & attacked
-                successes += int((result.success & attacked).sum())
-                flips += int((result.flipped & attacked).sum())
-                attacked_count += int(attacked.sum())
-            model_rates = {"model_sha256": other.info.sha256, "attacked": attacked_count,
-                           "success_rate": successes / attacked_count if attacked_count else 0.0,
-                           "flip_rate": flips / attacked_count if attacked_count else 0.0,
-                           "scores_kind": other.reader.kind.value}
-            group.attrs.update(model_rates)
-        rates[other.name] = model_rates
-    return rates

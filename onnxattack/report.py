@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,51 +10,45 @@ from typing import Any
 import numpy as np
 
 from .errors import BadInputError
-from .store import json_attr, open_results, read_attrs
+from .results import ResultFile
 
 _CHUNK = 4096
 
 
-def _column(handle, name: str) -> np.ndarray:
-    return np.asarray(handle[name][:]) if name in handle else np.zeros(0)
-
-
 def summarize(path: str | os.PathLike) -> dict:
     """The run's figures: counts, success, norms over successes, torch/onnxruntime agreement."""
-    with open_results(path) as handle:
-        attrs = read_attrs(handle)
-        rows = int(attrs.get("rows_written", handle["success"].shape[0]))
-        success = _column(handle, "success")[:rows].astype(bool)
-        attacked = _column(handle, "attacked")[:rows].astype(bool)
-        agrees = _column(handle, "torch_agrees")[:rows].astype(bool)
-        l2 = _column(handle, "l2")[:rows]
-        linf = _column(handle, "linf")[:rows]
-        queries = _column(handle, "queries")[:rows]
-        calls = _column(handle, "model_calls")[:rows]
-        nonfinite = np.zeros(rows, dtype=bool)
-        hamming = np.zeros(rows)
-        # untargeted top-k: y_target marks the labels that must leave the top k; count those still in it
-        exclusion = attrs.get("task") == "top-k-exclusion"
-        for start in range(0, rows, _CHUNK):  # streamed: label arrays can be large
-            stop = min(rows, start + _CHUNK)
-            adv, goal = handle["y_adv"][start:stop], handle["y_target"][start:stop]
-            hamming[start:stop] = ((adv & goal) if exclusion else (adv != goal)).sum(1)
-            for name in ("scores", "scores_adv"):
-                nonfinite[start:stop] |= ~np.isfinite(handle[name][start:stop]).all(axis=1)
-        transfer = {}
-        if "transfer" in handle:
-            for name, group in handle["transfer"].items():
-                transfer[name] = {key: float(value) if isinstance(value, (float, np.floating)) else
-                                  (int(value) if isinstance(value, (int, np.integer)) else str(value))
-                                  for key, value in group.attrs.items()}
+    with ResultFile.open(path) as results:
+        return summarize_run(results)
+
+
+def summarize_run(results: ResultFile) -> dict:
+    """summarize() of an open run (a result file, or one epsilon of a curve)."""
+    attrs, rows = results.attrs, results.rows
+    attacked, success = results.attacked, results.success
+    agrees = results.column("torch_agrees").astype(bool)
+    l2, linf = results.column("l2"), results.column("linf")
+    queries, calls = results.column("queries"), results.column("model_calls")
+    nonfinite = np.zeros(rows, dtype=bool)
+    hamming = np.zeros(rows)
+    # untargeted top-k: y_target marks the labels that must leave the top k; count those still in it
+    exclusion = attrs.get("task") == "top-k-exclusion"
+    for start in range(0, rows, _CHUNK):  # streamed: label arrays can be large
+        stop = min(rows, start + _CHUNK)
+        adv, goal = results.column("y_adv", start, stop), results.column("y_target", start, stop)
+        hamming[start:stop] = ((adv & goal) if exclusion else (adv != goal)).sum(1)
+        for name in ("scores", "scores_adv"):
+            nonfinite[start:stop] |= ~np.isfinite(results.column(name, start, stop)).all(axis=1)
+    transfer = {name: {key: float(value) if isinstance(value, float) else value for key, value in group.items()}
+                for name, group in results.transfers().items()}
     n_attacked = int(attacked.sum())
     n_success = int(success.sum())
 
     def stat(values: np.ndarray, fn) -> float | None:
         return float(fn(values)) if values.size else None
 
+    gradients = attrs.get("gradients", "torch")
     return {
-        "file": str(path), "model": attrs.get("model_name"), "method": attrs.get("method"),
+        "file": str(results.path), "model": attrs.get("model_name"), "method": attrs.get("method"),
         "target": attrs.get("target"), "scores_kind": attrs.get("scores_kind"),
         "inputs": int(attrs.get("n_inputs", rows)), "rows": rows, "complete": bool(attrs.get("complete")),
         "attacked": n_attacked, "skipped": rows - n_attacked, "successes": n_success,
@@ -63,16 +56,17 @@ def summarize(path: str | os.PathLike) -> dict:
         "l2_mean": stat(l2[success], np.mean), "l2_median": stat(l2[success], np.median),
         "linf_mean": stat(linf[success], np.mean), "linf_median": stat(linf[success], np.median),
         "hamming_to_target_mean": stat(hamming[attacked], np.mean),
-        "torch_agreement": float(agrees[attacked].mean()) if n_attacked else 1.0,
-        "torch_disagreements": int((~agrees[attacked]).sum()),
+        # with estimated gradients there is no torch graph: nothing to agree with
+        "torch_agreement": (float(agrees[attacked].mean()) if n_attacked else 1.0) if gradients == "torch" else None,
+        "torch_disagreements": int((~agrees[attacked]).sum()) if gradients == "torch" else None,
         "elapsed_s": float(attrs.get("elapsed_s", 0.0)),
-        "gradients": attrs.get("gradients", "torch"),
+        "gradients": gradients,
         "model_calls_mean": stat(calls[attacked], np.mean) if calls.size else None,
         "model_calls_total": int(calls.sum()) if calls.size else None,
         "queries_mean": stat(queries[attacked], np.mean) if queries.size else None,
         "queries_max": int(queries[attacked].max()) if queries.size and n_attacked else None,
         "nonfinite_rows": [int(i) for i in np.flatnonzero(nonfinite)],
-        "notes": json.loads(attrs.get("notes", "[]")),
+        "notes": results.json_attr("notes", []),
         "transfer": transfer,
     }
 
@@ -88,8 +82,9 @@ def format_summary(summary: dict) -> str:
         ("success rate (onnxruntime)", f"{summary['success_rate']:.1%} ({summary['successes']}/{summary['attacked']})"),
         ("L2 mean / median", f"{num(summary['l2_mean'])} / {num(summary['l2_median'])}"),
         ("Linf mean / median", f"{num(summary['linf_mean'])} / {num(summary['linf_median'])}"),
-        ("torch/onnxruntime agreement", f"{summary['torch_agreement']:.1%} "
-                                        f"({summary['torch_disagreements']} disagreements)"),
+        ("torch/onnxruntime agreement", "n/a (no torch graph: gradients estimated from onnxruntime queries)"
+         if summary["torch_agreement"] is None else
+         f"{summary['torch_agreement']:.1%} ({summary['torch_disagreements']} disagreements)"),
         ("time", f"{summary['elapsed_s']:.1f} s"),
         ("model calls per input", f"{num(summary.get('model_calls_mean'), '{:.0f}')} (forward + backward passes, "
                                   f"{summary.get('model_calls_total') or 0} in all)"),
@@ -150,19 +145,16 @@ class _Run:
 
 
 def _read_run(path: str | os.PathLike, examples: int) -> _Run:
-    with open_results(path) as handle:
-        attrs = read_attrs(handle)
-        rows = int(attrs.get("rows_written", handle["success"].shape[0]))
-        success = np.asarray(handle["success"][:rows], dtype=bool)
-        attacked = np.asarray(handle["attacked"][:rows], dtype=bool)
-        l2 = np.asarray(handle["l2"][:rows], dtype=np.float64)
-        num_labels = int(handle["scores"].shape[1])
-        labels = [str(name) for name in json_attr(handle, "labels", None) or range(num_labels)]
+    with ResultFile.open(path) as results:
+        attrs = results.attrs
+        success, attacked = results.success, results.attacked
+        l2 = results.column("l2").astype(np.float64)
+        labels = results.labels
         # Successes first, then failures; inputs that were skipped (nothing to attack) are not shown.
         picked = np.concatenate([np.flatnonzero(success), np.flatnonzero(attacked & ~success)])[:examples]
         fields = ("x", "x_adv", "scores", "scores_adv", "y_pred", "y_target", "y_adv")
         chosen = [_Example(index=int(i), success=bool(success[i]), l2=float(l2[i]),
-                           **{name: np.asarray(handle[name][i]) for name in fields}) for i in picked]
+                           **{name: results.take(name, int(i)) for name in fields}) for i in picked]
     ranking = attrs.get("task", "classification") != "classification"  # top-k tasks have no threshold
     threshold = None if ranking else float(attrs.get("threshold", 0.5))
     title = f"{attrs.get('model_name') or Path(path).stem}: {attrs.get('method')} / target {attrs.get('target')}"
@@ -313,6 +305,12 @@ def _draw_l2(figure, cell, run: _Run) -> None:
     axis.tick_params(labelsize=7)
 
 
+def figure_path(png: str | os.PathLike) -> Path:
+    """Where the figure is written: matplotlib adds .png to a name without a suffix."""
+    png = Path(png)
+    return png if png.suffix else png.with_name(png.name + ".png")
+
+
 def write_figure(path: str | os.PathLike, png: str | os.PathLike, examples: int = 4) -> Path:
     """Per example (successes first): clean and adversarial input, the perturbation, and the label scores
     before and after against the threshold, with the target set marked; then the L2 histogram."""
@@ -343,7 +341,7 @@ def write_figure(path: str | os.PathLike, png: str | os.PathLike, examples: int 
     legend_axis = figure.add_subplot(grid[rows, -1])
     legend_axis.axis("off")
     legend_axis.legend(handles=_legend_handles(run), loc="center", ncol=3, fontsize=8, frameon=False)
-    png = Path(png)
+    png = figure_path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(png, dpi=100)
     plt.close(figure)

@@ -26,6 +26,8 @@ class Victim:
     rows of the batch about to be attacked (per-row query ledgers start there). select: a victim that
     keeps something per row (query ledgers, the pass-through inputs of a multi-input model) must be
     told which rows a call on a sub-batch sends: attacks wrap such calls in `on_rows(ids)`.
+    progress: told, through `report`, how much of the batch's work is done (0..1), so a long batch
+    shows progress before it ends.
     """
 
     logits: Callable[[torch.Tensor], torch.Tensor]
@@ -34,6 +36,7 @@ class Victim:
     jacobian: JacobianFn | None = None
     begin: Callable[[np.ndarray], None] | None = None
     select: RowSelector | None = None
+    progress: Callable[[float], None] | None = None
 
     def __post_init__(self) -> None:
         if self.select is None:  # a logits callable with its own row selection (QueryModel) names its rows
@@ -44,6 +47,11 @@ class Victim:
         if rows is None or self.select is None:
             return contextlib.nullcontext()
         return self.select(rows)
+
+    def report(self, fraction: float) -> None:
+        """The share of the batch's work done so far (attacks call it once per iteration)."""
+        if self.progress is not None:
+            self.progress(min(1.0, max(0.0, float(fraction))))
 
     def attack_space(self, x: torch.Tensor) -> torch.Tensor:
         return self.reader.attack_space(self.logits(x))

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto
 from onnxattack.cli.main import main
 from PIL import Image
 
@@ -64,11 +66,30 @@ def test_inspect_json_answers_for_a_zoo_model(mosaic):
     assert report["opsets"]["ai.onnx"] == 18 and report["fidelity"] <= 1e-4
 
 
-def test_inspect_exits_3_naming_blocking_ops(tmp_path):
+def test_inspect_names_blocking_ops_and_the_estimated_route(tmp_path):
+    """A model without a torch graph is still attackable (estimated gradients): inspect says so and exits 0,
+    as `attack` then runs; the blocking ops are named."""
     path = ex.unconvertible_model(tmp_path / "ml.onnx")
     result = CliRunner().invoke(main, ["inspect", str(path)])
-    assert result.exit_code == 3
+    assert result.exit_code == 0, result.output
     assert "Hardmax-13" in result.output and "ai.onnx.ml.Binarizer-1" in result.output
+    assert "converts    no" in result.output and "gradients estimated from onnxruntime queries" in result.output
+    report = json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).stdout)
+    assert report["converts"] is False and report["attack_route"] == "estimated"
+
+
+def test_inspect_exits_3_for_a_model_that_cannot_be_attacked(tmp_path):
+    path = ex.unconvertible_model(tmp_path / "ml.onnx")
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.INT64  # token ids: nothing to perturb
+    model.graph.node[0].op_type = "Cast"
+    del model.graph.node[0].attribute[:]
+    model.graph.node[0].domain = ""
+    model.graph.node[0].attribute.append(onnx.helper.make_attribute("to", TensorProto.FLOAT))
+    onnx.save(model, str(path))
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 3, result.output
+    assert "integer" in result.output.splitlines()[-1]
 
 
 @pytest.mark.parametrize("method,target", [("ml-cw", "hide-single"), ("ml-deepfool", "random")])
@@ -178,7 +199,11 @@ def test_transfer_and_report(mosaic, tmp_path, zoo_model):
     (["--range", "1", "0"], "LO must be below HI"),
     (["--target", "top:3"], "ranking methods"),
     (["--batch-size", "0"], "batch-size"),
-    (["--method", "ml-deepfool", "--kappa", "1"], "'--kappa': kappa does not apply to ml-deepfool"),
+    (["--method", "ml-deepfool", "--kappa", "1"], "'--kappa': --kappa does not apply to ml-deepfool"),
+    # the refusal names flags, never internal names (abort_early, jacobian)
+    (["--method", "ml-cw", "--eps", "0.1"], "--eps does not apply to ml-cw (it takes --max-iter, --binary-steps, "
+                                            "--learning-rate, --kappa, --initial-const, --exhaustive, --no-early-stop)"),
+    (["--seed", str(2**63)], "at most 2^63 - 1"),
     (["--seed", "-1"], "'--seed'"),
     (["--gradients", "sometimes"], "Invalid value for '--gradients'"),
 ])

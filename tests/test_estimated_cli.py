@@ -71,6 +71,8 @@ def test_a_forest_is_attacked_without_any_flag(forest, data, tmp_path):
     assert summary["gradients"] == "estimated"
     assert any("gradients are estimated" in note and "TreeEnsembleClassifier" in note for note in summary["notes"])
     assert summary["scores_kind"] == "probabilities"
+    assert summary["torch_agreement"] is None  # no torch graph: nothing to agree with, never a fake 100%
+    assert "agreement  n/a (no torch graph" in invoke("report", out).output.replace("   ", " ")
     success, queries = onnxruntime_success(out, forest)
     assert success.mean() >= 0.75
     assert (queries > 0).all() and queries.max() <= 20_000

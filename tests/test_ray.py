@@ -24,7 +24,7 @@ from onnxattack.cli.main import main as cli
 from onnxattack import AttackConfig, run_attack
 from onnxattack.engines import run
 from onnxattack.merge import shard_path
-from onnxattack.store import ROW_DATASETS
+from onnxattack.results import ROW_DATASETS
 
 ray = pytest.importorskip("ray")
 
@@ -77,6 +77,15 @@ def test_the_ray_engine_equals_the_single_process_run(cluster, tmp_path):
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["rows"] == ROWS and summary["complete"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ray.h5"]  # shard files merged, then removed
+
+
+def test_the_library_entry_point_honours_engine_ray(cluster, tmp_path):
+    """onnxattack.run_attack with AttackConfig(engine="ray") runs on Ray (it used to run locally, silently)."""
+    model, inputs, reference = cluster
+    out = run_attack(model, inputs, tmp_path / "lib.h5", RAY)
+    same_rows(reference, out)
+    with h5py.File(out, "r") as handle:
+        assert json.loads(handle.attrs["merged_from"]) == [f"lib.shard-{i}-of-2.h5" for i in range(2)]
 
 
 def _running_workers() -> list[int]:

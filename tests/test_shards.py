@@ -18,7 +18,7 @@ from onnxattack.cli.main import main as cli
 from onnxattack import AttackConfig, BadInputError, ConfigError, open_dataset, run_attack
 from onnxattack.pipeline import shard_rows
 from onnxattack.report import summarize
-from onnxattack.store import ROW_DATASETS
+from onnxattack.results import ROW_DATASETS
 
 CONFIG = AttackConfig(method="ml-deepfool", max_iter=10, target="random", seed=5, batch_size=3)
 ROWS = 12

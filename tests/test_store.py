@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from onnxattack.errors import BadInputError
-from onnxattack.store import ROW_DATASETS, ResultWriter
+from onnxattack.results import ROW_DATASETS, ResultWriter
 
 
 def _rows(count: int, start: int) -> dict:

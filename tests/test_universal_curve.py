@@ -124,6 +124,12 @@ def test_curve_one_group_per_eps_with_the_budget_respected(zoo_model, zoo_inputs
     code, again = run("curve", model, tmp_path / "x.npy", "-o", out, "--method", "ml-pgd", "--eps", "0.02,0.3,0.1",
                       "--max-iter", "20", "--resume", "--json", "--quiet")
     assert code == 0 and json.loads(again)["points"] == curve["points"]
+    code, output = run("export", out, "-o", tmp_path / "e.npz")
+    assert code == 2 and "--eps" in output and "0.02, 0.1, 0.3" in output  # a curve holds one run per epsilon
+    assert run("export", out, "-o", tmp_path / "e.npz", "--eps", "0.1")[0] == 0
+    with np.load(tmp_path / "e.npz", allow_pickle=False) as arrays, h5py.File(out, "r") as handle:
+        assert np.array_equal(arrays["x_adv"], handle["eps/0.1/x_adv"][:])
+        assert json.loads(str(arrays["attrs"]))["params"] == handle["eps/0.1"].attrs["params"]
 
 
 def test_curve_refuses_a_method_without_a_budget_and_bad_eps(zoo_model, zoo_inputs, tmp_path):
@@ -131,7 +137,7 @@ def test_curve_refuses_a_method_without_a_budget_and_bad_eps(zoo_model, zoo_inpu
     np.save(tmp_path / "x.npy", zoo_inputs("digits-mosaic", 2))
     code, output = run("curve", model, tmp_path / "x.npy", "-o", tmp_path / "c.h5", "--method", "ml-cw",
                        "--eps", "0.1")
-    assert code == 2 and "eps" in output
+    assert code == 2 and "'ml-cw' is not one of 'ml-pgd'" in output  # curve offers budgeted methods only
     code, output = run("curve", model, tmp_path / "x.npy", "-o", tmp_path / "c.h5", "--eps", "0.1,-2")
     assert code == 2 and "positive" in output
     assert not (tmp_path / "c.h5").exists()

@@ -1,8 +1,12 @@
-"""The paper's four attacks and their successors behind one interface, and a registry by method name."""
+"""The paper's four attacks and their successors behind one interface, and a registry by method name.
+
+A new method is one module here plus one line in METHODS: the command line, `curve` and the pipeline's
+checks read what it declares (attacks/base.py: task, budgeted, needs_torch_gradients, learns_from_set,
+options)."""
 
 from __future__ import annotations
 
-from .base import Attack, AttackResult, SetAttack, Victim
+from .base import Attack, AttackResult, Option, SetAttack, Victim
 from .ml_cw import MLCarliniWagner
 from .ml_deepfool import MLDeepFool
 from .ml_pgd import MLPGD
@@ -25,5 +29,6 @@ METHODS: dict[str, type[Attack]] = {
     UniversalTopK.name: UniversalTopK,
 }
 
-__all__ = ["Attack", "AttackResult", "SetAttack", "Victim", "METHODS", "MLCarliniWagner", "MLDeepFool", "RankI",
+__all__ = ["Attack", "AttackResult", "Option", "SetAttack", "Victim", "METHODS",
+            "MLCarliniWagner", "MLDeepFool", "RankI",
            "RankII", "MLPGD", "MLALP", "TkMLUntargeted", "TkMLTargeted", "UniversalPerturbation", "UniversalTopK"]

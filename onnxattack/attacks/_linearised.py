@@ -37,9 +37,9 @@ from ..errors import ConfigError
 from ..scores import Criterion
 from ..types import Task
 from ._checks import at_least_one, number
-from .base import Attack, AttackResult, Victim
+from ._criteria import threshold_criterion
+from .base import Attack, AttackResult, Option, Victim
 from .jacobian import JACOBIAN_MODES, jacobian_of
-from .ml_cw import threshold_criterion
 
 
 def _backward_calls(mode: str, labels: int) -> int:
@@ -65,6 +65,11 @@ class LinearisedAttack(Attack):
     """The loop of the linearising methods; subclasses supply `solve_step`."""
 
     task = Task.CLASSIFICATION
+    options = {
+        "overshoot": Option(float, "margin asked beyond each boundary"),
+        "near": Option(float, "labels within this margin of their boundary get a gradient (inf: every label)"),
+        "jacobian_budget_mb": Option(float, "memory for one Jacobian, in MB"),
+    }
 
     def __init__(self, max_iter: int = 50, overshoot: float = 0.02, jacobian: str = "auto",
                  near: float = 1.0, jacobian_budget_mb: float = 256.0) -> None:
@@ -99,7 +104,8 @@ class LinearisedAttack(Attack):
         budget = self.jacobian_budget_mb * 2**20
         mode = self.jacobian
 
-        for _ in range(self.max_iter + 1):
+        for iteration in range(self.max_iter + 1):
+            victim.report(max(iteration / (self.max_iter + 1), float(done.float().mean())))
             active = (~done).nonzero().squeeze(1)
             if active.numel() == 0:
                 break

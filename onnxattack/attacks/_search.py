@@ -37,7 +37,7 @@ import torch
 
 from ..scores import Criterion
 from ._checks import at_least_one, number
-from .base import Attack, AttackResult, Victim
+from .base import Attack, AttackResult, Option, Victim
 
 # (attack-space scores [m, L], target [m, L], which rows of the attacked batch they are [m]) -> [m]
 LossTerm = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -229,6 +229,9 @@ def constant_search(victim: Victim, x: torch.Tensor, target: torch.Tensor, loss_
         for _ in range(_until_next_event(state, settings.max_iter, check_every)):
             _iterate(state, victim, loss_term, criterion, settings, n)
         with torch.no_grad():
+            # a finished row counts whole; an active one by the constant steps it has run (at most binary_steps)
+            running = ((state.steps + state.it / settings.max_iter) / settings.binary_steps).clamp_max(1.0)
+            victim.report((n - len(state.ids) + float(running.sum())) / n)
             at_check = state.it % check_every == 0
             ended = state.it >= settings.max_iter
             if settings.abort_early:
@@ -257,6 +260,17 @@ class ConstantSearchAttack(Attack):
     max_iter iterations from x, c0 = initial_const (1 when unset), no early abort, no convergence.
     abort_early=False keeps the shrinking search but runs every step to max_iter.
     """
+
+    options = {
+        "binary_steps": Option(int, "constant search steps"),
+        "learning_rate": Option(float, "Adam learning rate"),
+        "kappa": Option(float, "confidence margin on the attack tensor (logits)"),
+        "initial_const": Option(float, "first constant of the search (None: from the clean margins)"),
+        "exhaustive": Option(bool, "the paper's exhaustive search: every row runs every step (slow)",
+                             switch="exhaustive", value=True),
+        "abort_early": Option(bool, "never end a constant step early when the loss stalls",
+                              switch="no-early-stop", value=False),
+    }
 
     def __init__(self, max_iter: int = 1000, binary_steps: int = 10, initial_const: float | None = None,
                  learning_rate: float = 1e-2, kappa: float = 0.0, abort_early: bool = True,

@@ -21,7 +21,21 @@ from ..scores import Criterion
 from ..types import Task
 from ..victim import Victim
 
-__all__ = ["Attack", "AttackResult", "Epoch", "SetAttack", "Victim", "verify_input_bounds"]
+__all__ = ["Attack", "AttackResult", "Epoch", "Option", "SetAttack", "Victim", "verify_input_bounds"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A hyperparameter as a method declares it: its type (a Python type, or a tuple of choices), what it
+    does, and for a boolean a `switch`: the flag name that sets it to `value` (e.g. no-early-stop)."""
+
+    kind: Any
+    help: str
+    switch: str | None = None
+    value: Any = None
+
+    def flag(self, name: str) -> str:
+        return "--" + (self.switch or name.replace("_", "-"))
 
 
 @dataclass
@@ -63,11 +77,22 @@ def verify_input_bounds(x: torch.Tensor, box: tuple[float, float]) -> None:
 
 
 class Attack(ABC):
-    """One method. Subclasses hold their hyperparameters and implement `run`."""
+    """One method. Subclasses hold their hyperparameters and implement `run`.
+
+    A method declares what it needs and takes, and everything around it (the CLI's options and help,
+    `curve`, the pipeline's checks) is derived from the declarations: `task` (which targets and
+    criterion), `budgeted` (it works within --eps / --norm), `needs_torch_gradients` (it refuses
+    gradients estimated from onnxruntime queries), `learns_from_set` (it learns from the whole input
+    set before any row: no shards), and `options`: a help text per hyperparameter (merged down the
+    class hierarchy; hyperparameters without one are library-only)."""
 
     name: ClassVar[str]
     task: ClassVar[Task]
     default_target: ClassVar[str] = "hide-single"  # what target 'auto' means for this method
+    budgeted: ClassVar[bool] = False
+    needs_torch_gradients: ClassVar[bool] = False
+    learns_from_set: ClassVar[bool] = False
+    options: ClassVar[dict[str, Option]] = {}
 
     def __call__(self, victim: Victim, x: torch.Tensor, target: torch.Tensor, criterion: Criterion) -> AttackResult:
         """Attack a batch: x [N, ...] inside the box, target [N, L] of 0/1 (1 = must be positive,
@@ -91,6 +116,15 @@ class Attack(ABC):
         return {name: parameter.default for name, parameter in inspect.signature(cls).parameters.items()
                 if parameter.default is not inspect.Parameter.empty}
 
+    @classmethod
+    def declared_options(cls) -> dict[str, Option]:
+        """The hyperparameters offered as options (max_iter is every method's --max-iter, not listed)."""
+        declared: dict[str, Option] = {}
+        for klass in reversed(cls.__mro__):
+            declared.update(getattr(klass, "options", {}) if issubclass(klass, Attack) else {})
+        taken = cls.default_values()
+        return {name: option for name, option in declared.items() if name in taken and name != "max_iter"}
+
 
 # One pass over an input set: (attacked rows x [m, ...], their targets [m, L]) per batch.
 Epoch = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
@@ -100,6 +134,9 @@ class SetAttack(Attack):
     """A method that learns from the whole input set before any input is attacked (a universal
     perturbation): the pipeline calls `fit` over every batch first, stores what it learnt, and a
     resumed run hands it back with `use`; `run` then applies it batch by batch."""
+
+    learns_from_set = True
+    needs_torch_gradients = True  # the fit steps through the whole set with autograd
 
     @abstractmethod
     def fit(self, victim: Victim, epoch: Epoch, batches: int, criterion: Criterion) -> torch.Tensor:

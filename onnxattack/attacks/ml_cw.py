@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import BadInputError
-from ..scores import Criterion, ThresholdCriterion
+from ..scores import Criterion
 from ..types import Task
+from ._criteria import threshold_criterion
 from ._search import ConstantSearchAttack, constant_search
 from .base import AttackResult, Victim
-
-
-def threshold_criterion(criterion: Criterion, method: str) -> ThresholdCriterion:
-    """The label-wise criterion the classification losses are stated in."""
-    if not isinstance(criterion, ThresholdCriterion):
-        raise BadInputError(f"{method} needs a per-label threshold criterion, got {type(criterion).__name__}")
-    return criterion
 
 
 class MLCarliniWagner(ConstantSearchAttack):

@@ -6,56 +6,15 @@ import math
 
 import torch
 
-from ..errors import ConfigError
 from ..scores import Criterion
 from ..types import Task
+from ._budget import BudgetedAttack, checked_budget, linf_bounds, per_row, within_l2
 from ._checks import at_least_one, number
-from .base import Attack, AttackResult, Victim
-from .ml_cw import threshold_criterion
-
-NORMS = ("inf", "2")
-DEFAULT_EPS = {"inf": 8 / 255, "2": 0.5}  # the usual budgets for images in [0, 1]
+from ._criteria import threshold_criterion
+from .base import AttackResult, Option, Victim
 
 
-def checked_budget(norm: str, eps: float | None) -> tuple[str, float]:
-    """(norm, eps) checked, eps defaulting to the norm's usual budget (ML-PGD and universal share it)."""
-    if norm not in NORMS:
-        raise ConfigError("norm", f"unknown norm {norm!r} (expected one of: {', '.join(NORMS)})")
-    return norm, number("eps", DEFAULT_EPS[norm] if eps is None else eps, positive=True)
-
-
-def _per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values.view((-1,) + (1,) * (like.dim() - 1))
-
-
-def linf_bounds(x: torch.Tensor, eps: float, box: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The box [x - eps, x + eps] & [lo, hi] per element, such that |x' - x| <= eps holds exactly for
-    every x' inside it in x's own dtype: x - eps is formed in float64, then rounded to x's dtype, where
-    rounding to nearest can land one ulp outside (in x's dtype, eps itself would already be rounded)."""
-    wide = x.double()
-    low, high = (wide - eps).to(x.dtype), (wide + eps).to(x.dtype)
-    for _ in range(2):
-        low = torch.where(wide - low.double() > eps, torch.nextafter(low, x), low)
-        high = torch.where(high.double() - wide > eps, torch.nextafter(high, x), high)
-    return low.clamp_min(box[0]), high.clamp_max(box[1])
-
-
-def within_l2(x: torch.Tensor, candidate: torch.Tensor, eps: float) -> torch.Tensor:
-    """candidate pulled toward x until ||candidate - x||_2 <= eps holds in x's own dtype (the
-    rounding of x + delta can add to the norm); x itself if it never does."""
-    for attempt in range(8):
-        norm = (candidate.double() - x.double()).flatten(1).norm(dim=1)
-        over = norm > eps
-        if not bool(over.any()):
-            return candidate
-        shrink = (eps / norm.clamp_min(1e-30)) * (1 - 2.0**-20 * 4**attempt)
-        pulled = x + (candidate - x) * _per_row(shrink, x).to(x.dtype)
-        candidate = torch.where(_per_row(over, x), pulled, candidate)
-    norm = (candidate.double() - x.double()).flatten(1).norm(dim=1)
-    return torch.where(_per_row(norm > eps, x), x, candidate)
-
-
-class MLPGD(Attack):
+class MLPGD(BudgetedAttack):
     """min_{x'} h(x') = sum_l max(0, kappa + m - y*_l (s_l(x') - theta))  s.t.  ||x' - x|| <= eps, x' in the box
 
     by projected gradient descent (Madry et al., 2018) on the ML-CW hinge, stated on the attack tensor
@@ -81,6 +40,12 @@ class MLPGD(Attack):
 
     name = "ml-pgd"
     task = Task.CLASSIFICATION
+    options = {
+        "restarts": Option(int, "runs from new random starts for the rows not yet successful"),
+        "random_start": Option(bool, "start from x itself, not from a random point of the budget",
+                               switch="no-random-start", value=False),
+        "kappa": Option(float, "confidence margin on the attack tensor (logits)"),
+    }
 
     def __init__(self, eps: float | None = None, norm: str = "inf", max_iter: int = 100, restarts: int = 1,
                  step_size: float | None = None, random_start: bool = True, kappa: float = 0.0) -> None:
@@ -105,12 +70,13 @@ class MLPGD(Attack):
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
         calls = torch.zeros(n, dtype=torch.long, device=x.device)
 
-        for _ in range(self.restarts):
+        for restart in range(self.restarts):
             ids = (~done).nonzero().squeeze(1)
             if ids.numel() == 0:
                 break
             current = self._start(x[ids], victim.box)
             for step in range(self.max_iter + 1):
+                victim.report(max((restart + step / (self.max_iter + 1)) / self.restarts, float(done.float().mean())))
                 leaf = current.requires_grad_(True)
                 with victim.on_rows(None if len(ids) == n else ids):
                     scores = victim.attack_space(leaf)
@@ -150,9 +116,9 @@ class MLPGD(Attack):
         if self.norm == "inf":
             return self._project(x, x + (torch.rand_like(x) * 2 - 1) * reach, box)
         direction = torch.randn_like(x)
-        direction = direction / _per_row(direction.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+        direction = direction / per_row(direction.flatten(1).norm(dim=1).clamp_min(1e-12), x)
         radius = reach * torch.rand(len(x), dtype=x.dtype, device=x.device) ** (1.0 / x[0].numel())
-        return self._project(x, x + direction * _per_row(radius, x), box)
+        return self._project(x, x + direction * per_row(radius, x), box)
 
     def _step(self, x: torch.Tensor, current: torch.Tensor, grad: torch.Tensor, step: int,
               box: tuple[float, float]) -> torch.Tensor:
@@ -161,7 +127,7 @@ class MLPGD(Attack):
         if self.norm == "inf":
             direction = grad.sign()
         else:
-            direction = grad / _per_row(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
+            direction = grad / per_row(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
         return self._project(x, current - size * direction, box)
 
     def _project(self, x: torch.Tensor, candidate: torch.Tensor, box: tuple[float, float]) -> torch.Tensor:
@@ -171,5 +137,5 @@ class MLPGD(Attack):
             return torch.maximum(torch.minimum(candidate, high), low)
         delta = candidate - x
         norm = delta.flatten(1).norm(dim=1)
-        delta = delta * _per_row((self.eps / norm.clamp_min(1e-30)).clamp_max(1.0), delta)
+        delta = delta * per_row((self.eps / norm.clamp_min(1e-30)).clamp_max(1.0), delta)
         return within_l2(x, (x + delta).clamp(box[0], box[1]), self.eps)

@@ -23,7 +23,7 @@ from ..errors import BadInputError
 from ..scores import Criterion, RankingCriterion, TopKExclusionCriterion
 from ..types import Task
 from ._search import ConstantSearchAttack, LossTerm, constant_search
-from ._terms import hinge, masked_max
+from ._terms import hinge, masked_max, untargeted_top_k_term
 from .base import AttackResult, Victim
 from .rank1 import RankI
 
@@ -34,15 +34,6 @@ def targeted_top_k_term(scores: torch.Tensor, target: torch.Tensor, margin: floa
     best_outside = masked_max(scores, ~in_target).unsqueeze(-1)
     terms = hinge(margin + best_outside - scores)
     return torch.where(in_target, terms, torch.zeros_like(terms)).sum(dim=-1)
-
-
-def untargeted_top_k_term(scores: torch.Tensor, target: torch.Tensor, criterion: TopKExclusionCriterion,
-                          margin: float) -> torch.Tensor:
-    """sum_{j in S} max(0, margin + s_j - s'_[k]), s'_[k] the k-th largest score outside S (a row with
-    fewer than k labels outside S cannot succeed; its term is 0)."""
-    leave = target.bool()
-    terms = hinge(margin + scores - criterion.kth_outside(scores, target).unsqueeze(-1))
-    return torch.where(leave, terms, torch.zeros_like(terms)).sum(dim=-1)
 
 
 class TkMLTargeted(RankI):

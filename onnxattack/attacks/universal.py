@@ -10,14 +10,14 @@ import torch
 from ..errors import BadInputError
 from ..scores import Criterion, TopKExclusionCriterion
 from ..types import Task
+from ._budget import BudgetedAttack, checked_budget, linf_bounds, within_l2
 from ._checks import at_least_one, number
-from .base import AttackResult, Epoch, SetAttack, Victim
-from .ml_cw import threshold_criterion
-from .ml_pgd import checked_budget, linf_bounds, within_l2
-from .tkml import untargeted_top_k_term
+from ._criteria import threshold_criterion
+from ._terms import untargeted_top_k_term
+from .base import AttackResult, Epoch, Option, SetAttack, Victim
 
 
-class UniversalPerturbation(SetAttack):
+class UniversalPerturbation(BudgetedAttack, SetAttack):
     """min_delta  sum_i h_i(x_i + delta)  s.t.  ||delta|| <= eps,  x_i + delta clipped to the box
 
     with h_i the ML-CW hinge of input i's target (`loss`), stated on the attack tensor; one delta for every
@@ -35,6 +35,7 @@ class UniversalPerturbation(SetAttack):
 
     name = "universal"
     task = Task.CLASSIFICATION
+    options = {"kappa": Option(float, "confidence margin on the attack tensor (logits)")}
 
     def __init__(self, eps: float | None = None, norm: str = "inf", max_iter: int = 20,
                  step_size: float | None = None, kappa: float = 0.0) -> None:

@@ -21,8 +21,8 @@ from ..config import AttackConfig
 from ..errors import BadInputError, ConfigError, OnnxAttackError, UnsupportedModelError
 from ..inputs import open_inputs
 from ..merge import merge_shards, shard_path
-from ..pipeline import Progress, run_attack
-from ..store import check_output_path
+from ..pipeline import Progress, run_local
+from ..results import check_output_path
 
 RESTARTS = 3  # per worker: Ray restarts a killed actor and retries its shard, which resumes from its file
 _POLL_S = 0.5
@@ -58,11 +58,15 @@ class ShardWorker:
         index = config.shard[0]
         config = replace(config, resume=Path(path).exists(), overwrite=False)
 
-        def report(done: int, total: int, successes: int, attacked: int) -> None:
-            board.update.remote(index, done, successes, attacked)
+        last: list[int] = []
+
+        def report(done: float, total: int, successes: int, attacked: int) -> None:
+            if not last or int(done) != last[-1]:  # whole rows only: one message per row at most
+                last.append(int(done))
+                board.update.remote(index, int(done), successes, attacked)
 
         try:
-            run_attack(model, inputs, path, config, progress=report)
+            run_local(model, inputs, path, config, progress=report)
         except OnnxAttackError as exc:  # sent back as plain data: the driver raises it as the same kind
             return {"error": str(exc), "exit_code": exc.exit_code, "field": getattr(exc, "field", None)}
         return {"pid": os.getpid()}

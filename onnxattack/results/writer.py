@@ -1,4 +1,4 @@
-"""The HDF5 result file: chunked, compressed, appended batch by batch, resumable.
+"""Writing a result file: chunked, compressed, appended batch by batch, resumable.
 
 Crash safety: a batch is appended to every dataset, then `rows_written` is raised and the file
 flushed. On resume every dataset is cut back to `rows_written`, so a batch cut short by a crash
@@ -14,58 +14,29 @@ import json
 import os
 import resource
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import h5py
 import numpy as np
 
-from .errors import BadInputError, first_line
-from .inputs import InputSource
-
-ROW_DATASETS = ("x", "x_adv", "scores", "scores_adv", "y_pred", "y_target", "y_adv",
-                "success", "attacked", "torch_agrees", "l2", "linf", "iterations", "queries",
-                "model_calls")
-PASSTHROUGH_GROUP = "inputs"  # a multi-input model's other inputs, one dataset per input name
-
-
-def passthrough_dataset(name: str) -> str:
-    """inputs/<name>; a '/' in an input name (tf2onnx's scopes) is written %2F, so it stays one dataset."""
-    return f"{PASSTHROUGH_GROUP}/{name.replace('%', '%25').replace('/', '%2F')}"
-
-
-def passthrough_names(handle: h5py.File) -> list[str]:
-    """The input names stored under inputs/ (in the file's order)."""
-    group = handle.get(PASSTHROUGH_GROUP)
-    return [unquote(key) for key in group] if isinstance(group, h5py.Group) else []
-
-
-def row_datasets(handle: h5py.File) -> tuple[str, ...]:
-    """Every per-row dataset of a result file: ROW_DATASETS and the pass-through inputs/<name>."""
-    return ROW_DATASETS + tuple(passthrough_dataset(name) for name in passthrough_names(handle))
-
-
-# What a set attack (universal) learnt from the whole input set, written before any row.
-LEARNT_DATASET = "universal_delta"
-
-# Attributes that must match for --resume to continue a file.
-RUN_IDENTITY = ("model_sha256", "method", "target", "params", "seed", "scores_kind", "threshold",
-                "n_inputs", "row_start", "row_stop")
-
-
-def _dataset_specs(sample_shape: tuple[int, ...], input_dtype: np.dtype, num_labels: int) -> dict:
-    labels = (num_labels,)
-    return {
-        "x": (sample_shape, input_dtype), "x_adv": (sample_shape, input_dtype),
-        "scores": (labels, np.float32), "scores_adv": (labels, np.float32),
-        "y_pred": (labels, np.int8), "y_target": (labels, np.int8), "y_adv": (labels, np.int8),
-        "success": ((), np.bool_), "attacked": ((), np.bool_), "torch_agrees": ((), np.bool_),
-        "l2": ((), np.float32), "linf": ((), np.float32), "iterations": ((), np.int32),
-        "queries": ((), np.int64), "model_calls": ((), np.int64),
-    }
-
+from ..errors import BadInputError, first_line
+from ..inputs import InputSource
+from .reader import ResultFile, open_hdf5, plain
+from .schema import (
+    EPS_GROUP,
+    LAYOUT_VERSION,
+    LEARNT_DATASET,
+    ROW_DATASETS,
+    RUN_IDENTITY,
+    TRANSFER_COLUMNS,
+    TRANSFER_GROUP,
+    dataset_specs,
+    passthrough_dataset,
+)
 
 # Room kept free beyond a batch's raw bytes for the metadata HDF5 adds as the file grows.
 METADATA_ROOM = 64 << 10
@@ -109,6 +80,28 @@ def check_output_path(path: Path, resume: bool, overwrite: bool) -> None:
             break
 
 
+def identity_mismatch(path: Path, stored: dict[str, Any], asked: dict[str, Any]) -> str | None:
+    """Why a file written with `stored` attributes cannot be resumed by a run with `asked` ones (None if it
+    can): the first differing key, and for the parameters the first differing parameter."""
+    for key in RUN_IDENTITY:
+        if key not in asked or plain(stored.get(key)) == plain(asked[key]):
+            continue
+        if key == "params":
+            try:
+                old, new = json.loads(str(stored.get(key))), json.loads(str(asked[key]))
+            except (TypeError, ValueError):
+                return f"cannot resume {path}: its params attribute is not JSON"
+            differing = sorted(name for name in {*old, *new} if old.get(name) != new.get(name))
+            if differing:
+                name = differing[0]
+                return (f"cannot resume {path}: it was written with {name}={old.get(name)!r}, this run has "
+                        f"{name}={new.get(name)!r}")
+            continue
+        return (f"cannot resume {path}: it was written with {key}={plain(stored.get(key))!r}, "
+                f"this run has {asked[key]!r}")
+    return None
+
+
 class ResultWriter:
     def __init__(self, handle: h5py.File) -> None:
         self.handle = handle
@@ -137,13 +130,13 @@ class ResultWriter:
         rows = int(max(1, min(rows_per_chunk, (4 << 20) // row_bytes)))
         writer = cls(handle)
         try:
-            specs = _dataset_specs(sample_shape, input_dtype, num_labels)
+            specs = dataset_specs(sample_shape, input_dtype, num_labels)
             specs.update({passthrough_dataset(name): spec for name, spec in (passthrough or {}).items()})
             for name, (shape, dtype) in specs.items():
                 handle.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
                                       chunks=(rows, *shape), compression="gzip", compression_opts=4, shuffle=True)
             attrs = {**attrs, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     "complete": False, "rows_written": 0}
+                     "complete": False, "rows_written": 0, "layout_version": LAYOUT_VERSION}
             writer.set_attrs(**attrs)
         except (OSError, RuntimeError) as exc:
             writer.close()
@@ -151,31 +144,42 @@ class ResultWriter:
         return writer
 
     @classmethod
-    def resume(cls, path: str | os.PathLike, attrs: dict[str, Any]) -> ResultWriter:
+    def resume(cls, path: str | os.PathLike, attrs: dict[str, Any], source: InputSource | None = None,
+               where: str = "inputs", offset: int = 0) -> ResultWriter:
+        """Reopen `path` to continue it. Everything is checked read-only first (the run's identity, the
+        rows_written count, the layout version, and with `source` the stored rows against the inputs),
+        so a refused resume changes nothing; then every dataset is cut back to rows_written."""
+        path = Path(path)
+        with ResultFile.open(path) as stored:
+            problem = identity_mismatch(path, stored.attrs, attrs)
+            version = stored.attrs.get("layout_version", LAYOUT_VERSION)
+            if problem is None and version != LAYOUT_VERSION:
+                problem = (f"cannot resume {path}: it has result layout version {version!r}, this onnxattack "
+                           f"writes version {LAYOUT_VERSION}")
+            absent = [name for name in ROW_DATASETS if not stored.has(name)]
+            if problem is None and absent:
+                problem = f"cannot resume {path}: it lacks the dataset(s) {', '.join(absent)}"
+            if problem is None and source is not None:
+                problem = _inputs_mismatch(stored, source, where, offset)
+            rows, row_datasets = stored.rows, stored.row_datasets()
+        if problem:
+            raise BadInputError(problem)
         try:
             handle = h5py.File(path, "r+")
         except OSError as exc:
-            raise BadInputError(f"cannot reopen {path} to resume: {exc}") from None
-        for key in RUN_IDENTITY:
-            stored = handle.attrs.get(key)
-            if key in attrs and _plain(stored) != _plain(attrs[key]):
-                handle.close()
-                raise BadInputError(f"cannot resume {path}: it was written with {key}={_plain(stored)!r}, "
-                                    f"this run has {attrs[key]!r}")
-        writer = cls(handle)
-        rows = writer.rows_written
-        for name in row_datasets(handle):
-            if name in handle and handle[name].shape[0] != rows:
+            raise BadInputError(f"cannot reopen {path} to resume: {_reason(exc)}") from None
+        for name in row_datasets:
+            if handle[name].shape[0] != rows:
                 handle[name].resize(rows, axis=0)  # drop a batch cut short by a crash
         handle.flush()
-        return writer
+        return cls(handle)
 
     def append(self, rows: dict[str, np.ndarray]) -> None:
         """Grow every dataset by the batch, then raise rows_written and flush. A batch that may not fit
         (its raw bytes plus room for metadata) is refused before anything is written."""
         count = len(rows["x"])
         start = self.rows_written
-        names = row_datasets(self.handle)
+        names = ResultFile(self.handle, self._path).row_datasets()
         missing = sorted(set(names) ^ set(rows))
         if missing:
             raise BadInputError(f"{self._path} holds other datasets than the batch: {', '.join(missing)}")
@@ -196,10 +200,7 @@ class ResultWriter:
 
     def learnt(self) -> tuple[np.ndarray, int] | None:
         """What a set attack learnt and the model calls per row it took, if this file holds it (a resume)."""
-        if LEARNT_DATASET not in self.handle:
-            return None
-        dataset = self.handle[LEARNT_DATASET]
-        return np.asarray(dataset), int(dataset.attrs.get("model_calls", 0))
+        return ResultFile(self.handle, self._path).learnt()
 
     def write_learnt(self, learnt: np.ndarray, model_calls: int) -> None:
         try:
@@ -224,26 +225,6 @@ class ResultWriter:
         return StoreWriteError(f"writing {self._path} failed ({_reason(exc)}); the {rows} rows written before "
                                f"stay readable: make room and rerun with --resume")
 
-    def check_same_inputs(self, source: InputSource, where: str, rows: int = 64, offset: int = 0) -> None:
-        """On resume: the rows already written must be the inputs' rows (first and last few compared);
-        row k of the file is input offset + k (a shard file starts at its first row)."""
-        done = self.rows_written
-        stored = self.handle["x"]
-        if tuple(stored.shape[1:]) != tuple(source.sample_shape):
-            self.close()
-            raise BadInputError(f"cannot resume {self.handle_name}: it holds inputs of shape {list(stored.shape[1:])}, "
-                                f"{where} has {list(source.sample_shape)}")
-        for start in sorted({0, max(0, done - rows)}):
-            stop = min(done, start + rows)
-            if stop <= start:
-                continue
-            given = next(source.batches(offset + start, offset + stop, stop - start))[1]
-            if not np.array_equal(np.asarray(stored[start:stop]), np.asarray(given, dtype=stored.dtype)):
-                self.close()
-                raise BadInputError(f"cannot resume {self.handle_name}: its rows {offset + start}..{offset + stop - 1} "
-                                    f"were written "
-                                    f"for other inputs than {where}")
-
     @property
     def handle_name(self) -> str:
         return str(self._path)
@@ -258,50 +239,73 @@ class ResultWriter:
             pass
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+def _inputs_mismatch(stored: ResultFile, source: InputSource, where: str, offset: int, rows: int = 64) -> str | None:
+    """The rows already written must be the inputs' rows (first and last few compared); row k of the file
+    is input offset + k (a shard file starts at its first row)."""
+    if stored.sample_shape != tuple(source.sample_shape):
+        return (f"cannot resume {stored.path}: it holds inputs of shape {list(stored.sample_shape)}, {where} has "
+                f"{list(source.sample_shape)}")
+    done = stored.rows
+    for start in sorted({0, max(0, done - rows)}):
+        stop = min(done, start + rows)
+        if stop <= start:
+            continue
+        given = next(source.batches(offset + start, offset + stop, stop - start))[1]
+        kept = stored.column("x", start, stop)
+        if not np.array_equal(kept, np.asarray(given, dtype=kept.dtype)):
+            return (f"cannot resume {stored.path}: its rows {offset + start}..{offset + stop - 1} were written "
+                    f"for other inputs than {where}")
+    return None
 
 
-def read_attrs(handle: h5py.File) -> dict[str, Any]:
-    return {key: _plain(value) for key, value in handle.attrs.items()}
+class TransferWriter:
+    """transfer/<name> in a result file: another model's verdict on the stored x_adv, chunk by chunk."""
+
+    def __init__(self, path: str | os.PathLike, name: str) -> None:
+        self.path = Path(path)
+        self.name = name
+        self.results = ResultFile.open(path, "r+")
+        group_name = f"{TRANSFER_GROUP}/{name}"
+        handle = self.results.group
+        if group_name in handle:
+            del handle[group_name]
+        self.group = handle.create_group(group_name)
+        rows = self.results.rows
+        for column, (shape, dtype) in dataset_specs((), np.dtype(np.float32), self.results.num_labels,
+                                                    TRANSFER_COLUMNS).items():
+            compressed = {"compression": "gzip", "chunks": (min(rows, 4096), *shape)} if rows else {}
+            self.group.create_dataset(column, shape=(rows, *shape), dtype=dtype, **compressed)
+
+    def write(self, start: int, **columns: np.ndarray) -> None:
+        for name, values in columns.items():
+            self.group[name][start:start + len(values)] = values
+
+    def finish(self, **attrs: Any) -> None:
+        self.group.attrs.update(attrs)
+        self.results.close()
+
+    def __enter__(self) -> TransferWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.results.close()
 
 
-def json_attr(handle: h5py.File, key: str, default: Any = None) -> Any:
-    raw = handle.attrs.get(key)
-    return default if raw is None else json.loads(_plain(raw))
-
-
-def open_results(path: str | os.PathLike, mode: str = "r") -> h5py.File:
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"result file not found: {path}")
+@contextmanager
+def curve_writer(out: Path) -> Iterator[h5py.File]:
+    """A curve file written under a temporary name and renamed into place once complete."""
+    partial = out.with_name(out.name + ".gathering")
     try:
-        handle = h5py.File(path, mode)
-    except OSError as exc:
-        raise BadInputError(f"{path} is not a readable HDF5 result file: {exc}") from None
-    missing = [name for name in ("x_adv", "success", "y_target") if name not in handle]
-    if missing and _plain(handle.attrs.get("kind")) == "curve":
-        handle.close()
-        raise BadInputError(f"{path} is a curve file: each of its runs is a group eps/<value> (`onnxattack curve "
-                            f"... --resume` prints the curve)")
-    if missing:
-        handle.close()
-        raise BadInputError(f"{path} is not an onnxattack result file (missing {', '.join(missing)})")
-    return handle
+        with h5py.File(partial, "w") as handle:
+            handle.create_group(EPS_GROUP)
+            yield handle
+        os.replace(partial, out)
+    except (OSError, RuntimeError, ValueError) as exc:  # h5py reports failed writes as any of these
+        partial.unlink(missing_ok=True)
+        raise BadInputError(f"cannot write the curve file {out}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-def begin_transfer(handle: h5py.File, name: str, rows: int, num_labels: int) -> h5py.Group:
-    """Create (or replace) the group transfer/<name> with datasets to fill chunk by chunk."""
-    group_name = f"transfer/{name}"
-    if group_name in handle:
-        del handle[group_name]
-    group = handle.create_group(group_name)
-    for dataset, shape, dtype in (("scores_adv", (rows, num_labels), np.float32),
-                                  ("y_adv", (rows, num_labels), np.int8), ("success", (rows,), np.bool_)):
-        compressed = {"compression": "gzip", "chunks": (min(rows, 4096), *shape[1:])} if rows else {}
-        group.create_dataset(dataset, shape=shape, dtype=dtype, **compressed)
-    return group
+def copy_run(handle: h5py.File, part: Path, name: str) -> None:
+    """Copy a whole result file into the curve file as eps/<name>."""
+    with open_hdf5(part) as source:
+        source.copy(source["/"], handle[EPS_GROUP], name=name)

@@ -1,0 +1,95 @@
+"""Where an attack's gradients come from: one interface, chosen once at load.
+
+- `TorchGraphSource`: autograd through the converted torch graph (checked against onnxruntime).
+- `EstimatedSource`: the forward is onnxruntime itself, the backward an antithetic NES/SPSA
+  estimate from onnxruntime queries (estimated/QueryModel), with per-row query ledgers.
+
+LoadedModel holds one of them and never asks which: a new source (another runtime, a surrogate)
+is a class here with the same four methods.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .bridge.convert import forward_failure
+from .estimated import QueryModel
+from .passthrough import PassThroughInputs
+from .scores import ScoreReader
+from .victim import Victim
+
+
+class GradientSource(Protocol):
+    kind: str  # recorded as the `gradients` attribute: "torch" or "estimated"
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The differentiable attack tensor."""
+
+    def victim(self, reader: ScoreReader, box: tuple[float, float], passthrough: PassThroughInputs | None) -> Victim:
+        """What an attack sees: the attack tensor, how to read it, the box and row selection."""
+
+    def scores(self, x: torch.Tensor, reader: ScoreReader) -> torch.Tensor:
+        """The scores the attack saw (to count its disagreements with onnxruntime)."""
+
+    def queries_spent(self) -> np.ndarray | None:
+        """onnxruntime queries per row of the batch last attacked (None when it asks none)."""
+
+
+class TorchGraphSource:
+    kind = "torch"
+
+    def __init__(self, graph: torch.nn.Module, fidelity: float) -> None:
+        self.graph = graph
+        self.fidelity = fidelity  # max |torch - onnxruntime| on the probe
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.graph(x)
+        except Exception as exc:  # a converted module that fails on the attack's inputs: exit 3 naming its node
+            raise forward_failure(exc) from None
+
+    def victim(self, reader: ScoreReader, box: tuple[float, float], passthrough: PassThroughInputs | None) -> Victim:
+        return Victim(self.logits, reader, box, select=passthrough.select if passthrough is not None else None)
+
+    def scores(self, x: torch.Tensor, reader: ScoreReader) -> torch.Tensor:
+        return reader.to_scores(self.logits(x))
+
+    def queries_spent(self) -> np.ndarray | None:
+        return None
+
+
+class EstimatedSource:
+    kind = "estimated"
+
+    def __init__(self, query_model: QueryModel, score_fn, max_queries: int | None) -> None:
+        self.query_model = query_model
+        self.score_fn = score_fn  # onnxruntime scores of the original model
+        self.max_queries = max_queries
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.query_model(x)
+
+    def victim(self, reader: ScoreReader, box: tuple[float, float], passthrough: PassThroughInputs | None) -> Victim:
+        query_model = self.query_model
+        query_model.box = (float(box[0]), float(box[1]))
+
+        def jacobian(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # random directions measured better than coordinate differences on forests and pipelines alike
+            return query_model.jacobian(x, rows=rows, method="random")
+
+        def begin(rows: np.ndarray) -> None:
+            query_model.begin(rows, self.max_queries)
+
+        # estimated gradients take one-input models only (load refuses the others)
+        return Victim(query_model, reader, box, jacobian=jacobian, begin=begin, select=query_model.select)
+
+    def scores(self, x: torch.Tensor, reader: ScoreReader) -> torch.Tensor:
+        return torch.as_tensor(self.score_fn(x.detach().cpu().numpy()), device=x.device)
+
+    def queries_spent(self) -> np.ndarray | None:
+        if self.query_model.ledger is None:
+            return None
+        return self.query_model.spent.copy()
