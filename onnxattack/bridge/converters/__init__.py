@@ -7,8 +7,11 @@ constants) and is replaced on purpose. One module per op family:
 - reduce.py: Reduce*-18/20 (axes moved from an attribute to an input)
 - reshape.py: Reshape-19/21 (allowzero honoured)
 - activations.py: Gelu-20, Mish, ThresholdedRelu, Shrink, Clip-11/12/13 (bounds computed in the graph)
-- structure.py: Split-18 (num_outputs), Pad (every version; reflect/edge/wrap on any dim),
-  AveragePool-19 (dilations)
+- structure.py: Split-18 (num_outputs), Pad (every version; reflect/edge/wrap on any dim)
+- padding.py: explicit pads from auto_pad / pads and the input's size at run time (shared)
+- conv.py: Conv, ConvTranspose (auto_pad SAME_*, weights computed in the graph, asymmetric
+  pads and output_shape for ConvTranspose)
+- pool.py: MaxPool, AveragePool, LpPool (auto_pad SAME_*, asymmetric pads, dilations, ceil_mode)
 - recurrent.py: LSTM, GRU, RNN
 - quantize.py: QuantizeLinear, DequantizeLinear (quantised integers as float tensors)
 - normalization.py: GroupNormalization, LpNormalization
@@ -38,9 +41,11 @@ from . import (  # noqa: F401
     activations,
     aliases,
     control,
+    conv,
     misc,
     ml,
     normalization,
+    pool,
     quantize,
     recurrent,
     reduce,
