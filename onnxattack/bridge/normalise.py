@@ -302,14 +302,15 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     wanted = [name for name in produced if name in needed]
     if not wanted or any(value.name in produced for value in model.graph.output):
         return model
-    values = _run_constant_nodes(model, nodes, wanted)
-    if values is None:
+    tensors = _run_constant_nodes(model, nodes, wanted)
+    if tensors is None:
         return model
     model = copy.deepcopy(model)
     del model.graph.node[:]
     model.graph.node.extend(node for node in kept)
-    model.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in values.items())
-    used = {name for node in model.graph.node for name in node_reads(node)} | {v.name for v in model.graph.input}
+    model.graph.initializer.extend(tensors)
+    used = {name for node in model.graph.node for name in node_reads(node)} \
+        | {value.name for value in [*model.graph.input, *model.graph.output]}
     for index in reversed(range(len(model.graph.initializer))):
         if model.graph.initializer[index].name not in used:
             del model.graph.initializer[index]
@@ -320,8 +321,9 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _run_constant_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
-                        wanted: list[str]) -> dict[str, np.ndarray] | None:
-    """onnxruntime's values of `wanted`, computed by `nodes` from the model's initializers; None if it cannot."""
+                        wanted: list[str]) -> list[onnx.TensorProto] | None:
+    """onnxruntime's values of `wanted` as initializers, computed by `nodes` from the model's initializers;
+    None if it cannot."""
     reads = {name for node in nodes for name in node.input if name}
     initializers = [init for init in model.graph.initializer if init.name in reads]
     try:
@@ -336,7 +338,9 @@ def _run_constant_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.intra_op_num_threads = 1
         session = ort.InferenceSession(sub.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        values = dict(zip(wanted, session.run(wanted, {}), strict=True))
+        values = session.run(wanted, {})
+        if not all(isinstance(value, np.ndarray) for value in values):  # a sequence or a map: not a tensor
+            return None
+        return [numpy_helper.from_array(value, name) for name, value in zip(wanted, values, strict=True)]
     except Exception:  # an op or type onnxruntime cannot run here: leave the nodes to the converters
         return None
-    return values if all(isinstance(value, np.ndarray) for value in values.values()) else None  # no sequences
