@@ -17,6 +17,7 @@ from .bridge.normalise import (
     attack_tensor,
     constants_to_initializers,
     drop_reshape_allowzero,
+    fold_constants,
     inline_functions,
     prune_to,
     symbolic_batch,
@@ -308,7 +309,7 @@ def _with_fixed_batch_note(original: OrtScorer, fixed: int, notes: list[str]) ->
 
 def _score_graph(proto: onnx.ModelProto, tensor_name: str, score_output: str) -> onnx.ModelProto:
     graph = constants_to_initializers(inline_functions(proto))
-    return drop_reshape_allowzero(prune_to(graph, tensor_name, score_output))
+    return fold_constants(drop_reshape_allowzero(prune_to(graph, tensor_name, score_output)))
 
 
 def _torch_graph(score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndarray,

@@ -77,8 +77,10 @@ def test_converter_matches_onnxruntime(name, node, opset, initializers, shape):
                                    rtol=1e-5, atol=1e-6)
 
 
-def test_dilated_average_pool_is_refused_not_mistranslated():
+def test_dilated_average_pool_converts_and_matches_onnxruntime():
     node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2])
     model = _graph(node, 19, [1, 1, 6, 6], None)
-    with pytest.raises(Exception, match="dilations"):
-        to_torch(model)
+    x = np.random.default_rng(0).uniform(-4, 4, size=(1, 1, 6, 6)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (expected,) = sess.run(None, {"x": x})
+    np.testing.assert_allclose(to_torch(model)(torch.from_numpy(x)).numpy(), expected, rtol=1e-5, atol=1e-6)

@@ -23,17 +23,16 @@ from .converter_checks import const, model_of, session
 
 
 def test_a_converter_that_raises_gives_a_conversion_error_naming_the_node():
-    # onnx2torch's Conv converter needs the weight as an initializer: here it is computed (KeyError).
-    nodes = [helper.make_node("Relu", ["w"], ["w_pos"], name="weights_relu"),
-             helper.make_node("Conv", ["x", "w_pos"], ["y"], name="conv_1")]
-    model = model_of(nodes, [("x", TensorProto.FLOAT, [1, 2, 5, 5])], ["y"], [const("w", np.ones((3, 2, 3, 3)))],
-                     opset=13)
+    # onnx2torch's MaxPool converter refuses storage_order=1 (NotImplementedError) inside onnx2torch.
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu_1"),
+             helper.make_node("MaxPool", ["r"], ["y"], name="pool_1", kernel_shape=[2, 2], storage_order=1)]
+    model = model_of(nodes, [("x", TensorProto.FLOAT, [1, 2, 5, 5])], ["y"], opset=13)
     session(model).run(None, {"x": np.ones((1, 2, 5, 5), np.float32)})  # a valid graph for onnxruntime
     with pytest.raises(ConversionError) as caught:
         to_torch(model)
     message = str(caught.value)
-    assert "Conv-11 (node 'conv_1')" in message and "KeyError" in message and "\n" not in message
-    assert caught.value.blocking_ops == ["Conv-11"]
+    assert "MaxPool-12 (node 'pool_1')" in message and "NotImplementedError" in message and "\n" not in message
+    assert caught.value.blocking_ops == ["MaxPool-12"]
     assert caught.value.exit_code == 3
 
 

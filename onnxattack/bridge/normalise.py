@@ -7,10 +7,12 @@ import copy
 import numpy as np
 import onnx
 import onnx.inliner
+import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedModelError, first_line
 from ..model import final_op, graph_inputs
+from ..runtime import session_options
 from .converters._common import node_reads
 
 # Constant attributes onnx2torch's KeyError path trips over when weights live in nodes.
@@ -256,3 +258,89 @@ def explicit_squeeze_axes(model: onnx.ModelProto) -> onnx.ModelProto:
             model.graph.initializer.append(numpy_helper.from_array(np.asarray(axes, dtype=np.int64), name))
             node.input.append(name)
     return model
+
+
+# Never folded: their value is drawn anew on each run.
+_RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def _constant_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes (default domain, no subgraph, not random) all of whose inputs are constants, chains included.
+
+    An initializer also listed among the graph's inputs is an overridable default, not a constant.
+    """
+    overridable = {value.name for value in model.graph.input}
+    constant = {init.name for init in model.graph.initializer if init.name not in overridable}
+    found = []
+    for node in model.graph.node:
+        inputs = [name for name in node.input if name]
+        if inputs and node.domain in ("", "ai.onnx") and node.op_type not in _RANDOM_OPS \
+                and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute) \
+                and all(name in constant for name in inputs):
+            found.append(node)
+            constant.update(name for name in node.output if name)
+    return found
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Nodes computed from constants alone -> initializers holding onnxruntime's own result.
+
+    Exporters compute weights in the graph: vendors' int8 toolchains fake-quantize them (float
+    initializer -> QuantizeLinear -> DequantizeLinear -> Conv), others feed them through Transpose,
+    Reshape or Cast. onnx2torch's Conv and friends want initializers. The values come from
+    onnxruntime with graph optimisations off (each node as written), so the folded graph computes
+    what onnxruntime computes; anything that depends on an input (activations' QDQ pairs) stays.
+    Best effort: a constant subgraph onnxruntime cannot run leaves the model as it is.
+    """
+    nodes = _constant_nodes(model)
+    if not nodes:
+        return model
+    folded = {id(node) for node in nodes}
+    produced = [name for node in nodes for name in node.output if name]
+    kept = [node for node in model.graph.node if id(node) not in folded]
+    needed = {name for node in kept for name in node_reads(node)} | {value.name for value in model.graph.output}
+    wanted = [name for name in produced if name in needed]
+    if not wanted or any(value.name in produced for value in model.graph.output):
+        return model
+    tensors = _run_constant_nodes(model, nodes, wanted)
+    if tensors is None:
+        return model
+    model = copy.deepcopy(model)
+    del model.graph.node[:]
+    model.graph.node.extend(node for node in kept)
+    model.graph.initializer.extend(tensors)
+    used = {name for node in model.graph.node for name in node_reads(node)} \
+        | {value.name for value in [*model.graph.input, *model.graph.output]}
+    for index in reversed(range(len(model.graph.initializer))):
+        if model.graph.initializer[index].name not in used:
+            del model.graph.initializer[index]
+    for index in reversed(range(len(model.graph.value_info))):
+        if model.graph.value_info[index].name in produced:
+            del model.graph.value_info[index]
+    return model
+
+
+def _run_constant_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
+                        wanted: list[str]) -> list[onnx.TensorProto] | None:
+    """onnxruntime's values of `wanted` as initializers, computed by `nodes` from the model's initializers;
+    None if it cannot."""
+    reads = {name for node in nodes for name in node.input if name}
+    initializers = [init for init in model.graph.initializer if init.name in reads]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(helper.make_model(
+            helper.make_graph(nodes, "constants", [], [], initializers), opset_imports=model.opset_import,
+            ir_version=model.ir_version))
+        types = {value.name: value.type for value in inferred.graph.value_info}
+        outputs = [onnx.ValueInfoProto(name=name, type=types[name]) for name in wanted]
+        sub = helper.make_model(helper.make_graph(nodes, "constants", [], outputs, initializers),
+                                opset_imports=model.opset_import, ir_version=model.ir_version)
+        options = session_options(quiet=True)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(sub.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        values = session.run(wanted, {})
+        if not all(isinstance(value, np.ndarray) for value in values):  # a sequence or a map: not a tensor
+            return None
+        return [numpy_helper.from_array(value, name) for name, value in zip(wanted, values, strict=True)]
+    except Exception:  # an op or type onnxruntime cannot run here: leave the nodes to the converters
+        return None

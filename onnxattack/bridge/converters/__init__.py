@@ -3,12 +3,17 @@
 Importing this package registers them in onnx2torch's own registry (once per process),
 through _common.register: a version onnx2torch already converts is left to it, except where
 its converter is known to be wrong or too narrow (Pad; Clip, whose bounds it takes only as
-constants) and is replaced on purpose. One module per op family:
+constants) and is replaced on purpose. Conv, ConvTranspose, MaxPool and AveragePool are replaced
+too, but hand the cases onnx2torch handles back to its converter (upstream_converter, looked up
+before the replacement). One module per op family:
 - reduce.py: Reduce*-18/20 (axes moved from an attribute to an input)
 - reshape.py: Reshape-19/21 (allowzero honoured)
 - activations.py: Gelu-20, Mish, ThresholdedRelu, Shrink, Clip-11/12/13 (bounds computed in the graph)
-- structure.py: Split-18 (num_outputs), Pad (every version; reflect/edge/wrap on any dim),
-  AveragePool-19 (dilations)
+- structure.py: Split-18 (num_outputs), Pad (every version; reflect/edge/wrap on any dim)
+- padding.py: explicit pads from auto_pad / pads and the input's size at run time (shared)
+- conv.py: Conv, ConvTranspose (auto_pad SAME_*, weights computed in the graph, asymmetric
+  pads and output_shape for ConvTranspose)
+- pool.py: MaxPool, AveragePool, LpPool (auto_pad SAME_*, asymmetric pads, dilations, ceil_mode)
 - recurrent.py: LSTM, GRU, RNN
 - quantize.py: QuantizeLinear, DequantizeLinear (quantised integers as float tensors)
 - normalization.py: GroupNormalization, LpNormalization
@@ -31,16 +36,19 @@ pairs the new release converts itself (register() then leaves them to it, silent
 tests/test_converters*.py one-node tests, which hit onnx2torch's converter where it has one,
 and decide per op whether to override); (3) whether its Pad still maps reflect/edge onto
 torch's pad (if fixed, the override in structure.py may go); (4) whether the dotted-domain
-naming bug is fixed (then _patch_node_naming is a harmless no-op on dot-free names).
+naming bug is fixed (then _patch_node_naming is a harmless no-op on dot-free names); (5) whether
+its Conv / ConvTranspose / pools still take the signature conv.py and pool.py hand back to them.
 """
 
 from . import (  # noqa: F401
     activations,
     aliases,
     control,
+    conv,
     misc,
     ml,
     normalization,
+    pool,
     quantize,
     recurrent,
     reduce,

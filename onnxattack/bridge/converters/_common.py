@@ -47,6 +47,13 @@ def own_registrations() -> frozenset[OperationDescription]:
     return frozenset(_OWN)
 
 
+def upstream_converter(operation: str, version: int, domain: str = "") -> TConverter | None:
+    """onnx2torch's own converter for exactly (op, version), None when it has none; call it before
+    register(..., override_upstream=True) replaces that entry."""
+    key = OperationDescription(domain=domain, operation_type=operation, version=version)
+    return None if key in _OWN else _registry._CONVERTER_REGISTRY.get(key)
+
+
 def _patch_node_naming() -> None:
     """Workaround: onnx2torch 1.5.15 names a node's torch module '<domain>/<name or op>'.
 

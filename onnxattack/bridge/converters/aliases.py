@@ -44,9 +44,7 @@ ALIASES: list[tuple[str, tuple[int, ...], int, Guard | None]] = [
     ("Unsqueeze", (21, 23, 24, 25), 13, None),
     ("Transpose", (21, 23, 24, 25), 13, None),
     ("Equal", (19,), 13, None),
-    ("Conv", (22,), 11, None),
-    ("ConvTranspose", (22,), 11, None),
-    ("MaxPool", (22,), 12, None),
+    ("Gemm", (7,), 9, None),  # opset 7-8 exports; 9 only added integer types
     ("GlobalAveragePool", (22,), 1, None),
     ("Dropout", (22,), 13, None),
     ("InstanceNormalization", (22,), 6, None),

@@ -1,4 +1,4 @@
-"""Split-18, Pad (every version, any rank) and AveragePool-19: versions that added attributes or inputs."""
+"""Split-18 and Pad (every version, any rank): versions that added attributes or inputs."""
 
 from __future__ import annotations
 
@@ -130,15 +130,6 @@ def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
                  None if axes is None else [int(a) for a in axes], fill)
     inputs = [data, pads_name if pads is None else "", value_name if value is None else ""]
     return OperationConverterResult(torch_module=module, onnx_mapping=mapping(inputs, node))
-
-
-@register("AveragePool", [19])
-@register("AveragePool", [22])
-def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
-    dilations = node.attributes.get("dilations")
-    if dilations and any(d != 1 for d in dilations):
-        raise NotImplementedError("AveragePool with dilations other than 1")
-    return get_converter("AveragePool", 11)(node, graph)
 
 
 __all__ = ["Pad", "SplitEven", "onnx_mapping_from_node"]
