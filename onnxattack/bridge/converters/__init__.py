@@ -38,6 +38,7 @@ from . import (  # noqa: F401
     activations,
     aliases,
     control,
+    dynamic_quantize,
     misc,
     ml,
     normalization,
