@@ -37,6 +37,7 @@ naming bug is fixed (then _patch_node_naming is a harmless no-op on dot-free nam
 from . import (  # noqa: F401
     activations,
     aliases,
+    contrib,
     control,
     dynamic_quantize,
     misc,

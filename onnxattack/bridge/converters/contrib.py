@@ -1,0 +1,109 @@
+"""com.microsoft ops from onnxruntime's transformer optimiser (version 1), as its CPU kernels compute them.
+
+- FusedMatMul: Y = alpha * op(A) @ op(B), op transposing the last two dims where transA / transB is
+  set (1-D operands are never transposed). transBatchA / transBatchB are refused.
+- FastGelu: the tanh approximation of GELU, of X + bias when bias is given:
+  y = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+- BiasGelu: exact (erf) GELU of A + B. Gelu: exact GELU of X.
+- SkipLayerNormalization: s = input + skip (+ bias); output = (s - mean) / sqrt(var + epsilon) * gamma
+  (+ beta), mean and biased variance over the last dim, epsilon 1e-12 by default. skip may be
+  [B, S, H], [1, S, H] or [S, H]. Optional outputs: mean and inv_std_var ([B, S, 1]) and s itself.
+All are smooth (or piecewise linear) in their float inputs: plain autograd gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from onnx2torch.onnx_graph import OnnxGraph
+from onnx2torch.onnx_node import OnnxNode
+from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult, onnx_mapping_from_node
+from torch import nn
+
+from ._common import MS_DOMAIN, register
+
+
+def _last_two_swapped(x: torch.Tensor, swap: bool) -> torch.Tensor:
+    return x.transpose(-1, -2) if swap and x.dim() >= 2 else x
+
+
+class FusedMatMul(nn.Module, OnnxToTorchModule):
+    def __init__(self, alpha: float, trans_a: bool, trans_b: bool) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.trans_a = trans_a
+        self.trans_b = trans_b
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        product = torch.matmul(_last_two_swapped(a, self.trans_a), _last_two_swapped(b, self.trans_b))
+        return product if self.alpha == 1.0 else product * self.alpha
+
+
+class FastGelu(nn.Module, OnnxToTorchModule):
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if bias is not None:
+            x = x + bias
+        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)
+        return 0.5 * x * (1.0 + torch.tanh(inner))
+
+
+class BiasGelu(nn.Module, OnnxToTorchModule):
+    def forward(self, a: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return nn.functional.gelu(a if bias is None else a + bias)
+
+
+class SkipLayerNormalization(nn.Module, OnnxToTorchModule):
+    def __init__(self, epsilon: float, outputs: int) -> None:
+        super().__init__()
+        self.epsilon = epsilon
+        self.outputs = outputs
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None):
+        total = x + skip
+        if bias is not None:
+            total = total + bias
+        mean = total.mean(dim=-1, keepdim=True)
+        variance = (total - mean).pow(2).mean(dim=-1, keepdim=True)
+        inverse_std = torch.rsqrt(variance + self.epsilon)
+        y = (total - mean) * inverse_std * gamma
+        if beta is not None:
+            y = y + beta
+        results = (y, mean, inverse_std, total)[: self.outputs]
+        return results[0] if self.outputs == 1 else results
+
+
+def _plain(module: nn.Module, node: OnnxNode) -> OperationConverterResult:
+    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+
+@register("FusedMatMul", [1], MS_DOMAIN)
+def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    del graph
+    attributes = node.attributes
+    if attributes.get("transBatchA", 0) or attributes.get("transBatchB", 0):
+        raise NotImplementedError("FusedMatMul with transBatchA / transBatchB")
+    module = FusedMatMul(float(attributes.get("alpha", 1.0)), bool(attributes.get("transA", 0)),
+                         bool(attributes.get("transB", 0)))
+    return _plain(module, node)
+
+
+@register("FastGelu", [1], MS_DOMAIN)
+def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    del graph
+    return _plain(FastGelu(), node)
+
+
+@register("BiasGelu", [1], MS_DOMAIN)
+@register("Gelu", [1], MS_DOMAIN)
+def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    del graph
+    return _plain(BiasGelu(), node)
+
+
+@register("SkipLayerNormalization", [1], MS_DOMAIN)
+def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    del graph
+    module = SkipLayerNormalization(float(node.attributes.get("epsilon", 1e-12)), len(node.output_values))
+    return _plain(module, node)

@@ -1,0 +1,98 @@
+"""com.microsoft FusedMatMul, FastGelu, BiasGelu, Gelu and SkipLayerNormalization against onnxruntime:
+outputs, and input gradients against onnxruntime's central differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from .converter_checks import check, const, model_of
+
+F = TensorProto.FLOAT
+# onnxruntime's GELU kernels give float32 outputs up to ~9 here (rounding ~1e-6): central differences
+# over 1e-3 steps are noise-dominated (2.8% off), over 1e-2 steps they are not.
+EPS = 1e-2
+
+
+def _ms_model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
+    model = model_of(nodes, inputs, outputs, initializers, opset=17)
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
+def _normal(*shape, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+FUSED_CASES = [
+    # id, A shape, B shape, attributes
+    ("plain-batched", (2, 3, 4), (4, 5), {}),
+    ("alpha-transB", (2, 3, 4), (5, 4), {"alpha": 0.125, "transB": 1}),
+    ("transA-transB-4d", (2, 2, 4, 3), (2, 2, 5, 4), {"transA": 1, "transB": 1, "alpha": -2.0}),
+    ("vector-operand", (4,), (2, 4, 3), {"transB": 0}),
+]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=[c[0] for c in FUSED_CASES])
+def test_fused_matmul(case):
+    _, a_shape, b_shape, attributes = case
+    node = helper.make_node("FusedMatMul", ["x", "b"], ["y"], domain="com.microsoft", **attributes)
+    model = _ms_model([node], [("x", F, list(a_shape)), ("b", F, list(b_shape))], ["y"])
+    check(model, {"x": _normal(*a_shape), "b": _normal(*b_shape, seed=1)}, family="FusedMatMul", grad=("x", "b"))
+
+
+def test_fused_matmul_with_transposed_batches_is_refused():
+    from onnxattack.bridge.convert import to_torch
+    from onnxattack.errors import ConversionError
+
+    node = helper.make_node("FusedMatMul", ["x", "b"], ["y"], domain="com.microsoft", transBatchA=1)
+    model = _ms_model([node], [("x", F, [2, 3, 4]), ("b", F, [4, 5])], ["y"])
+    with pytest.raises(ConversionError, match="transBatchA"):
+        to_torch(model)
+
+
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
+def test_fast_gelu(with_bias):
+    inputs = ["x", "bias"] if with_bias else ["x"]
+    initializers = [const("bias", _normal(6, seed=2))] if with_bias else []
+    node = helper.make_node("FastGelu", inputs, ["y"], domain="com.microsoft")
+    model = _ms_model([node], [("x", F, [3, 4, 6])], ["y"], initializers)
+    check(model, {"x": _normal(3, 4, 6) * 3}, family="FastGelu", eps=EPS)
+
+
+@pytest.mark.parametrize("op", ["BiasGelu", "Gelu"])
+def test_bias_gelu_and_gelu(op):
+    inputs = ["x", "bias"] if op == "BiasGelu" else ["x"]
+    initializers = [const("bias", _normal(6, seed=3))] if op == "BiasGelu" else []
+    node = helper.make_node(op, inputs, ["y"], domain="com.microsoft")
+    model = _ms_model([node], [("x", F, [3, 4, 6])], ["y"], initializers)
+    check(model, {"x": _normal(3, 4, 6) * 3}, family=op, eps=EPS)
+
+
+SKIP_CASES = [
+    # id, skip shape, beta, bias, outputs, epsilon
+    ("full-skip-beta-bias", (2, 3, 8), True, True, ["y"], None),
+    ("broadcast-skip-no-beta", (1, 3, 8), False, False, ["y"], 1e-5),
+    ("2d-skip-all-outputs", (3, 8), True, True, ["y", "mean", "inv_std", "sum"], None),
+]
+
+
+@pytest.mark.parametrize("case", SKIP_CASES, ids=[c[0] for c in SKIP_CASES])
+def test_skip_layer_normalization(case):
+    _, skip_shape, beta, bias, outputs, epsilon = case
+    rng = np.random.default_rng(4)
+    initializers = [const("gamma", rng.normal(size=8))]
+    names = ["x", "skip", "gamma", "beta" if beta else "", "bias" if bias else ""]
+    if beta:
+        initializers.append(const("beta", rng.normal(size=8)))
+    if bias:
+        initializers.append(const("bias", rng.normal(size=8)))
+    while names[-1] == "":
+        names.pop()
+    attributes = {} if epsilon is None else {"epsilon": epsilon}
+    node = helper.make_node("SkipLayerNormalization", names, outputs, domain="com.microsoft", **attributes)
+    model = _ms_model([node], [("x", F, [2, 3, 8]), ("skip", F, list(skip_shape))], outputs, initializers)
+    feeds = {"x": _normal(2, 3, 8, seed=5) * 2 + 1, "skip": _normal(*skip_shape, seed=6)}
+    check(model, feeds, family="SkipLayerNormalization", grad=("x", "skip"), atol=2e-5, rtol=2e-5)
