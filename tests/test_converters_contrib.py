@@ -96,3 +96,25 @@ def test_skip_layer_normalization(case):
     model = _ms_model([node], [("x", F, [2, 3, 8]), ("skip", F, list(skip_shape))], outputs, initializers)
     feeds = {"x": _normal(2, 3, 8, seed=5) * 2 + 1, "skip": _normal(*skip_shape, seed=6)}
     check(model, feeds, family="SkipLayerNormalization", grad=("x", "skip"), atol=2e-5, rtol=2e-5)
+
+
+LN_CASES = [
+    # id, opset (below 17: onnxruntime's own schema), axis, outputs, bias
+    ("opset14-last-axis", 14, -1, ["y"], True),
+    ("opset14-axis1-mean-inv-std", 14, 1, ["y", "mean", "inv_std"], False),
+    ("opset17-no-value-info", 17, -1, ["y"], True),
+]
+
+
+@pytest.mark.parametrize("case", LN_CASES, ids=[c[0] for c in LN_CASES])
+def test_layer_normalization_as_onnxruntimes_optimiser_writes_it(case):
+    _, opset, axis, outputs, bias = case
+    rng = np.random.default_rng(7)
+    normalised = (3, 8) if axis == 1 else (8,)
+    initializers = [const("scale", rng.normal(size=normalised))] + ([const("bias", rng.normal(size=normalised))]
+                                                                   if bias else [])
+    nodes = [helper.make_node("Add", ["x", "x"], ["twice"]),  # a computed input: no value_info for its shape
+             helper.make_node("LayerNormalization", ["twice", "scale"] + (["bias"] if bias else []), outputs,
+                              axis=axis)]
+    model = model_of(nodes, [("x", F, [2, 3, 8])], outputs, initializers, opset=opset)
+    check(model, {"x": _normal(2, 3, 8, seed=8) + 1}, family="LayerNormalization", atol=2e-5, rtol=2e-5)

@@ -1,4 +1,4 @@
-"""com.microsoft ops from onnxruntime's transformer optimiser (version 1), as its CPU kernels compute them.
+"""Ops from onnxruntime's transformer optimiser, as its CPU kernels compute them (com.microsoft version 1).
 
 - FusedMatMul: Y = alpha * op(A) @ op(B), op transposing the last two dims where transA / transB is
   set (1-D operands are never transposed). transBatchA / transBatchB are refused.
@@ -8,6 +8,11 @@
 - SkipLayerNormalization: s = input + skip (+ bias); output = (s - mean) / sqrt(var + epsilon) * gamma
   (+ beta), mean and biased variance over the last dim, epsilon 1e-12 by default. skip may be
   [B, S, H], [1, S, H] or [S, H]. Optional outputs: mean and inv_std_var ([B, S, 1]) and s itself.
+- LayerNormalization (default domain): what onnxruntime's optimiser fuses the ReduceMean / Sub / Pow /
+  Sqrt chain into. Below version 17 it is onnxruntime's own schema, written into models of opset < 17
+  (ONNX's checker refuses those); version 17 replaces onnx2torch's converter, which needs the input's
+  shape in value_info (optimised graphs have none: KeyError) and gives only Y. Normalised over the
+  dims from `axis` (default -1), epsilon 1e-5; optional outputs Mean and InvStdDev (kept dims of size 1).
 All are smooth (or piecewise linear) in their float inputs: plain autograd gradients.
 """
 
@@ -74,6 +79,24 @@ class SkipLayerNormalization(nn.Module, OnnxToTorchModule):
         return results[0] if self.outputs == 1 else results
 
 
+class LayerNormalization(nn.Module, OnnxToTorchModule):
+    def __init__(self, axis: int, epsilon: float, outputs: int) -> None:
+        super().__init__()
+        self.axis = axis
+        self.epsilon = epsilon
+        self.outputs = outputs
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
+        dims = tuple(range(self.axis % x.dim(), x.dim()))
+        mean = x.mean(dim=dims, keepdim=True)
+        inverse_std = torch.rsqrt((x - mean).pow(2).mean(dim=dims, keepdim=True) + self.epsilon)
+        y = (x - mean) * inverse_std * scale
+        if bias is not None:
+            y = y + bias
+        results = (y, mean, inverse_std)[: self.outputs]
+        return results[0] if self.outputs == 1 else results
+
+
 def _plain(module: nn.Module, node: OnnxNode) -> OperationConverterResult:
     return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
 
@@ -106,4 +129,13 @@ def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
 def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     del graph
     module = SkipLayerNormalization(float(node.attributes.get("epsilon", 1e-12)), len(node.output_values))
+    return _plain(module, node)
+
+
+@register("LayerNormalization", range(1, 18), override_upstream=True)
+def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    del graph
+    attributes = node.attributes
+    module = LayerNormalization(int(attributes.get("axis", -1)), float(attributes.get("epsilon", 1e-5)),
+                                len(node.output_values))
     return _plain(module, node)
