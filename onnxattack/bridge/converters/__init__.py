@@ -3,7 +3,7 @@
 Importing this package registers them in onnx2torch's own registry (once per process),
 through _common.register: a version onnx2torch already converts is left to it, except where
 its converter is known to be wrong or too narrow (Pad; Clip, whose bounds it takes only as
-constants) and is replaced on purpose. One module per op family:
+constants; LayerNormalization-17, which needs value_info shapes) and is replaced on purpose. One module per op family:
 - reduce.py: Reduce*-18/20 (axes moved from an attribute to an input)
 - reshape.py: Reshape-19/21 (allowzero honoured)
 - activations.py: Gelu-20, Mish, ThresholdedRelu, Shrink, Clip-11/12/13 (bounds computed in the graph)
@@ -11,6 +11,11 @@ constants) and is replaced on purpose. One module per op family:
   AveragePool-19 (dilations)
 - recurrent.py: LSTM, GRU, RNN
 - quantize.py: QuantizeLinear, DequantizeLinear (quantised integers as float tensors)
+- dynamic_quantize.py: onnxruntime quantize_dynamic's DynamicQuantizeLinear, MatMulInteger,
+  ConvInteger and com.microsoft DynamicQuantizeMatMul, MatMulIntegerToFloat, DynamicQuantizeLSTM
+- contrib.py: onnxruntime transformer-optimiser ops: com.microsoft FusedMatMul, FastGelu, BiasGelu,
+  Gelu, SkipLayerNormalization; LayerNormalization-1..17 (17 replaces onnx2torch's, which needs
+  value_info shapes)
 - normalization.py: GroupNormalization, LpNormalization
 - misc.py: GlobalMaxPool, Upsample, SpaceToDepth, ReverseSequence, Trilu, CastLike,
   ScatterElements
