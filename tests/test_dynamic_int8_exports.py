@@ -152,3 +152,13 @@ def test_a_transformer_from_onnxruntimes_optimiser_and_quantiser(tmp_path, gelu_
     assert summary["gradients"] == "torch"
     success = recomputed_success(path, out, "scores")
     assert success.mean() >= 0.8, success.mean()
+
+
+def test_the_zoos_int8_variant_is_made_by_onnxruntime_and_attacked_through_torch(tmp_path, zoo_model, zoo_inputs):
+    path = zoo_model("yeast-mlp-int8")
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= _ops(path)
+    summary, out = attack(path, zoo_inputs("yeast-mlp-int8", 16), tmp_path, "--gradients", "torch",
+                          "--range", "-1", "1", "--method", "ml-deepfool", "--max-iter", "30")
+    assert summary["gradients"] == "torch"
+    success = recomputed_success(path, out, "scores")
+    assert success.mean() >= 0.8, success.mean()
