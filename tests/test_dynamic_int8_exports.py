@@ -42,7 +42,8 @@ def _quantised(float_path: Path, weight_type: str) -> Path:
 
 
 def _ort_fused(path: Path) -> Path:
-    """The model as onnxruntime's extended optimiser rewrites it (DynamicQuantizeMatMul)."""
+    """The model as onnxruntime's extended session optimiser rewrites it (DynamicQuantizeMatMul,
+    MatMulIntegerToFloat, SkipLayerNormalization, Gelu)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(path.with_name(path.stem + "-fused.onnx"))
@@ -54,11 +55,26 @@ def _ops(path: Path) -> set[str]:
     return {node.op_type for node in onnx.load(str(path)).graph.node}
 
 
+class GatedMLP(nn.Module):
+    """Two layers reading the same input: onnxruntime fuses one of them into MatMulIntegerToFloat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = nn.Linear(64, 16)
+        self.gate = nn.Linear(64, 16)
+        self.fc = nn.Linear(16, LABELS)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.value(x)) * torch.sigmoid(self.gate(x)))
+
+
+NETS = {"mlp": lambda: ex.MLP(64, LABELS), "cnn": lambda: ex.CNN(LABELS), "gated": GatedMLP}
 CASES = [
     # id, model, sample shape, weight type, ops the quantised graph must hold
     ("mlp-s8", "mlp", (64,), "QInt8", {"DynamicQuantizeLinear", "MatMulInteger"}),
     ("mlp-u8", "mlp", (64,), "QUInt8", {"DynamicQuantizeLinear", "MatMulInteger"}),
     ("mlp-s8-ort-fused", "mlp", (64,), "QInt8", {"DynamicQuantizeMatMul"}),
+    ("gated-s8-ort-fused", "gated", (64,), "QInt8", {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}),
     ("cnn-s8", "cnn", (1, 8, 8), "QInt8", {"ConvInteger", "MatMulInteger"}),
     ("cnn-u8", "cnn", (1, 8, 8), "QUInt8", {"ConvInteger", "MatMulInteger"}),
 ]
@@ -68,7 +84,7 @@ CASES = [
 def test_quantize_dynamic_models_are_attacked_through_torch(tmp_path, case):
     name, kind, shape, weight_type, ops = case
     torch.manual_seed(0)
-    net = ex.MLP(64, LABELS) if kind == "mlp" else ex.CNN(LABELS)
+    net = NETS[kind]()
     float_path = ex.export_torch(net, torch.rand(2, *shape), tmp_path / f"{kind}.onnx", dynamo=False, opset=13)
     path = _quantised(float_path, weight_type)
     if name.endswith("ort-fused"):
@@ -131,19 +147,30 @@ class TinyViT(nn.Module):
         return self.fc(self.encoder(self.embed(x.reshape(x.shape[0], 8, 8))).mean(dim=1))
 
 
-@pytest.mark.parametrize("gelu_approximation,quantise", [(False, False), (True, True)],
-                         ids=["optimised", "optimised-fast-gelu-then-int8"])
-def test_a_transformer_from_onnxruntimes_optimiser_and_quantiser(tmp_path, gelu_approximation, quantise):
+TRANSFORMER_CASES = [
+    # id, onnxruntime.transformers' approximate GELU, quantize_dynamic, then onnxruntime's session optimiser
+    ("optimised", False, False, False),
+    ("optimised-fast-gelu-then-int8", True, True, False),
+    ("int8-then-session-optimised", None, True, True),
+]
+
+
+@pytest.mark.parametrize("case", TRANSFORMER_CASES, ids=[c[0] for c in TRANSFORMER_CASES])
+def test_a_transformer_from_onnxruntimes_optimiser_and_quantiser(tmp_path, case):
+    _, gelu_approximation, quantise, session_optimised = case
     torch.manual_seed(0)
     # opset 17: below it onnxruntime writes LayerNormalization into the default domain, which ONNX's
     # checker (run by the loader) refuses
     float_path = ex.export_torch(TinyViT(), torch.rand(2, 64), tmp_path / "vit.onnx", dynamo=False, opset=17)
-    path = _transformer_optimised(float_path, gelu_approximation)
+    path = float_path if gelu_approximation is None else _transformer_optimised(float_path, gelu_approximation)
     if quantise:
         path = _quantised(path, "QInt8")
+    if session_optimised:
+        path = _ort_fused(path)
     ops = _ops(path)
-    assert {"SkipLayerNormalization", "FastGelu" if gelu_approximation else "BiasGelu"} <= ops
-    assert not quantise or "MatMulInteger" in ops
+    gelu = "Gelu" if gelu_approximation is None else "FastGelu" if gelu_approximation else "BiasGelu"
+    assert {"SkipLayerNormalization", gelu} <= ops, ops
+    assert not quantise or {"MatMulInteger", "DynamicQuantizeMatMul"} & ops, ops
     # int8: the re-quantised activations move each step's landing point; the default 2% overshoot
     # reaches 70% here, 20% reaches every row (the float model: every row at the default)
     overshoot = ["--overshoot", "0.2"] if quantise else []
@@ -162,3 +189,14 @@ def test_the_zoos_int8_variant_is_made_by_onnxruntime_and_attacked_through_torch
     assert summary["gradients"] == "torch"
     success = recomputed_success(path, out, "scores")
     assert success.mean() >= 0.8, success.mean()
+
+
+def test_only_dynamic_quantize_lstm_models_get_a_one_thread_session(tmp_path):
+    from onnxattack.runtime import make_session
+
+    torch.manual_seed(0)
+    float_path = ex.export_torch(RecurrentTagger(nn.LSTM), torch.rand(2, 8, 6), tmp_path / "lstm.onnx", dynamo=False,
+                                 opset=14)
+    threads = [make_session(path.read_bytes()).get_session_options().intra_op_num_threads
+               for path in (float_path, _quantised(float_path, "QInt8"))]
+    assert threads[0] != 1 and threads[1] == 1, threads
