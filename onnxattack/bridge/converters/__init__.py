@@ -14,8 +14,8 @@ constants; LayerNormalization-17, which needs value_info shapes) and is replaced
 - dynamic_quantize.py: onnxruntime quantize_dynamic's DynamicQuantizeLinear, MatMulInteger,
   ConvInteger and com.microsoft DynamicQuantizeMatMul, MatMulIntegerToFloat, DynamicQuantizeLSTM
 - contrib.py: onnxruntime transformer-optimiser ops: com.microsoft FusedMatMul, FastGelu, BiasGelu,
-  Gelu, SkipLayerNormalization; LayerNormalization-1..17 (17 replaces onnx2torch's, which needs
-  value_info shapes)
+  Gelu, SkipLayerNormalization, Attention (no past state); LayerNormalization-1..17 (17 replaces
+  onnx2torch's, which needs value_info shapes)
 - normalization.py: GroupNormalization, LpNormalization
 - misc.py: GlobalMaxPool, Upsample, SpaceToDepth, ReverseSequence, Trilu, CastLike,
   ScatterElements

@@ -13,6 +13,12 @@
   (ONNX's checker refuses those); version 17 replaces onnx2torch's converter, which needs the input's
   shape in value_info (optimised graphs have none: KeyError) and gives only Y. Normalised over the
   dims from `axis` (default -1), epsilon 1e-5; optional outputs Mean and InvStdDev (kept dims of size 1).
+- Attention (self-attention, BERT / GPT-2 style): Q, K, V = input @ weights + bias, split by
+  qkv_hidden_sizes (default three equal parts), num_heads heads; softmax(Q K^T * scale + attention_bias
+  + mask) V, scale 1 / sqrt(head size) by default. mask_index: raw [B, T] or [B, S, T] (0 masks: adds
+  mask_filter_value, default -10000), [B] valid lengths (right padding) or [2B] ends then starts (left
+  padding); unidirectional adds mask_filter_value above the diagonal. Refused: past / present state,
+  past_sequence_length, do_rotary.
 All are smooth (or piecewise linear) in their float inputs: plain autograd gradients.
 """
 
@@ -97,6 +103,53 @@ class LayerNormalization(nn.Module, OnnxToTorchModule):
         return results[0] if self.outputs == 1 else results
 
 
+class Attention(nn.Module, OnnxToTorchModule):
+    def __init__(self, heads: int, sizes: list[int] | None, scale: float | None, unidirectional: bool,
+                 mask_filter_value: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.sizes = sizes
+        self.scale = scale
+        self.unidirectional = unidirectional
+        self.mask_filter_value = mask_filter_value
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, S, N * d] -> [B, N, S, d]."""
+        return x.reshape(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
+
+    def _mask(self, mask_index: torch.Tensor, batch: int, steps: int, dtype: torch.dtype) -> torch.Tensor:
+        """The additive mask [B, 1 or S, T] of mask_index in any of its four layouts."""
+        positions = torch.arange(steps, device=mask_index.device)
+        if mask_index.dim() == 1 and mask_index.numel() == batch:  # valid lengths (right padding)
+            keep = positions[None, :] < mask_index[:, None]
+        elif mask_index.dim() == 1:  # exclusive ends, then inclusive starts (left padding)
+            ends, starts = mask_index[:batch], mask_index[batch:]
+            keep = (positions[None, :] < ends[:, None]) & (positions[None, :] >= starts[:, None])
+        else:
+            keep = mask_index != 0
+        keep = keep if keep.dim() == 3 else keep[:, None, :]
+        return (~keep).to(dtype) * self.mask_filter_value
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None = None,
+                mask_index: torch.Tensor | None = None, past: torch.Tensor | None = None,
+                attention_bias: torch.Tensor | None = None) -> torch.Tensor:
+        del past  # refused at conversion
+        projected = torch.matmul(x, weights) if bias is None else torch.matmul(x, weights) + bias
+        sizes = self.sizes or [projected.shape[-1] // 3] * 3
+        q, k, v = (self._split_heads(part) for part in torch.split(projected, sizes, dim=-1))
+        scale = self.scale if self.scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+        if mask_index is not None:
+            scores = scores + self._mask(mask_index, x.shape[0], x.shape[1], scores.dtype)[:, None]
+        if self.unidirectional:
+            later = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).triu(1)
+            scores = scores + later.to(scores.dtype) * self.mask_filter_value
+        if attention_bias is not None:
+            scores = scores + attention_bias
+        context = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, N, S, d_v]
+        return context.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+
+
 def _plain(module: nn.Module, node: OnnxNode) -> OperationConverterResult:
     return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
 
@@ -138,4 +191,23 @@ def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     attributes = node.attributes
     module = LayerNormalization(int(attributes.get("axis", -1)), float(attributes.get("epsilon", 1e-5)),
                                 len(node.output_values))
+    return _plain(module, node)
+
+
+@register("Attention", [1], MS_DOMAIN)
+def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    del graph
+    attributes = node.attributes
+    if attributes.get("do_rotary", 0):
+        raise NotImplementedError("Attention with do_rotary=1")
+    if len([name for name in node.output_values if name]) > 1:
+        raise NotImplementedError("Attention with a present output")
+    inputs = list(node.input_values) + [""] * 7
+    if inputs[4] or inputs[6]:
+        raise NotImplementedError("Attention with a past state or past_sequence_length")
+    sizes = attributes.get("qkv_hidden_sizes")
+    scale = attributes.get("scale")
+    module = Attention(int(attributes["num_heads"]), [int(v) for v in sizes] if sizes else None,
+                       None if scale is None or scale == 0 else float(scale), bool(attributes.get("unidirectional", 0)),
+                       float(attributes.get("mask_filter_value", -10000.0)))
     return _plain(module, node)
