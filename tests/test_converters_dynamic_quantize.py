@@ -275,3 +275,21 @@ def _float_lstm_gradient(model: onnx.ModelProto, direction: str, dequantised, fe
     outputs = to_torch(float_model)(*tensors)
     (gradient,) = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outputs, weights, strict=True)), tensors[0])
     return gradient
+
+
+@pytest.mark.parametrize("per_column", [False, True], ids=["per-tensor", "per-column"])
+@pytest.mark.parametrize("mask", [False, True], ids=["no-mask", "lengths-mask"])
+def test_qattention_projects_in_integers_then_attends(per_column, mask):
+    rng = np.random.default_rng(10)
+    weight_scale = rng.uniform(0.002, 0.01, size=(24,) if per_column else ()).astype(np.float32)
+    initializers = [const("w", _integers(rng, I8, (6, 24)), np.int8), const("bias", rng.normal(size=24)),
+                    const("x_scale", 0.02), const("w_scale", weight_scale), const("x_zp", 130, np.uint8),
+                    const("w_zp", np.zeros(weight_scale.shape), np.int8)]
+    names = ["x", "w", "bias", "x_scale", "w_scale", "mask" if mask else "", "x_zp", "w_zp"]
+    if mask:
+        initializers.append(const("mask", [3, 5], np.int32))
+    node = helper.make_node("QAttention", names, ["y"], domain="com.microsoft", num_heads=2)
+    model = _ms_model([node], [("x", U8, [2, 5, 6])], ["y"], initializers)
+    (got,), (expected,), _ = _run_both(model, {"x": _integers(rng, U8, (2, 5, 6))})
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=2e-6)
+    record("QAttention", float(np.abs(got.numpy() - expected).max()), 0.0)

@@ -12,7 +12,7 @@ constants; LayerNormalization-17, which needs value_info shapes) and is replaced
 - recurrent.py: LSTM, GRU, RNN
 - quantize.py: QuantizeLinear, DequantizeLinear (quantised integers as float tensors)
 - dynamic_quantize.py: onnxruntime quantize_dynamic's DynamicQuantizeLinear, MatMulInteger,
-  ConvInteger and com.microsoft DynamicQuantizeMatMul, MatMulIntegerToFloat, DynamicQuantizeLSTM
+  ConvInteger and com.microsoft DynamicQuantizeMatMul, MatMulIntegerToFloat, QAttention, DynamicQuantizeLSTM
 - contrib.py: onnxruntime transformer-optimiser ops: com.microsoft FusedMatMul, FastGelu, BiasGelu,
   Gelu, SkipLayerNormalization, Attention (no past state); LayerNormalization-1..17 (17 replaces
   onnx2torch's, which needs value_info shapes)

@@ -135,19 +135,25 @@ class Attention(nn.Module, OnnxToTorchModule):
                 attention_bias: torch.Tensor | None = None) -> torch.Tensor:
         del past  # refused at conversion
         projected = torch.matmul(x, weights) if bias is None else torch.matmul(x, weights) + bias
+        return self.attend(projected, mask_index, attention_bias)
+
+    def attend(self, projected: torch.Tensor, mask_index: torch.Tensor | None,
+               attention_bias: torch.Tensor | None) -> torch.Tensor:
+        """Multi-head attention of the projected [B, S, Q + K + V] (QAttention projects in integers)."""
+        batch, steps = projected.shape[0], projected.shape[1]
         sizes = self.sizes or [projected.shape[-1] // 3] * 3
         q, k, v = (self._split_heads(part) for part in torch.split(projected, sizes, dim=-1))
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(q.shape[-1])
         scores = torch.matmul(q, k.transpose(-1, -2)) * scale
         if mask_index is not None:
-            scores = scores + self._mask(mask_index, x.shape[0], x.shape[1], scores.dtype)[:, None]
+            scores = scores + self._mask(mask_index, batch, steps, scores.dtype)[:, None]
         if self.unidirectional:
-            later = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).triu(1)
+            later = torch.ones(steps, steps, dtype=torch.bool, device=projected.device).triu(1)
             scores = scores + later.to(scores.dtype) * self.mask_filter_value
         if attention_bias is not None:
             scores = scores + attention_bias
         context = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, N, S, d_v]
-        return context.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        return context.transpose(1, 2).reshape(batch, steps, -1)
 
 
 def _plain(module: nn.Module, node: OnnxNode) -> OperationConverterResult:
@@ -194,20 +200,25 @@ def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     return _plain(module, node)
 
 
+def attention_settings(node: OnnxNode, past_inputs: tuple[int, ...]) -> dict:
+    """Attention's / QAttention's constructor arguments; NotImplementedError for past state or rotary."""
+    attributes = node.attributes
+    if attributes.get("do_rotary", 0):
+        raise NotImplementedError(f"{node.operation_type} with do_rotary=1")
+    if len([name for name in node.output_values if name]) > 1:
+        raise NotImplementedError(f"{node.operation_type} with a present output")
+    inputs = list(node.input_values) + [""] * 10
+    if any(inputs[index] for index in past_inputs):
+        raise NotImplementedError(f"{node.operation_type} with a past state or past_sequence_length")
+    sizes = attributes.get("qkv_hidden_sizes")
+    scale = attributes.get("scale")
+    return {"heads": int(attributes["num_heads"]), "sizes": [int(v) for v in sizes] if sizes else None,
+            "scale": None if scale is None or scale == 0 else float(scale),
+            "unidirectional": bool(attributes.get("unidirectional", 0)),
+            "mask_filter_value": float(attributes.get("mask_filter_value", -10000.0))}
+
+
 @register("Attention", [1], MS_DOMAIN)
 def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     del graph
-    attributes = node.attributes
-    if attributes.get("do_rotary", 0):
-        raise NotImplementedError("Attention with do_rotary=1")
-    if len([name for name in node.output_values if name]) > 1:
-        raise NotImplementedError("Attention with a present output")
-    inputs = list(node.input_values) + [""] * 7
-    if inputs[4] or inputs[6]:
-        raise NotImplementedError("Attention with a past state or past_sequence_length")
-    sizes = attributes.get("qkv_hidden_sizes")
-    scale = attributes.get("scale")
-    module = Attention(int(attributes["num_heads"]), [int(v) for v in sizes] if sizes else None,
-                       None if scale is None or scale == 0 else float(scale), bool(attributes.get("unidirectional", 0)),
-                       float(attributes.get("mask_filter_value", -10000.0)))
-    return _plain(module, node)
+    return _plain(Attention(**attention_settings(node, past_inputs=(4, 6))), node)

@@ -1,7 +1,7 @@
 """Dynamic int8 quantisation as onnxruntime.quantization.quantize_dynamic emits it.
 
 Default domain: DynamicQuantizeLinear-11, MatMulInteger-10, ConvInteger-10. com.microsoft (version 1):
-DynamicQuantizeMatMul, MatMulIntegerToFloat (onnxruntime's own fusions of the former) and
+DynamicQuantizeMatMul, MatMulIntegerToFloat (onnxruntime's own fusions of the former), QAttention and
 DynamicQuantizeLSTM. Integers are held in float tensors, as in quantize.py; integer initializers
 (int8 / uint8 weights) are cast on use.
 
@@ -17,6 +17,9 @@ ONNX / onnxruntime semantics (float32 arithmetic, as onnxruntime computes it):
 - MatMulIntegerToFloat: MatMulInteger(A, B, a_zp, b_zp) * a_scale * b_scale + bias.
 - DynamicQuantizeMatMul: A quantised by DynamicQuantizeLinear over the whole tensor, then
   MatMulIntegerToFloat with its scale and zero point. b_scale / b_zero_point: scalar or per column.
+- QAttention (quantize_dynamic's form of com.microsoft Attention): the QKV projection is
+  (input - input_zero_point) @ (weight - weight_zero_point) * input_scale * weight_scale + bias, the
+  rest as Attention (contrib.py); weight_scale / weight_zero_point scalar or per column.
 - DynamicQuantizeLSTM: an LSTM whose W [dirs, in, 4H] and R [dirs, H, 4H] are int8 / uint8
   (transposed against ONNX LSTM's), with scales and zero points per direction ([dirs]) or per
   gate column ([dirs, 4H]). X @ W quantises all of X (every step and row) dynamically in one go,
@@ -42,6 +45,7 @@ from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult,
 from torch import nn
 
 from ._common import MS_DOMAIN, register
+from .contrib import Attention, attention_settings
 from .recurrent import Recurrent, parse_activations
 
 
@@ -182,6 +186,24 @@ class DynamicQuantizeLSTM(Recurrent):
         return _quantised_product(h, *r[direction])
 
 
+class QAttention(nn.Module, OnnxToTorchModule):
+    """An integer QKV projection, then Attention's attend (held, not inherited: the inputs differ)."""
+
+    def __init__(self, attention: Attention) -> None:
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, input_scale: torch.Tensor,
+                weight_scale: torch.Tensor, mask_index: torch.Tensor | None = None,
+                input_zero_point: torch.Tensor | None = None, weight_zero_point: torch.Tensor | None = None,
+                past: torch.Tensor | None = None) -> torch.Tensor:
+        del past  # refused at conversion
+        dtype = _float_type(x, bias)
+        projected = integer_matmul(x, weight, input_zero_point, weight_zero_point, dtype) \
+            * (input_scale.to(dtype) * weight_scale.to(dtype)) + bias.to(dtype)
+        return self.attention.attend(projected, mask_index, None)
+
+
 def _quantised_product(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                        zero_point: torch.Tensor) -> torch.Tensor:
     """x @ dequantised weight, x quantised dynamically over the whole tensor as onnxruntime does."""
@@ -227,6 +249,12 @@ def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
 def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     del graph
     return _plain(DynamicQuantizeMatMul(), node)
+
+
+@register("QAttention", [1], MS_DOMAIN)
+def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    del graph
+    return _plain(QAttention(Attention(**attention_settings(node, past_inputs=(8,)))), node)
 
 
 @register("DynamicQuantizeLSTM", [1], MS_DOMAIN)
