@@ -200,3 +200,47 @@ def test_only_dynamic_quantize_lstm_models_get_a_one_thread_session(tmp_path):
     threads = [make_session(path.read_bytes()).get_session_options().intra_op_num_threads
                for path in (float_path, _quantised(float_path, "QInt8"))]
     assert threads[0] != 1 and threads[1] == 1, threads
+
+
+class BertStyleAttention(nn.Module):
+    """Digit rows as 8 tokens through one BERT-style self-attention block (separate Q, K, V layers, post-norm
+    residual): the pattern onnxruntime.transformers fuses into com.microsoft Attention."""
+
+    def __init__(self, hidden: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.size = heads, hidden // heads
+        self.embed = nn.Linear(8, hidden)
+        self.query, self.key, self.value, self.out = (nn.Linear(hidden, hidden) for _ in range(4))
+        self.norm = nn.LayerNorm(hidden)
+        self.fc = nn.Linear(hidden, LABELS)
+        with torch.no_grad():  # trained-like gains: an untrained head barely reacts to its input
+            self.embed.weight.mul_(3.0)
+            self.fc.weight.mul_(3.0)
+
+    def _heads(self, x):
+        return x.view(x.shape[0], x.shape[1], self.heads, self.size).permute(0, 2, 1, 3)
+
+    def forward(self, x):
+        tokens = self.embed(x.reshape(x.shape[0], 8, 8))
+        q, k, v = self._heads(self.query(tokens)), self._heads(self.key(tokens)), self._heads(self.value(tokens))
+        weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / self.size ** 0.5, dim=-1)
+        context = torch.matmul(weights, v).permute(0, 2, 1, 3).contiguous().view(tokens.shape)
+        return self.fc(self.norm(self.out(context) + tokens).mean(dim=1))
+
+
+def test_a_fused_attention_block_float_and_int8_is_as_attackable_as_the_export(tmp_path):
+    torch.manual_seed(0)
+    float_path = ex.export_torch(BertStyleAttention(), torch.rand(2, 64), tmp_path / "bert.onnx", dynamo=False,
+                                 opset=17)
+    fused = _transformer_optimised(float_path, gelu_approximation=False)
+    int8 = _quantised(fused, "QInt8")  # quantize_dynamic turns Attention into QAttention
+    assert {"Attention", "SkipLayerNormalization"} <= _ops(fused) and "QAttention" in _ops(int8)
+    rates = []
+    for path in (float_path, fused, int8):
+        summary, out = attack(path, _digits(20).reshape(20, 64), tmp_path, "--gradients", "torch",
+                              "--method", "ml-deepfool", "--max-iter", "30", "--overshoot", "0.2")
+        assert summary["gradients"] == "torch"
+        rates.append(recomputed_success(path, out, "scores").mean())
+    # measured 80%, 80%, 75%: the fused graph computes the export's scores to float rounding (a row may
+    # still flip), int8 within 10 points of it
+    assert rates[0] >= 0.7 and abs(rates[1] - rates[0]) <= 0.05 and rates[2] >= rates[0] - 0.1, rates
