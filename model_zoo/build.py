@@ -158,6 +158,20 @@ def build_yeast_mlp(spec: ZooModel, path: Path) -> dict:
     return classifier_metrics(_scores(path, split.x_test), split.y_test, 0.0)
 
 
+def build_yeast_mlp_int8(spec: ZooModel, path: Path) -> dict:
+    """yeast-mlp (built first if missing) through onnxruntime's own quantize_dynamic, int8 weights."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = path.with_suffix(".tmp.onnx")
+    quantize_dynamic(str(build("yeast-mlp", path.parent).path), str(tmp), weight_type=QuantType.QInt8)
+    model = onnx.load(str(tmp))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, "onnxattack.zoo": spec.name})
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    split = data.yeast()
+    return classifier_metrics(_scores(path, split.x_test), split.y_test, 0.0)
+
+
 def build_yeast_forest(spec: ZooModel, path: Path) -> dict:
     """Small forests (25 trees, depth 8) keep the file and onnxruntime's per-query cost small."""
     from skl2onnx import to_onnx
@@ -190,6 +204,7 @@ BUILDERS: dict[str, Callable[[ZooModel, Path], dict]] = {
     "digits-mosaic": build_digits_mosaic,
     "digits-ranker": build_digits_ranker,
     "yeast-mlp": build_yeast_mlp,
+    "yeast-mlp-int8": build_yeast_mlp_int8,
     "yeast-forest": build_yeast_forest,
 }
 

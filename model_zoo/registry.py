@@ -30,6 +30,9 @@ MODELS: dict[str, ZooModel] = {
         ZooModel("yeast-mlp", "MLP on the Yeast benchmark from river (103 raw features, 14 labels, "
                  "logits; standardisation inside the graph; legacy exporter, opset 17)",
                  "classifier", (-1.0, 1.0)),
+        ZooModel("yeast-mlp-int8", "yeast-mlp shrunk by onnxruntime's quantize_dynamic (int8 weights; "
+                 "activations quantised per call: DynamicQuantizeLinear + MatMulInteger)",
+                 "classifier", (-1.0, 1.0)),
         ZooModel("yeast-forest", "Random forests on Yeast, one per label (scikit-learn OneVsRest, 14 labels, "
                  "probabilities; skl2onnx, ai.onnx.ml TreeEnsembleClassifier): no torch graph, so attacks use "
                  "gradients estimated from onnxruntime queries", "classifier", (-1.0, 1.0)),

@@ -20,7 +20,7 @@ def test_inputs(name: str, count: int) -> np.ndarray:
         return data.digit_mosaics().x_test[:count]
     if name == "digits-ranker":
         return data.digit_mosaics(digits_per_mosaic=(3, 3), seed=1).x_test[:count]
-    if name in ("yeast-mlp", "yeast-forest"):
+    if name in ("yeast-mlp", "yeast-mlp-int8", "yeast-forest"):
         return data.yeast().x_test[:count]
     raise BadInputError(f"unknown zoo model {name!r} (known: digits-mosaic, digits-ranker, yeast-mlp, yeast-forest)")
 

@@ -3,9 +3,10 @@
 Importing this package registers them in onnx2torch's own registry (once per process),
 through _common.register: a version onnx2torch already converts is left to it, except where
 its converter is known to be wrong or too narrow (Pad; Clip, whose bounds it takes only as
-constants) and is replaced on purpose. Conv, ConvTranspose, MaxPool and AveragePool are replaced
-too, but hand the cases onnx2torch handles back to its converter (upstream_converter, looked up
-before the replacement). One module per op family:
+constants; LayerNormalization-17, which needs value_info shapes) and is replaced on purpose.
+Conv, ConvTranspose, MaxPool and AveragePool are replaced too, but hand the cases onnx2torch
+handles back to its converter (upstream_converter, looked up before the replacement). One module
+per op family:
 - reduce.py: Reduce*-18/20 (axes moved from an attribute to an input)
 - reshape.py: Reshape-19/21 (allowzero honoured)
 - activations.py: Gelu-20, Mish, ThresholdedRelu, Shrink, Clip-11/12/13 (bounds computed in the graph)
@@ -16,6 +17,11 @@ before the replacement). One module per op family:
 - pool.py: MaxPool, AveragePool, LpPool (auto_pad SAME_*, asymmetric pads, dilations, ceil_mode)
 - recurrent.py: LSTM, GRU, RNN
 - quantize.py: QuantizeLinear, DequantizeLinear (quantised integers as float tensors)
+- dynamic_quantize.py: onnxruntime quantize_dynamic's DynamicQuantizeLinear, MatMulInteger,
+  ConvInteger and com.microsoft DynamicQuantizeMatMul, MatMulIntegerToFloat, QAttention, DynamicQuantizeLSTM
+- contrib.py: onnxruntime transformer-optimiser ops: com.microsoft FusedMatMul, FastGelu, BiasGelu,
+  Gelu, SkipLayerNormalization, Attention (no past state); LayerNormalization-1..17 (17 replaces
+  onnx2torch's, which needs value_info shapes)
 - normalization.py: GroupNormalization, LpNormalization
 - misc.py: GlobalMaxPool, Upsample, SpaceToDepth, ReverseSequence, Trilu, CastLike,
   ScatterElements
@@ -43,8 +49,10 @@ its Conv / ConvTranspose / pools still take the signature conv.py and pool.py ha
 from . import (  # noqa: F401
     activations,
     aliases,
+    contrib,
     control,
     conv,
+    dynamic_quantize,
     misc,
     ml,
     normalization,

@@ -15,6 +15,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxMapping, get_const_value
 
 ML_DOMAIN = "ai.onnx.ml"
+MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops
 
 # Every (domain, op, version) this package put into onnx2torch's registry.
 _OWN: set[OperationDescription] = set()

@@ -21,6 +21,8 @@ Outputs: Y [seq, dirs, batch, H] (layout 1: [batch, seq, dirs, H]); Y_h, Y_c [di
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
@@ -108,6 +110,19 @@ class Recurrent(nn.Module, OnnxToTorchModule):
     def forward(self, x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None = None,
                 sequence_lens: torch.Tensor | None = None, initial_h: torch.Tensor | None = None,
                 initial_c: torch.Tensor | None = None, p: torch.Tensor | None = None):
+        return self.recur(x, w, r, b, sequence_lens, initial_h, initial_c, p)
+
+    def input_product(self, x: torch.Tensor, w: Any, direction: int) -> torch.Tensor:
+        """X W^T of one direction, every step at once (DynamicQuantizeLSTM quantises X here)."""
+        return torch.matmul(x, w[direction].transpose(0, 1))
+
+    def hidden_product(self, h: torch.Tensor, r: Any, direction: int) -> torch.Tensor:
+        """H R^T of one direction and step."""
+        return torch.matmul(h, r[direction].transpose(0, 1))
+
+    def recur(self, x: torch.Tensor, w: Any, r: Any, b: torch.Tensor | None, sequence_lens: torch.Tensor | None,
+              initial_h: torch.Tensor | None, initial_c: torch.Tensor | None, p: torch.Tensor | None):
+        """The recurrence; w and r are only read by input_product and hidden_product (and GRU's step)."""
         if self.layout == 1:
             x = x.transpose(0, 1)
             initial_h = None if initial_h is None else initial_h.transpose(0, 1)
@@ -123,7 +138,7 @@ class Recurrent(nn.Module, OnnxToTorchModule):
         for d, direction in enumerate(self.directions):
             bias_w = b[d, :gates] if b is not None else None
             bias_r = b[d, gates:] if b is not None else None
-            projected = torch.matmul(x, w[d].transpose(0, 1))
+            projected = self.input_product(x, w, d)
             if bias_w is not None:
                 projected = projected + bias_w
             h = initial_h[d] if initial_h is not None else zeros
@@ -132,7 +147,7 @@ class Recurrent(nn.Module, OnnxToTorchModule):
             outputs: list[torch.Tensor] = [zeros] * steps
             order = range(steps) if direction == "forward" else range(steps - 1, -1, -1)
             for t in order:
-                new_h, new_c = self._step(projected[t], h, c, r[d], bias_r, peepholes, self.activations[d])
+                new_h, new_c = self._step(projected[t], h, c, r, d, bias_r, peepholes, self.activations[d])
                 if valid is not None:
                     new_h = torch.where(valid[t], new_h, h)
                     new_c = torch.where(valid[t], new_c, c)
@@ -153,11 +168,11 @@ class Recurrent(nn.Module, OnnxToTorchModule):
     def _clip(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.clip is None else torch.clamp(x, -self.clip, self.clip)
 
-    def _step(self, xw: torch.Tensor, h: torch.Tensor, c: torch.Tensor, r: torch.Tensor,
+    def _step(self, xw: torch.Tensor, h: torch.Tensor, c: torch.Tensor, r: Any, direction: int,
               bias_r: torch.Tensor | None, peepholes: torch.Tensor | None,
               functions: list[Activation]) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.hidden_size
-        hr = torch.matmul(h, r.transpose(0, 1))
+        hr = self.hidden_product(h, r, direction)
         if bias_r is not None:
             hr = hr + bias_r
         if self.kind == "RNN":
@@ -169,7 +184,7 @@ class Recurrent(nn.Module, OnnxToTorchModule):
             if self.linear_before_reset:
                 candidate = xw[:, 2 * size:] + reset * hr[:, 2 * size:]
             else:
-                recurrent = torch.matmul(reset * h, r[2 * size:].transpose(0, 1))
+                recurrent = torch.matmul(reset * h, r[direction][2 * size:].transpose(0, 1))
                 if bias_r is not None:
                     recurrent = recurrent + bias_r[2 * size:]
                 candidate = xw[:, 2 * size:] + recurrent
