@@ -202,7 +202,8 @@ def test_transfer_and_report(mosaic, tmp_path, zoo_model):
     (["--method", "ml-deepfool", "--kappa", "1"], "'--kappa': --kappa does not apply to ml-deepfool"),
     # the refusal names flags, never internal names (abort_early, jacobian)
     (["--method", "ml-cw", "--eps", "0.1"], "--eps does not apply to ml-cw (it takes --max-iter, --binary-steps, "
-                                            "--learning-rate, --kappa, --initial-const, --exhaustive, --no-early-stop)"),
+                                            "--learning-rate, --kappa, --initial-const, --exhaustive, "
+                                            "--no-early-stop)"),
     (["--seed", str(2**63)], "at most 2^63 - 1"),
     (["--seed", "-1"], "'--seed'"),
     (["--gradients", "sometimes"], "Invalid value for '--gradients'"),

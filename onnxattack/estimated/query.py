@@ -58,6 +58,15 @@ JACOBIAN_METHODS = ("auto", "random", "coordinates")
 # and radius 0.02 did best on a forest fit on the 2-D y (40% against 30-35% at 0.05-0.1).
 DEFAULT_SAMPLES = 20
 DEFAULT_RADIUS = 0.02
+# A row whose every antithetic pair returned the same scores samples twice as far next time, up to this
+# factor of the radius (a saturated or piecewise-constant output shows no change within sigma).
+MAX_RADIUS_SCALE = 16.0
+# A row that has spent this share of its budget without one estimate that saw the scores change is
+# stopped: the rest of its budget would buy nothing either.
+STALL_SHARE = 0.25
+STALL_REASONS = {0: "", 1: "flat scores: no query around the input changed the model's scores "
+                           "(a saturated or piecewise-constant output)"}
+FLAT = 1
 
 
 class QueryBudgetError(RuntimeError):
@@ -73,13 +82,28 @@ class QueryLedger:
     draws: np.ndarray  # int64 [n]: estimates drawn so far (the row's next random stream)
     exhausted: np.ndarray  # bool [n]: the budget stopped the row
     budget: int | None
+    scale: np.ndarray  # float64 [n]: the row's sampling radius, as a multiple of sigma
+    signal: np.ndarray  # bool [n]: some estimate of the row saw the scores change
+    stalled: np.ndarray  # int8 [n]: why the row was stopped before its budget ran out (STALL_REASONS)
 
     @classmethod
     def create(cls, rows: int | Sequence[int] | np.ndarray, budget: int | None) -> QueryLedger:
         keys = np.arange(rows, dtype=np.int64) if isinstance(rows, int) else np.asarray(rows, dtype=np.int64)
         n = len(keys)
         return cls(keys=keys, spent=np.zeros(n, dtype=np.int64), draws=np.zeros(n, dtype=np.int64),
-                   exhausted=np.zeros(n, dtype=bool), budget=budget)
+                   exhausted=np.zeros(n, dtype=bool), budget=budget, scale=np.ones(n),
+                   signal=np.zeros(n, dtype=bool), stalled=np.zeros(n, dtype=np.int8))
+
+    def observe(self, rows: np.ndarray, changed: np.ndarray) -> None:
+        """After an estimate: rows whose scores never changed sample farther, and are stopped (FLAT) once
+        they have spent STALL_SHARE of the budget without any signal."""
+        self.signal[rows[changed]] = True
+        flat = rows[~changed]
+        self.scale[flat] = np.minimum(self.scale[flat] * 2, MAX_RADIUS_SCALE)
+        if self.budget is not None:
+            stop = flat[~self.signal[flat] & (self.spent[flat] >= STALL_SHARE * self.budget)]
+            self.exhausted[stop] = True
+            self.stalled[stop] = FLAT
 
     def affordable(self, rows: np.ndarray, cost: int) -> np.ndarray:
         """Which of `rows` can pay `cost` now; the others become exhausted for good."""
@@ -98,20 +122,23 @@ def directions(seed: int, key: int, draw: int, samples: int, dim: int, distribut
     return rng.standard_normal((samples, dim))
 
 
-def antithetic_points(x: np.ndarray, u: np.ndarray, sigma: float, box: tuple[float, float]) -> np.ndarray:
-    """x [k, d], u [k, S, d] -> [k, 2S, d]: x + sigma u_s then x - sigma u_s, clipped to the box."""
-    step = sigma * u
+def antithetic_points(x: np.ndarray, u: np.ndarray, sigma: float | np.ndarray,
+                      box: tuple[float, float]) -> np.ndarray:
+    """x [k, d], u [k, S, d] -> [k, 2S, d]: x + sigma u_s then x - sigma u_s, clipped to the box (sigma: one
+    value, or one per row [k])."""
+    step = np.reshape(sigma, (-1, 1, 1)) * u
     points = np.concatenate([x[:, None, :] + step, x[:, None, :] - step], axis=1)
     return np.clip(points, box[0], box[1])
 
 
-def difference_estimate(differences: np.ndarray, u: np.ndarray, sigma: float) -> np.ndarray:
+def difference_estimate(differences: np.ndarray, u: np.ndarray, sigma: float | np.ndarray) -> np.ndarray:
     """The Jacobian estimate 1/(2 sigma S) sum_s (f(x + sigma u_s) - f(x - sigma u_s)) u_s^T.
 
-    differences [k, S, L], u [k, S, d] -> [k, L, d]. A VJP is v^T of it (same queries, any v).
+    differences [k, S, L], u [k, S, d] -> [k, L, d] (sigma: one value, or one per row [k]). A VJP is
+    v^T of it (same queries, any v).
     """
     samples = u.shape[1]
-    return np.einsum("ksl,ksd->kld", differences, u) / (2.0 * sigma * samples)
+    return np.einsum("ksl,ksd->kld", differences, u) / (2.0 * np.reshape(sigma, (-1, 1, 1)) * samples)
 
 
 class QueryModel:
@@ -259,11 +286,14 @@ class QueryModel:
         u = np.stack([directions(self.seed, int(ledger.keys[r]), int(ledger.draws[r]), self.samples,
                                  flat.shape[1], self.distribution) for r in rows])
         ledger.draws[rows] += 1
-        points = antithetic_points(flat, u, self.sigma, self.box)
+        sigma = self.sigma * ledger.scale[rows]
+        points = antithetic_points(flat, u, sigma, self.box)
         values = self._query(points.reshape(-1, flat.shape[1]), sample_shape)
         values = values.reshape(len(rows), 2, self.samples, -1)
         ledger.spent[rows] += self.backward_cost
-        return difference_estimate(values[:, 0] - values[:, 1], u, self.sigma)
+        differences = values[:, 0] - values[:, 1]
+        ledger.observe(rows, np.any(differences != 0, axis=(1, 2)))
+        return difference_estimate(differences, u, sigma)
 
     def _coordinate_differences(self, flat: np.ndarray, rows: np.ndarray,
                                 sample_shape: tuple[int, ...]) -> np.ndarray:
