@@ -110,6 +110,39 @@ def test_a_graph_that_misses_the_tolerance_is_kept_as_a_surrogate_when_its_succe
     assert strict.exit_code == 3 and "tolerance" in strict.output  # --gradients torch still refuses it
 
 
+def test_an_int8_qdq_model_that_misses_the_tolerance_is_attacked_through_its_surrogate(sigmoid_mlp, tmp_path):
+    """A static-quantiser QDQ model whose torch graph misses a strict tolerance: default settings, the
+    surrogate kept, success judged by onnxruntime (with the exact-QDQ session the verdict uses)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    path, inputs = sigmoid_mlp
+    rng = np.random.default_rng(0)
+    calibration = iter([{"input": rng.random((1, 12), dtype=np.float32)} for _ in range(16)])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(calibration, None)
+
+    qdq = tmp_path / "qdq.onnx"
+    # the linear layers int8, Tanh and Sigmoid left in float: where torch and onnxruntime round differently
+    quantize_static(str(path), str(qdq), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Gemm"],
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    out = tmp_path / "q.h5"
+    result = invoke("attack", qdq, inputs, "-o", out, "--tolerance", "1e-9", "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["gradients"] == "torch" and any("surrogate check" in note for note in summary["notes"])
+    exact = ort.SessionOptions()
+    exact.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(str(qdq), exact, providers=["CPUExecutionProvider"])
+    with h5py.File(out, "r") as handle:
+        scores = session.run(None, {"input": handle["x_adv"][:]})[0]
+        reached = ((scores > 0.5) == handle["y_target"][:].astype(bool)).all(axis=1)
+        attacked = handle["attacked"][:]
+        assert np.array_equal(reached & attacked, handle["success"][:])
+    assert reached[attacked].mean() >= 0.8
+
+
 def _batch(success, agrees, attacked) -> BatchResult:
     n = len(success)
     zeros = {f.name: np.zeros(n) for f in fields(BatchResult) if f.name != "other_inputs"}
