@@ -433,9 +433,9 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
             return loaded
 
         def estimate(why: str) -> None:
-            _refuse_estimated_with_passthrough(others, why)
             logits = None if head is None else _logits_scorer(proto, input_info, tensor_name, score_output.name,
-                                                              torch_device.type, probe, per_sample, reduce)
+                                                              torch_device.type, probe, per_sample, reduce,
+                                                              passthrough)
             _estimated(loaded, kind, settings, why, logits)
 
         if gradients == "estimate":
@@ -449,7 +449,7 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
                 raise
             estimate(first_line(exc))
             return loaded
-        if gradients == "auto" and not others:
+        if gradients == "auto":
             loaded.fallback = estimate  # a surrogate whose successes do not hold in onnxruntime is dropped
         return loaded
 
@@ -503,21 +503,16 @@ def _torch_source(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int 
     return TorchGraphSource(graph, fidelity)
 
 
-def _refuse_estimated_with_passthrough(others: tuple[TensorInfo, ...], why: str) -> None:
-    if others:
-        raise UnsupportedModelError(f"{why}; estimated gradients do not take models with several inputs yet "
-                                    f"(other inputs: {', '.join(i.name for i in others)})")
-
-
 def _logits_scorer(proto: onnx.ModelProto, input_info: TensorInfo, tensor_name: str, score_output: str, device: str,
-                   probe: np.ndarray, per_sample: bool, reduce: str) -> OrtScorer | None:
+                   probe: np.ndarray, per_sample: bool, reduce: str,
+                   passthrough: PassThroughInputs) -> OrtScorer | None:
     """onnxruntime on the graph cut before its final Sigmoid / Softmax: the logits themselves, which a
     saturated probability (exactly 0 or 1 in float32) no longer shows. None when that graph does not run."""
     try:
         pruned = prune_to(inline_functions(proto), tensor_name, score_output)
-        scorer = _ort_scorer(pruned, input_info, tensor_name, device, probe, [], PassThroughInputs(), per_sample)
+        scorer = _ort_scorer(pruned, input_info, tensor_name, device, probe, [], passthrough, per_sample)
         scorer.reduce = reduce
-        scorer(probe[:1])
+        scorer(probe)
     except Exception:  # a graph onnxruntime refuses once cut: estimate on the real output instead
         return None
     return scorer
@@ -532,6 +527,8 @@ def _estimated(loaded: LoadedModel, kind: ScoresKind, settings: LoadSettings, wh
         loaded.reader = ScoreReader.create(kind, settings.threshold, head=None)
     score_fn = loaded.ort_scores if logits is None else logits
     query_model = QueryModel(score_fn, loaded.box, seed=settings.seed, neutral=loaded.reader.attack_threshold)
+    if loaded.passthrough_inputs:  # each query carries the pass-through rows of the row it perturbs
+        query_model.row_binding = loaded.passthrough.select
     loaded.source = EstimatedSource(query_model, loaded.ort_scores, settings.max_queries)
     on = "" if logits is None else f" of the logits before the final {loaded.reader.head}"
     loaded.notes.append(f"gradients are estimated from onnxruntime queries{on} ({why})")

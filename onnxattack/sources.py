@@ -96,7 +96,7 @@ class EstimatedSource:
         def begin(rows: np.ndarray) -> None:
             query_model.begin(rows, self.max_queries)
 
-        # estimated gradients take one-input models only (load refuses the others)
+        # the query model names its rows itself, and binds a multi-input model's pass-through rows per query
         return Victim(query_model, reader, box, jacobian=jacobian, begin=begin, select=query_model.select)
 
     def scores(self, x: torch.Tensor, reader: ScoreReader) -> torch.Tensor:

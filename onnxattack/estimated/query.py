@@ -41,7 +41,7 @@ estimates that row has drawn), so they do not depend on which other rows share t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,6 +179,8 @@ class QueryModel:
         self.num_labels: int | None = None
         self.ledger: QueryLedger | None = None
         self._selected: np.ndarray | None = None
+        # a multi-input model: binds the pass-through rows of the ledger rows a query sends, one per point
+        self.row_binding: Callable[[np.ndarray], AbstractContextManager[None]] | None = None
 
     # ---- costs -------------------------------------------------------------------------------
     @property
@@ -252,9 +254,11 @@ class QueryModel:
         return chosen
 
     # ---- queries -----------------------------------------------------------------------------
-    def _query(self, points: np.ndarray, sample_shape: tuple[int, ...]) -> np.ndarray:
-        """One score_fn call on [k, d] points; counts k queries."""
-        scores = np.asarray(self.score_fn(points.reshape(len(points), *sample_shape)), dtype=np.float64)
+    def _query(self, points: np.ndarray, sample_shape: tuple[int, ...], rows: np.ndarray) -> np.ndarray:
+        """One score_fn call on [k, d] points, point i belonging to ledger row rows[i]; counts k queries."""
+        binding = nullcontext() if self.row_binding is None else self.row_binding(rows)
+        with binding:
+            scores = np.asarray(self.score_fn(points.reshape(len(points), *sample_shape)), dtype=np.float64)
         if scores.ndim != 2 or len(scores) != len(points):
             raise ValueError(f"score_fn gave shape {list(scores.shape)} for {len(points)} rows, not [rows, labels]")
         self.queries += len(points)
@@ -273,7 +277,7 @@ class QueryModel:
         flat = x.reshape(len(x), -1).astype(np.float64, copy=False)
         values = None
         if queried.any():
-            values = self._query(flat[queried], x.shape[1:])
+            values = self._query(flat[queried], x.shape[1:], rows[queried])
             ledger.spent[rows[queried]] += self.forward_cost
         out = np.full((len(x), self._labels_or_fail()), self.neutral, dtype=np.float64)
         if values is not None:
@@ -288,7 +292,7 @@ class QueryModel:
         ledger.draws[rows] += 1
         sigma = self.sigma * ledger.scale[rows]
         points = antithetic_points(flat, u, sigma, self.box)
-        values = self._query(points.reshape(-1, flat.shape[1]), sample_shape)
+        values = self._query(points.reshape(-1, flat.shape[1]), sample_shape, np.repeat(rows, 2 * self.samples))
         values = values.reshape(len(rows), 2, self.samples, -1)
         ledger.spent[rows] += self.backward_cost
         differences = values[:, 0] - values[:, 1]
@@ -302,7 +306,7 @@ class QueryModel:
         eye = np.eye(d)
         points = np.concatenate([flat[:, None, :] + self.sigma * eye, flat[:, None, :] - self.sigma * eye], axis=1)
         points = np.clip(points, self.box[0], self.box[1])
-        values = self._query(points.reshape(-1, d), sample_shape).reshape(k, 2, d, -1)
+        values = self._query(points.reshape(-1, d), sample_shape, np.repeat(rows, 2 * d)).reshape(k, 2, d, -1)
         ledger = self._ledger_or_fail()
         ledger.spent[rows] += 2 * d
         # the real step of each coordinate after clipping (one-sided at a bound)
