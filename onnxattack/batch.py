@@ -53,6 +53,7 @@ class BatchResult:
     iterations: np.ndarray
     queries: np.ndarray  # onnxruntime queries per row when gradients are estimated (0 with torch gradients)
     model_calls: np.ndarray  # forward + backward passes the row took part in (0 for skipped rows)
+    stall_reason: np.ndarray  # estimated gradients: why the row was stopped early (0: it was not)
     other_inputs: dict[str, np.ndarray] = field(default_factory=dict)  # multi-input models: passed through
 
     def rows(self) -> dict[str, np.ndarray]:
@@ -159,6 +160,7 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
         iterations = np.zeros(len(x), dtype=np.int32)
         queries = np.zeros(len(x), dtype=np.int64)
         model_calls = np.zeros(len(x), dtype=np.int64)
+        stall_reason = np.zeros(len(x), dtype=np.int8)
         if attacked.any():
             index = np.flatnonzero(attacked)
             victim = model.victim(box)
@@ -171,9 +173,11 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
             x_adv[index] = to_input_dtype(result.x_adv.detach().cpu().numpy(), model.input.dtype)
             iterations[index] = result.iterations.cpu().numpy()
             model_calls[index] = result.model_calls.cpu().numpy()
-            spent = model.queries_spent()
+            spent, stalled = model.queries_spent(), model.stall_reasons()
             if spent is not None:
                 queries[index] = spent
+            if stalled is not None:
+                stall_reason[index] = stalled
         verdict = ort_verdict(model, criterion, x_adv, goal)
         torch_verdict = torch_reached(model, criterion, x_adv, goal)
         delta = (x_adv.astype(np.float64) - x.astype(np.float64)).reshape(len(x), -1)
@@ -182,4 +186,5 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
             y_pred=predicted, y_target=goal, y_adv=verdict.predicted, success=verdict.reached & attacked,
             attacked=attacked, torch_agrees=torch_verdict == verdict.reached,
             l2=np.linalg.norm(delta, axis=1).astype(np.float32), linf=np.abs(delta).max(axis=1).astype(np.float32),
-            iterations=iterations, queries=queries, model_calls=model_calls, other_inputs=others)
+            iterations=iterations, queries=queries, model_calls=model_calls, stall_reason=stall_reason,
+            other_inputs=others)

@@ -36,7 +36,12 @@ class ConversionError(UnsupportedModelError):
 
 
 class FidelityError(UnsupportedModelError):
-    """The torch graph disagrees with onnxruntime beyond the tolerance."""
+    """The torch graph disagrees with onnxruntime beyond the tolerance; `difference` is the largest score
+    difference measured (None when the two cannot be compared: other shapes, NaN)."""
+
+    def __init__(self, message: str, difference: float | None = None) -> None:
+        super().__init__(message)
+        self.difference = difference
 
 
 class ConfigError(BadInputError):

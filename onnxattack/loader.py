@@ -152,6 +152,24 @@ class LoadedModel:
     passthrough: PassThroughInputs = field(default_factory=PassThroughInputs)
     per_sample: bool = False  # the model has no batch dim: each input row is one whole model input
     folded: bool = False  # its scores [N, ..., L] fold their middle dims (--reduce)
+    fallback: Callable[[str], None] | None = field(default=None, repr=False)  # switch to estimated gradients
+
+    @property
+    def surrogate(self) -> bool:
+        """The torch graph misses the fidelity tolerance and is attacked through as a surrogate."""
+        return isinstance(self.source, TorchGraphSource) and self.source.surrogate
+
+    def keep_surrogate(self) -> None:
+        """The surrogate passed its check: from now on it is simply the torch graph."""
+        if isinstance(self.source, TorchGraphSource):
+            self.source.surrogate = False
+
+    def switch_to_estimated(self, why: str) -> None:
+        """Drop the torch graph for gradients estimated from onnxruntime queries (a rejected surrogate)."""
+        if self.fallback is None:
+            raise UnsupportedModelError(f"{self.name}: {why}, and estimated gradients cannot replace it")
+        self.fallback(why)
+        self.fallback = None
 
     def checked_others(self, others: Mapping[str, np.ndarray] | None, rows: int | None = None,
                        where: str = "inputs") -> dict[str, np.ndarray]:
@@ -204,6 +222,10 @@ class LoadedModel:
     def queries_spent(self) -> np.ndarray | None:
         """Queries per row of the batch last attacked (None with torch gradients)."""
         return self._source().queries_spent()
+
+    def stall_reasons(self) -> np.ndarray | None:
+        """Why each row of the batch last attacked stopped early (None with torch gradients)."""
+        return self._source().stall_reasons()
 
     def torch_scores(self, x: torch.Tensor) -> torch.Tensor:
         """The scores the attack saw: the torch graph's, or onnxruntime's when gradients are estimated."""
@@ -410,17 +432,26 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
                              folded=folded)
         if not settings.convert:
             return loaded
+
+        def estimate(why: str) -> None:
+            logits = None if head is None else _logits_scorer(proto, input_info, tensor_name, score_output.name,
+                                                              torch_device.type, probe, per_sample, reduce,
+                                                              passthrough)
+            _estimated(loaded, kind, settings, why, logits)
+
         if gradients == "estimate":
-            _refuse_estimated_with_passthrough(others, "--gradients estimate was asked for")
-            return _estimated(loaded, kind, settings, "asked for with --gradients estimate")
+            estimate("asked for with --gradients estimate")
+            return loaded
         try:
             loaded.source = _torch_source(loaded, _score_graph(proto, tensor_name, score_output.name), fixed, probe,
-                                          settings.tolerance, reduce)
+                                          settings.tolerance, reduce, surrogate=gradients == "auto")
         except (ConversionError, FidelityError) as exc:
             if gradients == "torch":
                 raise
-            _refuse_estimated_with_passthrough(others, first_line(exc))
-            return _estimated(loaded, kind, settings, first_line(exc))
+            estimate(first_line(exc))
+            return loaded
+        if gradients == "auto":
+            loaded.fallback = estimate  # a surrogate whose successes do not hold in onnxruntime is dropped
         return loaded
 
 
@@ -446,9 +477,11 @@ def _label_names(info: ModelInfo, labels_file: str | os.PathLike | None, num_lab
 
 
 def _torch_source(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndarray,
-                  tolerance: float, reduce: str) -> TorchGraphSource:
+                  tolerance: float, reduce: str, surrogate: bool = False) -> TorchGraphSource:
     """The converted score graph as x -> scores (row by row for a model without a batch dim, with the
-    pass-through inputs bound, frame scores folded), checked against onnxruntime on the probe."""
+    pass-through inputs bound, frame scores folded), checked against onnxruntime on the probe. With
+    `surrogate`, a graph that misses the tolerance is kept as a surrogate (the pipeline then measures
+    whether its successes hold in onnxruntime)."""
     order = tuple(value.name for value in graph_inputs(score_graph))
 
     def bind(graph: torch.nn.Module) -> torch.nn.Module:
@@ -459,25 +492,47 @@ def _torch_source(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int 
 
     graph = _torch_graph(score_graph, fixed, probe, loaded.torch_dtype, loaded.device, loaded.notes, bind)
     graph = FoldedGraph(graph, reduce) if loaded.folded else graph
-    fidelity = check_fidelity(graph, loaded.reader, loaded.scorer, probe, tolerance, loaded.torch_dtype,
-                              loaded.device)
+    try:
+        fidelity = check_fidelity(graph, loaded.reader, loaded.scorer, probe, tolerance, loaded.torch_dtype,
+                                  loaded.device)
+    except FidelityError as exc:
+        if not surrogate or exc.difference is None:
+            raise
+        loaded.notes.append(f"the torch graph differs from onnxruntime by {exc.difference:.3g} (over --tolerance "
+                            f"{tolerance:g}): attacked through it as a surrogate, every verdict onnxruntime's")
+        return TorchGraphSource(graph, exc.difference, surrogate=True)
     return TorchGraphSource(graph, fidelity)
 
 
-def _refuse_estimated_with_passthrough(others: tuple[TensorInfo, ...], why: str) -> None:
-    if others:
-        raise UnsupportedModelError(f"{why}; estimated gradients do not take models with several inputs yet "
-                                    f"(other inputs: {', '.join(i.name for i in others)})")
+def _logits_scorer(proto: onnx.ModelProto, input_info: TensorInfo, tensor_name: str, score_output: str, device: str,
+                   probe: np.ndarray, per_sample: bool, reduce: str,
+                   passthrough: PassThroughInputs) -> OrtScorer | None:
+    """onnxruntime on the graph cut before its final Sigmoid / Softmax: the logits themselves, which a
+    saturated probability (exactly 0 or 1 in float32) no longer shows. None when that graph does not run."""
+    try:
+        pruned = prune_to(inline_functions(proto), tensor_name, score_output)
+        scorer = _ort_scorer(pruned, input_info, tensor_name, device, probe, [], passthrough, per_sample)
+        scorer.reduce = reduce
+        scorer(probe)
+    except Exception:  # a graph onnxruntime refuses once cut: estimate on the real output instead
+        return None
+    return scorer
 
 
-def _estimated(loaded: LoadedModel, kind: ScoresKind, settings: LoadSettings, why: str) -> LoadedModel:
-    """Switch a loaded model to gradients estimated from onnxruntime queries (the attack tensor is then
-    the model's real output: no activation is cut off)."""
-    loaded.reader = ScoreReader.create(kind, settings.threshold, head=None)
-    query_model = QueryModel(loaded.ort_scores, loaded.box, seed=settings.seed,
-                             neutral=loaded.reader.attack_threshold)
+def _estimated(loaded: LoadedModel, kind: ScoresKind, settings: LoadSettings, why: str,
+               logits: OrtScorer | None = None) -> LoadedModel:
+    """Switch a loaded model to gradients estimated from onnxruntime queries. When the graph ends in a
+    Sigmoid / Softmax and `logits` queries the tensor before it, the estimate is taken on the logits
+    (the attack tensor keeps its head, as with torch gradients); otherwise on the real output."""
+    if logits is None:
+        loaded.reader = ScoreReader.create(kind, settings.threshold, head=None)
+    score_fn = loaded.ort_scores if logits is None else logits
+    query_model = QueryModel(score_fn, loaded.box, seed=settings.seed, neutral=loaded.reader.attack_threshold)
+    if loaded.passthrough_inputs:  # each query carries the pass-through rows of the row it perturbs
+        query_model.row_binding = loaded.passthrough.select
     loaded.source = EstimatedSource(query_model, loaded.ort_scores, settings.max_queries)
-    loaded.notes.append(f"gradients are estimated from onnxruntime queries ({why})")
+    on = "" if logits is None else f" of the logits before the final {loaded.reader.head}"
+    loaded.notes.append(f"gradients are estimated from onnxruntime queries{on} ({why})")
     return loaded
 
 

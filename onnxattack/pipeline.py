@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from .attacks import Attack, SetAttack
-from .batch import attack_arrays, batch_targets, check_exclusion_targets, judge, target_spec
+from .batch import BatchResult, attack_arrays, batch_targets, check_exclusion_targets, judge, target_spec
 from .config import AttackConfig
 from .errors import BadInputError, UnsupportedModelError
+from .estimated import STALL_REASONS
 from .inputs import InputSource, check_passthrough_sources, open_inputs, open_passthrough, scan_inputs
 from .loader import LoadedModel, LoadSettings, load, resolve_box
 from .merge import shard_attrs
@@ -166,7 +167,8 @@ def _open_writer(out_path: Path, run: RunPlan, config: AttackConfig, inputs_path
     attrs = {**identity, "labels": json.dumps(model.labels), "versions": json.dumps(versions()),
              "task": run.attack.task.value, "inputs": str(inputs_path), "notes": json.dumps(model.notes),
              "output": model.score_output.name, "device": str(model.device), "gradients": model.gradients,
-             "reduce": config.reduce if model.folded else "none", "attack_input": model.input.name}
+             "reduce": config.reduce if model.folded else "none", "attack_input": model.input.name,
+             "stall_reasons": json.dumps(STALL_REASONS)}
     passthrough = {name: (source.sample_shape, info.dtype)
                    for (name, source), info in zip(run.others.items(), model.passthrough_inputs, strict=True)}
     return ResultWriter.create(out_path, run.source.sample_shape, model.input.dtype, model.num_labels, attrs,
@@ -204,7 +206,6 @@ def run_local(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out
         if progress:
             progress(start, rows, successes, attacked_total)
         for first, x, other_inputs in run.batches(run.start + start, config.batch_size):
-            target = run.target_for(first, len(x))
             done = first - run.start
 
             def within(fraction: float, done: int = done, size: int = len(x), successes: int = successes,
@@ -212,9 +213,16 @@ def run_local(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out
                 if progress:
                     progress(done + fraction * size, rows, successes, attacked)
 
-            result = attack_arrays(run.model, x, run.attack, target, box=run.box, seed=config.seed,
-                                   first_index=first, source=run.source_name, criterion=run.criterion,
-                                   other_inputs=other_inputs, progress=within)
+            result = _attack_batch(run, config, first, x, other_inputs, within)
+            if run.model.surrogate:  # the first batch decides whether the surrogate's successes hold
+                keep, note = judge_surrogate(result)
+                run.model.notes.append(note)
+                if keep or run.model.fallback is None:
+                    run.model.keep_surrogate()
+                else:
+                    run.model.switch_to_estimated("the surrogate's successes did not hold in onnxruntime")
+                    result = _attack_batch(run, config, first, x, other_inputs, within)
+                writer.set_attrs(notes=json.dumps(run.model.notes), gradients=run.model.gradients)
             writer.append(result.rows())
             writer.set_attrs(elapsed_s=elapsed_before + time.monotonic() - started)
             successes += int(result.success.sum())
@@ -226,6 +234,29 @@ def run_local(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out
     finally:
         writer.close()
     return out_path
+
+
+def _attack_batch(run: RunPlan, config: AttackConfig, first: int, x: np.ndarray, other_inputs: dict[str, np.ndarray],
+                  progress: Callable[[float], None]) -> BatchResult:
+    return attack_arrays(run.model, x, run.attack, run.target_for(first, len(x)), box=run.box, seed=config.seed,
+                         first_index=first, source=run.source_name, criterion=run.criterion,
+                         other_inputs=other_inputs, progress=progress)
+
+
+SURROGATE_AGREEMENT = 0.5  # share of a surrogate's successes that must hold in onnxruntime to keep it
+
+
+def judge_surrogate(result: BatchResult) -> tuple[bool, str]:
+    """Whether a surrogate torch graph (one that missed the fidelity tolerance) is kept after the first
+    batch: the share of the rows it reached that onnxruntime also judged reached, and the note saying so."""
+    reached_torch = result.attacked & (result.torch_agrees == result.success)
+    held = int((reached_torch & result.success).sum())
+    claimed = int(reached_torch.sum())
+    agreement = held / claimed if claimed else 0.0
+    keep = claimed > 0 and agreement >= SURROGATE_AGREEMENT
+    verdict = "kept" if keep else "dropped for gradients estimated from onnxruntime queries"
+    return keep, (f"surrogate check on the first batch: {held} of the {claimed} rows the torch graph reached held in "
+                  f"onnxruntime ({agreement:.0%}; at least {SURROGATE_AGREEMENT:.0%} keeps it): {verdict}")
 
 
 def _learn_or_reuse(run: RunPlan, config: AttackConfig, attack: SetAttack, writer: ResultWriter) -> None:

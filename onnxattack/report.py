@@ -38,6 +38,10 @@ def summarize_run(results: ResultFile) -> dict:
         hamming[start:stop] = ((adv & goal) if exclusion else (adv != goal)).sum(1)
         for name in ("scores", "scores_adv"):
             nonfinite[start:stop] |= ~np.isfinite(results.column(name, start, stop)).all(axis=1)
+    stall = results.column("stall_reason")
+    reasons = results.json_attr("stall_reasons", {})
+    stalled = {reasons.get(str(code), f"code {code}"): int((stall == code).sum())
+               for code in np.unique(stall[stall > 0])}
     transfer = {name: {key: float(value) if isinstance(value, float) else value for key, value in group.items()}
                 for name, group in results.transfers().items()}
     n_attacked = int(attacked.sum())
@@ -66,6 +70,7 @@ def summarize_run(results: ResultFile) -> dict:
         "queries_mean": stat(queries[attacked], np.mean) if queries.size else None,
         "queries_max": int(queries[attacked].max()) if queries.size and n_attacked else None,
         "nonfinite_rows": [int(i) for i in np.flatnonzero(nonfinite)],
+        "stalled_rows": stalled,
         "notes": results.json_attr("notes", []),
         "transfer": transfer,
     }
@@ -92,6 +97,8 @@ def format_summary(summary: dict) -> str:
     if summary.get("gradients") == "estimated":
         lines.append(("gradients", f"estimated: {num(summary['queries_mean'], '{:.0f}')} onnxruntime queries per "
                                    f"attacked input (max {summary['queries_max']})"))
+    for reason, count in summary.get("stalled_rows", {}).items():
+        lines.append(("stopped early", f"{count} row(s): {reason}"))
     if summary.get("nonfinite_rows"):
         shown = ", ".join(map(str, summary["nonfinite_rows"][:10]))
         lines.append(("NaN/inf scores", f"{len(summary['nonfinite_rows'])} row(s): {shown} (kept, never a success)"))

@@ -10,6 +10,7 @@ is a class here with the same four methods.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -37,13 +38,21 @@ class GradientSource(Protocol):
     def queries_spent(self) -> np.ndarray | None:
         """onnxruntime queries per row of the batch last attacked (None when it asks none)."""
 
+    def stall_reasons(self) -> np.ndarray | None:
+        """Why each row of the batch last attacked was stopped early (estimated.STALL_REASONS codes)."""
+
 
 class TorchGraphSource:
+    """surrogate: the graph converts but misses the fidelity tolerance; it is still attacked through (every
+    verdict is onnxruntime's), and the pipeline measures on the first batch whether its successes hold
+    in onnxruntime before keeping it (pipeline.judge_surrogate)."""
+
     kind = "torch"
 
-    def __init__(self, graph: torch.nn.Module, fidelity: float) -> None:
+    def __init__(self, graph: torch.nn.Module, fidelity: float, surrogate: bool = False) -> None:
         self.graph = graph
         self.fidelity = fidelity  # max |torch - onnxruntime| on the probe
+        self.surrogate = surrogate
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         try:
@@ -60,11 +69,15 @@ class TorchGraphSource:
     def queries_spent(self) -> np.ndarray | None:
         return None
 
+    def stall_reasons(self) -> np.ndarray | None:
+        return None
+
 
 class EstimatedSource:
     kind = "estimated"
 
-    def __init__(self, query_model: QueryModel, score_fn, max_queries: int | None) -> None:
+    def __init__(self, query_model: QueryModel, score_fn: Callable[[np.ndarray], np.ndarray],
+                 max_queries: int | None) -> None:
         self.query_model = query_model
         self.score_fn = score_fn  # onnxruntime scores of the original model
         self.max_queries = max_queries
@@ -83,7 +96,7 @@ class EstimatedSource:
         def begin(rows: np.ndarray) -> None:
             query_model.begin(rows, self.max_queries)
 
-        # estimated gradients take one-input models only (load refuses the others)
+        # the query model names its rows itself, and binds a multi-input model's pass-through rows per query
         return Victim(query_model, reader, box, jacobian=jacobian, begin=begin, select=query_model.select)
 
     def scores(self, x: torch.Tensor, reader: ScoreReader) -> torch.Tensor:
@@ -93,3 +106,8 @@ class EstimatedSource:
         if self.query_model.ledger is None:
             return None
         return self.query_model.spent.copy()
+
+    def stall_reasons(self) -> np.ndarray | None:
+        if self.query_model.ledger is None:
+            return None
+        return self.query_model.ledger.stalled.copy()

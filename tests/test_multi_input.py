@@ -18,8 +18,6 @@ from click.testing import CliRunner
 from onnxattack.cli.main import main
 from torch import nn
 
-from onnxattack import UnsupportedModelError, load
-
 warnings.filterwarnings("ignore")
 LABELS = 5
 
@@ -212,11 +210,20 @@ def test_shards_resume_and_merge_keep_the_passthrough_rows(image_model, tmp_path
     assert np.array_equal(recomputed, stored)
 
 
-def test_estimated_gradients_refuse_several_inputs_with_the_reason(image_model):
-    model_path, arrays = image_model
-    with pytest.raises(UnsupportedModelError, match="several inputs"):
-        load(model_path, attack_input="image", gradients="estimate", probe=arrays["image"][:4],
-             probe_others={"metadata": arrays["metadata"][:4]})
+def test_estimated_gradients_carry_each_row_s_pass_through_inputs(image_model, tmp_path):
+    """Every query of a perturbed row goes to onnxruntime with that row's metadata (a misaligned row
+    would estimate another input's gradient); success recomputed from the file alone."""
+    model, arrays = image_model
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    out = tmp_path / "est.h5"
+    summary = attack(model, tmp_path / "inputs.npz", out, "--attack-input", "image", "--gradients", "estimate",
+                     "--max-iter", "100", "--binary-steps", "4", "--learning-rate", "0.05", "--max-queries", "8000")
+    assert summary["gradients"] == "estimated"
+    recomputed, stored = rescored_from_file(model, out, "image", 0.0)
+    assert np.array_equal(recomputed, stored) and recomputed[stored].size and recomputed.mean() >= 0.8
+    with h5py.File(out, "r") as handle:
+        queries = handle["queries"][:][handle["attacked"][:]]
+        assert (queries > 0).all() and queries.max() <= 8000
 
 
 class ImageOnly(nn.Module):

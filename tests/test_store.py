@@ -8,17 +8,16 @@ import pytest
 
 from onnxattack.errors import BadInputError
 from onnxattack.results import ROW_DATASETS, ResultWriter
+from onnxattack.results.schema import dataset_specs
 
 
 def _rows(count: int, start: int) -> dict:
+    """A batch of every row column of the schema (x counts the rows)."""
     x = np.arange(start, start + count, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
-    labels = np.zeros((count, 2), np.int8)
-    flags = np.ones(count, bool)
-    return {"x": x, "x_adv": x + 1, "scores": labels.astype(np.float32), "scores_adv": labels.astype(np.float32),
-            "y_pred": labels, "y_target": labels, "y_adv": labels, "success": flags, "attacked": flags,
-            "torch_agrees": flags, "l2": np.ones(count, np.float32), "linf": np.ones(count, np.float32),
-            "iterations": np.zeros(count, np.int32), "queries": np.zeros(count, np.int64),
-            "model_calls": np.zeros(count, np.int64)}
+    specs = dataset_specs((3,), np.dtype(np.float32), 2)
+    rows = {name: np.ones((count, *shape), dtype) for name, (shape, dtype) in specs.items()}
+    rows.update(x=x, x_adv=x + 1)
+    return rows
 
 
 def test_resume_cuts_every_dataset_back_to_the_rows_written(tmp_path):

@@ -173,5 +173,5 @@ def check_fidelity(graph: torch.nn.Module, reader: ScoreReader, scorer: OrtScore
         raise FidelityError(
             f"torch graph disagrees with onnxruntime: max score difference {worst:.3g} > tolerance "
             f"{tolerance:g} (sample {row}, label {label}: onnxruntime {ort_scores[row, label]:.6g}, "
-            f"torch {torch_scores[row, label]:.6g})")
+            f"torch {torch_scores[row, label]:.6g})", difference=worst if np.isfinite(worst) else None)
     return worst

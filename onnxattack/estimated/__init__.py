@@ -8,10 +8,11 @@ from .outputs import positive_class_output
 from .query import (
     DEFAULT_RADIUS,
     DEFAULT_SAMPLES,
+    STALL_REASONS,
     QueryBudgetError,
     QueryLedger,
     QueryModel,
 )
 
 __all__ = ["DEFAULT_RADIUS", "DEFAULT_SAMPLES", "QueryBudgetError", "QueryLedger",
-           "QueryModel", "positive_class_output"]
+           "QueryModel", "STALL_REASONS", "positive_class_output"]

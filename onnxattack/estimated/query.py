@@ -41,7 +41,7 @@ estimates that row has drawn), so they do not depend on which other rows share t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,15 @@ JACOBIAN_METHODS = ("auto", "random", "coordinates")
 # and radius 0.02 did best on a forest fit on the 2-D y (40% against 30-35% at 0.05-0.1).
 DEFAULT_SAMPLES = 20
 DEFAULT_RADIUS = 0.02
+# A row whose every antithetic pair returned the same scores samples twice as far next time, up to this
+# factor of the radius (a saturated or piecewise-constant output shows no change within sigma).
+MAX_RADIUS_SCALE = 16.0
+# A row that has spent this share of its budget without one estimate that saw the scores change is
+# stopped: the rest of its budget would buy nothing either.
+STALL_SHARE = 0.25
+STALL_REASONS = {0: "", 1: "flat scores: no query around the input changed the model's scores "
+                           "(a saturated or piecewise-constant output)"}
+FLAT = 1
 
 
 class QueryBudgetError(RuntimeError):
@@ -73,13 +82,28 @@ class QueryLedger:
     draws: np.ndarray  # int64 [n]: estimates drawn so far (the row's next random stream)
     exhausted: np.ndarray  # bool [n]: the budget stopped the row
     budget: int | None
+    scale: np.ndarray  # float64 [n]: the row's sampling radius, as a multiple of sigma
+    signal: np.ndarray  # bool [n]: some estimate of the row saw the scores change
+    stalled: np.ndarray  # int8 [n]: why the row was stopped before its budget ran out (STALL_REASONS)
 
     @classmethod
     def create(cls, rows: int | Sequence[int] | np.ndarray, budget: int | None) -> QueryLedger:
         keys = np.arange(rows, dtype=np.int64) if isinstance(rows, int) else np.asarray(rows, dtype=np.int64)
         n = len(keys)
         return cls(keys=keys, spent=np.zeros(n, dtype=np.int64), draws=np.zeros(n, dtype=np.int64),
-                   exhausted=np.zeros(n, dtype=bool), budget=budget)
+                   exhausted=np.zeros(n, dtype=bool), budget=budget, scale=np.ones(n),
+                   signal=np.zeros(n, dtype=bool), stalled=np.zeros(n, dtype=np.int8))
+
+    def observe(self, rows: np.ndarray, changed: np.ndarray) -> None:
+        """After an estimate: rows whose scores never changed sample farther, and are stopped (FLAT) once
+        they have spent STALL_SHARE of the budget without any signal."""
+        self.signal[rows[changed]] = True
+        flat = rows[~changed]
+        self.scale[flat] = np.minimum(self.scale[flat] * 2, MAX_RADIUS_SCALE)
+        if self.budget is not None:
+            stop = flat[~self.signal[flat] & (self.spent[flat] >= STALL_SHARE * self.budget)]
+            self.exhausted[stop] = True
+            self.stalled[stop] = FLAT
 
     def affordable(self, rows: np.ndarray, cost: int) -> np.ndarray:
         """Which of `rows` can pay `cost` now; the others become exhausted for good."""
@@ -98,20 +122,23 @@ def directions(seed: int, key: int, draw: int, samples: int, dim: int, distribut
     return rng.standard_normal((samples, dim))
 
 
-def antithetic_points(x: np.ndarray, u: np.ndarray, sigma: float, box: tuple[float, float]) -> np.ndarray:
-    """x [k, d], u [k, S, d] -> [k, 2S, d]: x + sigma u_s then x - sigma u_s, clipped to the box."""
-    step = sigma * u
+def antithetic_points(x: np.ndarray, u: np.ndarray, sigma: float | np.ndarray,
+                      box: tuple[float, float]) -> np.ndarray:
+    """x [k, d], u [k, S, d] -> [k, 2S, d]: x + sigma u_s then x - sigma u_s, clipped to the box (sigma: one
+    value, or one per row [k])."""
+    step = np.reshape(sigma, (-1, 1, 1)) * u
     points = np.concatenate([x[:, None, :] + step, x[:, None, :] - step], axis=1)
     return np.clip(points, box[0], box[1])
 
 
-def difference_estimate(differences: np.ndarray, u: np.ndarray, sigma: float) -> np.ndarray:
+def difference_estimate(differences: np.ndarray, u: np.ndarray, sigma: float | np.ndarray) -> np.ndarray:
     """The Jacobian estimate 1/(2 sigma S) sum_s (f(x + sigma u_s) - f(x - sigma u_s)) u_s^T.
 
-    differences [k, S, L], u [k, S, d] -> [k, L, d]. A VJP is v^T of it (same queries, any v).
+    differences [k, S, L], u [k, S, d] -> [k, L, d] (sigma: one value, or one per row [k]). A VJP is
+    v^T of it (same queries, any v).
     """
     samples = u.shape[1]
-    return np.einsum("ksl,ksd->kld", differences, u) / (2.0 * sigma * samples)
+    return np.einsum("ksl,ksd->kld", differences, u) / (2.0 * np.reshape(sigma, (-1, 1, 1)) * samples)
 
 
 class QueryModel:
@@ -152,6 +179,8 @@ class QueryModel:
         self.num_labels: int | None = None
         self.ledger: QueryLedger | None = None
         self._selected: np.ndarray | None = None
+        # a multi-input model: binds the pass-through rows of the ledger rows a query sends, one per point
+        self.row_binding: Callable[[np.ndarray], AbstractContextManager[None]] | None = None
 
     # ---- costs -------------------------------------------------------------------------------
     @property
@@ -225,9 +254,11 @@ class QueryModel:
         return chosen
 
     # ---- queries -----------------------------------------------------------------------------
-    def _query(self, points: np.ndarray, sample_shape: tuple[int, ...]) -> np.ndarray:
-        """One score_fn call on [k, d] points; counts k queries."""
-        scores = np.asarray(self.score_fn(points.reshape(len(points), *sample_shape)), dtype=np.float64)
+    def _query(self, points: np.ndarray, sample_shape: tuple[int, ...], rows: np.ndarray) -> np.ndarray:
+        """One score_fn call on [k, d] points, point i belonging to ledger row rows[i]; counts k queries."""
+        binding = nullcontext() if self.row_binding is None else self.row_binding(rows)
+        with binding:
+            scores = np.asarray(self.score_fn(points.reshape(len(points), *sample_shape)), dtype=np.float64)
         if scores.ndim != 2 or len(scores) != len(points):
             raise ValueError(f"score_fn gave shape {list(scores.shape)} for {len(points)} rows, not [rows, labels]")
         self.queries += len(points)
@@ -246,7 +277,7 @@ class QueryModel:
         flat = x.reshape(len(x), -1).astype(np.float64, copy=False)
         values = None
         if queried.any():
-            values = self._query(flat[queried], x.shape[1:])
+            values = self._query(flat[queried], x.shape[1:], rows[queried])
             ledger.spent[rows[queried]] += self.forward_cost
         out = np.full((len(x), self._labels_or_fail()), self.neutral, dtype=np.float64)
         if values is not None:
@@ -259,11 +290,14 @@ class QueryModel:
         u = np.stack([directions(self.seed, int(ledger.keys[r]), int(ledger.draws[r]), self.samples,
                                  flat.shape[1], self.distribution) for r in rows])
         ledger.draws[rows] += 1
-        points = antithetic_points(flat, u, self.sigma, self.box)
-        values = self._query(points.reshape(-1, flat.shape[1]), sample_shape)
+        sigma = self.sigma * ledger.scale[rows]
+        points = antithetic_points(flat, u, sigma, self.box)
+        values = self._query(points.reshape(-1, flat.shape[1]), sample_shape, np.repeat(rows, 2 * self.samples))
         values = values.reshape(len(rows), 2, self.samples, -1)
         ledger.spent[rows] += self.backward_cost
-        return difference_estimate(values[:, 0] - values[:, 1], u, self.sigma)
+        differences = values[:, 0] - values[:, 1]
+        ledger.observe(rows, np.any(differences != 0, axis=(1, 2)))
+        return difference_estimate(differences, u, sigma)
 
     def _coordinate_differences(self, flat: np.ndarray, rows: np.ndarray,
                                 sample_shape: tuple[int, ...]) -> np.ndarray:
@@ -272,7 +306,7 @@ class QueryModel:
         eye = np.eye(d)
         points = np.concatenate([flat[:, None, :] + self.sigma * eye, flat[:, None, :] - self.sigma * eye], axis=1)
         points = np.clip(points, self.box[0], self.box[1])
-        values = self._query(points.reshape(-1, d), sample_shape).reshape(k, 2, d, -1)
+        values = self._query(points.reshape(-1, d), sample_shape, np.repeat(rows, 2 * d)).reshape(k, 2, d, -1)
         ledger = self._ledger_or_fail()
         ledger.spent[rows] += 2 * d
         # the real step of each coordinate after clipping (one-sided at a bound)

@@ -42,6 +42,8 @@ ROWS: tuple[Column, ...] = (
     Column("iterations", "row", "int32", "iterations the attack used"),
     Column("queries", "row", "int64", "onnxruntime queries of estimated gradients"),
     Column("model_calls", "row", "int64", "forward + backward passes the row took part in"),
+    Column("stall_reason", "row", "int8", "why estimated gradients stopped the row early (0: they did not; "
+                                          "the codes are the root attribute stall_reasons)"),
 )
 ROW_DATASETS: tuple[str, ...] = tuple(column.name for column in ROWS)
 # What a file must hold to be read as a result file at all.
