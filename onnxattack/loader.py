@@ -38,7 +38,16 @@ from .model import (
     read_labels,
 )
 from .passthrough import BoundGraph, PassThroughInputs
-from .runtime import QDQ_NOTE, REDUCTIONS, OrtScorer, has_qdq, make_session, to_input_dtype
+from .runtime import (
+    ONE_THREAD_NOTE,
+    QDQ_NOTE,
+    REDUCTIONS,
+    OrtScorer,
+    has_qdq,
+    make_session,
+    needs_one_thread,
+    to_input_dtype,
+)
 from .scores import ScoreReader
 from .sources import EstimatedSource, GradientSource, TorchGraphSource
 from .types import ScoresKind
@@ -297,11 +306,15 @@ def _serialized(proto: onnx.ModelProto) -> bytes:
 def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str, device: str,
                 probe: np.ndarray, notes: list[str], passthrough: PassThroughInputs, per_sample: bool) -> OrtScorer:
     fixed = None if per_sample else fixed_batch(input_info)
-    original = OrtScorer(make_session(_serialized(proto), device, exact_qdq=has_qdq(proto)), input_info.name,
+    one_thread = needs_one_thread(proto)
+    original = OrtScorer(make_session(_serialized(proto), device, exact_qdq=has_qdq(proto), one_thread=one_thread),
+                         input_info.name,
                          input_info.dtype, output_name, fixed_batch=fixed, passthrough=passthrough,
                          per_sample=per_sample)
     if has_qdq(proto):
         notes.append(QDQ_NOTE)
+    if one_thread:
+        notes.append(ONE_THREAD_NOTE)
     if device == "cuda" and "CUDAExecutionProvider" not in original.providers:
         notes.append("onnxruntime validates on the CPU: its CUDA provider is not available "
                      "(install the 'gpu' extra, onnxruntime-gpu, instead of 'cpu')")
@@ -312,7 +325,8 @@ def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str
         probe = np.concatenate([probe, probe[::-1] * 0.5])
     if renamed is not None:
         try:
-            session = make_session(_serialized(renamed), device, quiet=True, exact_qdq=has_qdq(proto))
+            session = make_session(_serialized(renamed), device, quiet=True, exact_qdq=has_qdq(proto),
+                                   one_thread=one_thread)
             batched = OrtScorer(session, input_info.name, input_info.dtype, output_name, passthrough=passthrough)
             if np.allclose(batched(probe), original(probe), atol=1e-6, rtol=1e-5):
                 notes.append(f"batch size {fixed} is baked into the model; onnxruntime runs it batched "

@@ -20,16 +20,18 @@ def has_qdq(model: onnx.ModelProto) -> bool:
     return any(node.op_type in QDQ_OPS and node.domain in ("", "ai.onnx") for node in model.graph.node)
 
 
-def needs_one_thread(model_bytes: bytes) -> bool:
+def needs_one_thread(model: onnx.ModelProto) -> bool:
     """A com.microsoft DynamicQuantizeLSTM in the model: its result depends on the thread count.
 
     With several intra-op threads onnxruntime splits the batch into row blocks and quantises each
     block's hidden state with its own scale (measured: 0.015-0.026 score differences at batch 3-64
     on 2 threads); with one thread it quantises the whole batch at once, as the torch graph does.
-    Read from the serialized bytes (op types are stored verbatim), so the check costs no parse; a
-    name that merely contains the string only costs speed.
     """
-    return b"DynamicQuantizeLSTM" in model_bytes
+    return any(node.op_type == "DynamicQuantizeLSTM" and node.domain == "com.microsoft" for node in model.graph.node)
+
+
+ONE_THREAD_NOTE = ("onnxruntime runs this model on one thread: its DynamicQuantizeLSTM quantises per block of rows "
+                   "when it has several, and its scores would then depend on the batch")
 
 
 def session_options(quiet: bool = False, exact_qdq: bool = False, one_thread: bool = False) -> ort.SessionOptions:
@@ -52,9 +54,9 @@ def providers_for(device: str) -> list[str]:
 
 
 def make_session(model_bytes: bytes, device: str = "cpu", quiet: bool = False,
-                 exact_qdq: bool = False) -> ort.InferenceSession:
+                 exact_qdq: bool = False, one_thread: bool = False) -> ort.InferenceSession:
     """A session on the given serialized model; CUDA only when asked for and really used."""
-    options = session_options(quiet, exact_qdq, one_thread=needs_one_thread(model_bytes))
+    options = session_options(quiet, exact_qdq, one_thread)
     try:
         return ort.InferenceSession(model_bytes, options, providers=providers_for(device))
     except Exception as exc:  # onnxruntime raises several unrelated types here
