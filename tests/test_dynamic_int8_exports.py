@@ -192,14 +192,17 @@ def test_the_zoos_int8_variant_is_made_by_onnxruntime_and_attacked_through_torch
 
 
 def test_only_dynamic_quantize_lstm_models_get_a_one_thread_session(tmp_path):
-    from onnxattack.runtime import make_session
+    from onnxattack import load
+    from onnxattack.runtime import ONE_THREAD_NOTE
 
     torch.manual_seed(0)
     float_path = ex.export_torch(RecurrentTagger(nn.LSTM), torch.rand(2, 8, 6), tmp_path / "lstm.onnx", dynamo=False,
                                  opset=14)
-    threads = [make_session(path.read_bytes()).get_session_options().intra_op_num_threads
-               for path in (float_path, _quantised(float_path, "QInt8"))]
+    loaded = [load(path, convert=False, probe=np.random.default_rng(0).random((2, 8, 6)))
+              for path in (float_path, _quantised(float_path, "QInt8"))]
+    threads = [model.scorer.session.get_session_options().intra_op_num_threads for model in loaded]
     assert threads[0] != 1 and threads[1] == 1, threads
+    assert ONE_THREAD_NOTE not in loaded[0].notes and ONE_THREAD_NOTE in loaded[1].notes
 
 
 class BertStyleAttention(nn.Module):
