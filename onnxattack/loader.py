@@ -361,7 +361,7 @@ def load(path: str | os.PathLike, *, device: str = "auto", output: str | None = 
         # max commutes with a per-element sigmoid; mean (or a softmax) does not: attack the real output
         tensor_name, head = score_output.name, None
     try:
-        reader = ScoreReader.create(kind, threshold, head)
+        reader = ScoreReader.create(kind, threshold, head, score_output.dtype)
     except ValueError as exc:
         raise BadInputError(str(exc)) from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +16,13 @@ from .scores import ScoreReader
 JacobianFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # rows of the attacked batch -> a block inside which calls send exactly those rows, in that order
 RowSelector = Callable[[np.ndarray | torch.Tensor], contextlib.AbstractContextManager[None]]
+# Half precision has ~3 significant digits: step sizes, margins (FLOAT_GUARD) and line searches vanish in it.
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an attack computes in for inputs of `dtype`: float32 for half precision, else itself."""
+    return torch.float32 if dtype in _HALF_DTYPES else dtype
 
 
 @dataclass
@@ -26,6 +34,10 @@ class Victim:
     rows of the batch about to be attacked (per-row query ledgers start there). select: a victim that
     keeps something per row (query ledgers, the pass-through inputs of a multi-input model) must be
     told which rows a call on a sub-batch sends: attacks wrap such calls in `on_rows(ids)`.
+    model_dtype: the dtype the model's graph takes when the attack works in another one (`working`).
+
+    The attack space always comes back in the dtype of the x it was given: a graph whose score output is
+    float16 or float64 (a Cast at its end) must not leak that dtype into the attacks' float32 tensors.
     """
 
     logits: Callable[[torch.Tensor], torch.Tensor]
@@ -34,6 +46,7 @@ class Victim:
     jacobian: JacobianFn | None = None
     begin: Callable[[np.ndarray], None] | None = None
     select: RowSelector | None = None
+    model_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         if self.select is None:  # a logits callable with its own row selection (QueryModel) names its rows
@@ -45,5 +58,14 @@ class Victim:
             return contextlib.nullcontext()
         return self.select(rows)
 
+    def working(self, dtype: torch.dtype) -> Victim:
+        """This victim for an attack on inputs of `dtype` that computes in `working_dtype(dtype)`."""
+        if working_dtype(dtype) == dtype:
+            return self
+        return dataclasses.replace(self, model_dtype=dtype)
+
     def attack_space(self, x: torch.Tensor) -> torch.Tensor:
-        return self.reader.attack_space(self.logits(x))
+        z = self.logits(x if self.model_dtype is None else x.to(self.model_dtype))
+        if x.is_floating_point() and z.dtype != x.dtype:
+            z = z.to(x.dtype)
+        return self.reader.attack_space(z)
