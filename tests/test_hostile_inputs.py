@@ -4,6 +4,7 @@ naming the reason, before a row is read and before a result file exists."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import zipfile
@@ -245,3 +246,10 @@ def test_the_same_arrays_stored_plainly_are_attacked(model, tmp_path):
         build(tmp_path / name)
         result = attack(model, tmp_path / name, tmp_path / f"{name}.out.h5")
         assert result.exit_code == 0, (name, result.output)
+
+
+def test_a_fifo_or_a_device_as_inputs_is_never_opened(model, tmp_path):
+    os.mkfifo(tmp_path / "inputs.npy")  # opening it would wait for a writer for ever
+    refused(model, tmp_path / "inputs.npy", "not a regular file or a folder")
+    (tmp_path / "zero.h5").symlink_to("/dev/zero")
+    refused(model, tmp_path / "zero.h5", "not a regular file or a folder")
