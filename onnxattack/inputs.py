@@ -324,9 +324,33 @@ def _hdf5_names(handle: Any) -> list[str]:
     return names
 
 
+def checked_hdf5_dataset(handle: Any, name: str, where: str) -> Any:
+    """The dataset `name` of an open HDF5 file, if it is plain data: reached without soft or external
+    links, its values stored in this file (no external raw storage, not virtual, no filter plugin, a
+    sound chunk index), of real numbers with at least one dim. Else BadInputError naming the reason,
+    before a value is read. For every HDF5 file a user hands over (inputs, and result files too)."""
+    import h5py
+
+    try:
+        problem = _hdf5_link_problem(handle, name)
+        if problem is not None:
+            raise BadInputError(f"{where}: {problem}")
+        dataset = handle.get(name)
+        if not isinstance(dataset, h5py.Dataset):
+            raise BadInputError(f"{where}:{name} is not a dataset")
+        problem = _hdf5_dataset_problem(dataset) or _hdf5_chunk_problem(dataset, handle.id.get_filesize())
+        if problem is not None:
+            raise BadInputError(f"{where}:{name} {problem}")
+        check_numeric(dataset.dtype, f"{where}:{name}")
+        return dataset
+    except BadInputError:
+        raise
+    except Exception as exc:  # damaged object headers: h5py raises OSError, KeyError, RuntimeError, ...
+        raise BadInputError(f"{where} is a damaged HDF5 file: {first_line(exc)}") from None
+
+
 def _open_hdf5(path: Path, key: str | None) -> ArraySource:
-    """A dataset stored in this file, of real numbers and at least one dim; refused with the reason
-    otherwise, before a row is read."""
+    """A dataset of plain numbers stored in this file (checked_hdf5_dataset), before a row is read."""
     import h5py
 
     try:
@@ -334,25 +358,15 @@ def _open_hdf5(path: Path, key: str | None) -> ArraySource:
     except Exception as exc:  # OSError mostly; damaged superblocks raise others
         raise BadInputError(f"{path} is not a readable HDF5 file: {first_line(exc)}") from None
     try:
-        name = _pick_key(_hdf5_names(handle), key, path)
-        problem = _hdf5_link_problem(handle, name)
-        if problem is not None:
-            raise BadInputError(f"{path}: {problem}")
-        dataset = handle.get(name)
-        if not isinstance(dataset, h5py.Dataset):
-            raise BadInputError(f"{path}:{name} is a group, not a dataset")
-        where = f"{path}:{name}"
-        problem = _hdf5_dataset_problem(dataset) or _hdf5_chunk_problem(dataset, path.stat().st_size)
-        if problem is not None:
-            raise BadInputError(f"{where} {problem}")
-        check_numeric(dataset.dtype, where)
-        return ArraySource(dataset, handle, where=where)
+        try:
+            names = _hdf5_names(handle)
+        except Exception as exc:  # a damaged group: "Object visitation failed (...)"
+            raise BadInputError(f"{path} is a damaged HDF5 file: {first_line(exc)}") from None
+        dataset = checked_hdf5_dataset(handle, _pick_key(names, key, path), str(path))
     except BadInputError:
         handle.close()
         raise
-    except Exception as exc:  # damaged object headers: h5py raises OSError, KeyError, RuntimeError, ...
-        handle.close()
-        raise BadInputError(f"{path} is a damaged HDF5 file: {first_line(exc)}") from None
+    return ArraySource(dataset, handle, where=f"{path}:{dataset.name.lstrip('/')}")
 
 
 def _open_npy(path: Path) -> ArraySource:

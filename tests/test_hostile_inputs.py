@@ -19,6 +19,9 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from onnxattack.cli.main import main
 
+from onnxattack.errors import BadInputError
+from onnxattack.inputs import checked_hdf5_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = 8
 ROWS = np.random.default_rng(0).uniform(0.2, 0.8, (3, FEATURES)).astype(np.float32)
@@ -253,3 +256,17 @@ def test_a_fifo_or_a_device_as_inputs_is_never_opened(model, tmp_path):
     refused(model, tmp_path / "inputs.npy", "not a regular file or a folder")
     (tmp_path / "zero.h5").symlink_to("/dev/zero")
     refused(model, tmp_path / "zero.h5", "not a regular file or a folder")
+
+
+def test_checked_hdf5_dataset_serves_any_hdf5_file_a_user_hands_over(tmp_path):
+    """The check the input reader uses, called on an open file (as result-file readers can)."""
+    (tmp_path / "secret.bin").write_bytes(SECRET.tobytes())
+    with h5py.File(tmp_path / "results.h5", "w") as handle:
+        handle["x_adv"] = ROWS
+        handle.create_dataset("x", shape=SECRET.shape, dtype=np.float32, external=[("secret.bin", 0, SECRET.nbytes)])
+        handle["alias"] = h5py.SoftLink("/x_adv")
+    with h5py.File(tmp_path / "results.h5", "r") as handle:
+        assert np.array_equal(checked_hdf5_dataset(handle, "x_adv", "results.h5")[:], ROWS)
+        for name, message in (("x", "external raw storage"), ("alias", "soft link"), ("nope", "not a dataset")):
+            with pytest.raises(BadInputError, match=message):
+                checked_hdf5_dataset(handle, name, "results.h5")
