@@ -332,6 +332,11 @@ def _perturbable(tensor: TensorInfo) -> bool:
     return tensor.is_float or tensor.dtype == np.uint8
 
 
+def _foreign_float(dtype: np.dtype) -> bool:
+    """bfloat16 and the float8 / float4 types: floating in ONNX, but ml_dtypes records to numpy."""
+    return dtype.kind != "f" and (dtype.name == "bfloat16" or dtype.name.startswith("float"))
+
+
 def choose_attack_input(info: ModelInfo, name: str | None = None) -> TensorInfo:
     """The input the attack perturbs: named by the user, else the only floating (or uint8 pixel) input.
     Other integer inputs (token ids, byte values, category codes) cannot be perturbed by small steps
@@ -348,6 +353,10 @@ def choose_attack_input(info: ModelInfo, name: str | None = None) -> TensorInfo:
             raise BadInputError(f"the model has {len(candidates)} inputs that could be perturbed "
                                 f"({', '.join(i.name for i in candidates)}); choose one with --attack-input NAME")
         chosen = candidates[0] if candidates else info.inputs[0]
+    if _foreign_float(chosen.dtype):
+        raise UnsupportedModelError(
+            f"input {chosen.name!r} is {chosen.dtype}: onnxruntime's Python API takes no {chosen.dtype} arrays, "
+            f"so onnxattack cannot feed it; export the model with a float16 or float32 input")
     if not _perturbable(chosen):
         described = ", ".join(f"{i.name} {i.dtype}" for i in info.inputs)
         raise UnsupportedModelError(

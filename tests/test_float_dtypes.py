@@ -148,6 +148,12 @@ def test_a_bfloat16_score_output_is_refused_in_one_line(mlp, tmp_path):
     assert "\n" not in str(caught.value)
 
 
+def test_a_bfloat16_input_is_refused_for_what_it_is(mlp, tmp_path):
+    path = cast_input(mlp, TensorProto.BFLOAT16, tmp_path / "bf16.onnx")
+    with pytest.raises(oa.UnsupportedModelError, match="is bfloat16: onnxruntime's Python API takes no bfloat16"):
+        oa.load(path, box=(0, 1))
+
+
 @pytest.mark.parametrize("elem", [TensorProto.FLOAT16, TensorProto.DOUBLE], ids=["float16", "float64"])
 def test_curve_on_a_float16_or_float64_score_output(logits_mlp, tmp_path, elem):
     path = cast_output(logits_mlp, elem, tmp_path / "cast.onnx")
