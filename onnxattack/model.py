@@ -78,9 +78,11 @@ def _undecodable_text(message: Message, where: str = "model") -> str | None:
     return None
 
 
-# Element types packed two to a byte (their numpy stand-ins claim a byte each).
-_FOUR_BIT_TYPES = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1")
-                   if hasattr(onnx.TensorProto, name)}
+# Sub-byte element types, packed (their numpy stand-ins claim a byte each): bits per element.
+_PACKED_BITS = {getattr(onnx.TensorProto, name): bits
+                for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2),
+                                   ("FLOAT6E2M3", 6), ("FLOAT6E3M2", 6))
+                if hasattr(onnx.TensorProto, name)}
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
@@ -88,8 +90,8 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     if any(dim < 0 for dim in tensor.dims):
         raise UnsupportedModelError(f"tensor {tensor.name!r} has a negative dim in its shape {list(tensor.dims)}")
     values = math.prod(tensor.dims)
-    if tensor.data_type in _FOUR_BIT_TYPES:
-        return (values + 1) // 2
+    if tensor.data_type in _PACKED_BITS:
+        return -(-values * _PACKED_BITS[tensor.data_type] // 8)
     try:
         itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
     except (KeyError, ValueError, TypeError):

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxattack.errors import BadInputError, UnsupportedModelError
-from onnxattack.model import read_model
+from onnxattack.model import _tensor_bytes, read_model
 
 TEN_GB = 10 * 2**30
 WEIGHT = np.arange(12, dtype=np.float32).reshape(6, 2)  # 48 bytes
@@ -141,3 +141,11 @@ def test_a_missing_file_and_bad_numbers(tmp_path):
     for offset in (-8, "eight", "1e99"):
         refused_without_reading(external_model(tmp_path, "w.bin", offset=offset, length=48),
                                 UnsupportedModelError, "unreadable external-data fields|lies outside")
+
+
+def test_packed_four_bit_weights_need_half_a_byte_each(tmp_path):
+    """int4 values are packed two to a byte: 12 of them are 6 bytes, not the 12 numpy's stand-in claims."""
+    assert _tensor_bytes(helper.make_tensor("W", TensorProto.INT4, [6, 2], [1] * 12)) == 6
+    assert _tensor_bytes(helper.make_tensor("W", TensorProto.INT4, [5], [1] * 5)) == 3
+    assert _tensor_bytes(numpy_helper.from_array(WEIGHT, "W")) == 48
+    assert _tensor_bytes(helper.make_tensor("B", TensorProto.BOOL, [3], [1, 0, 1])) == 3
