@@ -407,7 +407,7 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
         # max commutes with a per-element sigmoid; mean (or a softmax) does not: attack the real output
         tensor_name, head = score_output.name, None
     try:
-        reader = ScoreReader.create(kind, threshold, head)
+        reader = ScoreReader.create(kind, threshold, head, score_output.dtype)
     except ValueError as exc:
         raise BadInputError(str(exc)) from None
 
@@ -539,7 +539,7 @@ def _estimated(loaded: LoadedModel, kind: ScoresKind, settings: LoadSettings, wh
     Sigmoid / Softmax and `logits` queries the tensor before it, the estimate is taken on the logits
     (the attack tensor keeps its head, as with torch gradients); otherwise on the real output."""
     if logits is None:
-        loaded.reader = ScoreReader.create(kind, settings.threshold, head=None)
+        loaded.reader = ScoreReader.create(kind, settings.threshold, head=None, output_dtype=loaded.score_output.dtype)
     score_fn = loaded.ort_scores if logits is None else logits
     query_model = QueryModel(score_fn, loaded.box, seed=settings.seed, neutral=loaded.reader.attack_threshold)
     if loaded.passthrough_inputs:  # each query carries the pass-through rows of the row it perturbs

@@ -78,27 +78,77 @@ def _undecodable_text(message: Message, where: str = "model") -> str | None:
     return None
 
 
-def _check_external_data_paths(model: onnx.ModelProto, folder: Path) -> bool:
-    """Refuse external-data locations that leave the model's folder. True if any exist."""
-    found = False
+# Sub-byte element types, packed (their numpy stand-ins claim a byte each): bits per element.
+_PACKED_BITS = {getattr(onnx.TensorProto, name): bits
+                for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2),
+                                   ("FLOAT6E2M3", 6), ("FLOAT6E3M2", 6))
+                if hasattr(onnx.TensorProto, name)}
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """The bytes a tensor's raw data must hold: its values times the element size."""
+    if any(dim < 0 for dim in tensor.dims):
+        raise UnsupportedModelError(f"tensor {tensor.name!r} has a negative dim in its shape {list(tensor.dims)}")
+    values = math.prod(tensor.dims)
+    if tensor.data_type in _PACKED_BITS:
+        return -(-values * _PACKED_BITS[tensor.data_type] // 8)
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise UnsupportedModelError(f"tensor {tensor.name!r} has unknown data type {tensor.data_type}") from None
+    if tensor.data_type == onnx.TensorProto.STRING:
+        raise UnsupportedModelError(f"tensor {tensor.name!r} holds strings in external data, which ONNX forbids")
+    return values * itemsize
+
+
+def _external_file(tensor: onnx.TensorProto, location: str, root: Path) -> Path:
+    """The file a tensor's data lives in: a regular file inside the model's folder once every symlink is
+    followed, and not a symlink itself (onnx's checker refuses those too)."""
+    relative = Path(location)
+    target = (root / relative).resolve()
+    if not location or relative.is_absolute() or root not in target.parents:
+        raise UnsupportedModelError(f"tensor {tensor.name!r} keeps its data at {location!r}, outside the "
+                                    f"model's folder; refusing to read it")
+    if (root / relative).is_symlink():
+        raise UnsupportedModelError(f"external data {location!r} of tensor {tensor.name!r} is a symbolic link; "
+                                    f"copy the file it points to beside the model")
+    if not target.exists():
+        raise BadInputError(f"external data file {location!r} of tensor {tensor.name!r} is missing")
+    if not target.is_file():
+        raise UnsupportedModelError(f"external data {location!r} of tensor {tensor.name!r} is not a regular file")
+    return target
+
+
+def _check_external_tensor(tensor: onnx.TensorProto, root: Path) -> None:
+    """Location, offset and length of one tensor's external data, before a byte of it is read: the data
+    must be exactly the tensor's size and lie inside its file (a missing length reads the rest of the
+    file, which a sparse file could make any size)."""
+    try:
+        info = external_data_helper.ExternalDataInfo(tensor)
+    except ValueError:  # an offset or length that is not a number
+        raise UnsupportedModelError(f"tensor {tensor.name!r} has unreadable external-data fields") from None
+    target = _external_file(tensor, str(info.location), root)
+    size = target.stat().st_size
+    offset = int(info.offset or 0)
+    expected = _tensor_bytes(tensor)
+    length = size - offset if info.length is None else int(info.length)
+    where = f"external data of tensor {tensor.name!r} ({info.location!r}"
+    if offset < 0 or length < 0 or offset + length > size:
+        raise UnsupportedModelError(f"{where}, offset {offset}, length {length}) lies outside its "
+                                    f"{size}-byte file")
+    if length != expected:
+        raise UnsupportedModelError(f"{where}) holds {length} bytes; its shape {list(tensor.dims)} and type "
+                                    f"need {expected}")
+
+
+def _check_external_data(model: onnx.ModelProto, folder: Path) -> bool:
+    """Check every tensor's external data (see _check_external_tensor). True if any tensor has some."""
     root = folder.resolve()
+    found = False
     for tensor in external_data_helper._get_all_tensors(model):
-        if not external_data_helper.uses_external_data(tensor):
-            continue
-        found = True
-        try:
-            info = external_data_helper.ExternalDataInfo(tensor)
-        except ValueError:  # an offset or length that is not a number
-            raise UnsupportedModelError(f"tensor {tensor.name!r} has unreadable external-data fields") from None
-        location = Path(info.location)
-        target = (root / location).resolve()
-        if location.is_absolute() or root not in target.parents:
-            raise UnsupportedModelError(
-                f"tensor {tensor.name!r} keeps its data at {info.location!r}, outside the "
-                f"model's folder; refusing to read it"
-            )
-        if not target.is_file():
-            raise BadInputError(f"external data file {info.location!r} of tensor {tensor.name!r} is missing")
+        if external_data_helper.uses_external_data(tensor):
+            _check_external_tensor(tensor, root)
+            found = True
     return found
 
 
@@ -213,7 +263,7 @@ def read_model(path: str | os.PathLike, data: bytes | None = None) -> onnx.Model
     if not model.graph.node or not model.graph.output:
         raise BadInputError(f"{path} is not an ONNX model (no graph nodes or outputs found)")
     try:
-        has_external_data = _check_external_data_paths(model, path.parent)
+        has_external_data = _check_external_data(model, path.parent)
     except (BadInputError, UnsupportedModelError):
         raise
     except Exception as exc:
@@ -309,6 +359,11 @@ def _perturbable(tensor: TensorInfo) -> bool:
     return tensor.is_float or tensor.dtype == np.uint8
 
 
+def _foreign_float(dtype: np.dtype) -> bool:
+    """bfloat16 and the float8 / float4 types: floating in ONNX, but ml_dtypes records to numpy."""
+    return dtype.kind != "f" and (dtype.name == "bfloat16" or dtype.name.startswith("float"))
+
+
 def choose_attack_input(info: ModelInfo, name: str | None = None) -> TensorInfo:
     """The input the attack perturbs: named by the user, else the only floating (or uint8 pixel) input.
     Other integer inputs (token ids, byte values, category codes) cannot be perturbed by small steps
@@ -325,6 +380,10 @@ def choose_attack_input(info: ModelInfo, name: str | None = None) -> TensorInfo:
             raise BadInputError(f"the model has {len(candidates)} inputs that could be perturbed "
                                 f"({', '.join(i.name for i in candidates)}); choose one with --attack-input NAME")
         chosen = candidates[0] if candidates else info.inputs[0]
+    if _foreign_float(chosen.dtype):
+        raise UnsupportedModelError(
+            f"input {chosen.name!r} is {chosen.dtype}: onnxruntime's Python API takes no {chosen.dtype} arrays, "
+            f"so onnxattack cannot feed it; export the model with a float16 or float32 input")
     if not _perturbable(chosen):
         described = ", ".join(f"{i.name} {i.dtype}" for i in info.inputs)
         raise UnsupportedModelError(

@@ -37,20 +37,23 @@ def _numpy(values: torch.Tensor) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ScoreReader:
-    """kind: how the output reads; threshold: in output units; head: activation cut off the graph."""
+    """kind: how the output reads; threshold: in output units; head: activation cut off the graph;
+    rounding: the output's dtype when it is coarser than float32 (a Cast to float16 after the head)."""
 
     kind: ScoresKind
     threshold: float
     head: str | None = None  # "sigmoid", "softmax" or None
+    rounding: torch.dtype | None = None
 
     @classmethod
-    def create(cls, kind: ScoresKind, threshold: float | None, head: str | None) -> ScoreReader:
+    def create(cls, kind: ScoresKind, threshold: float | None, head: str | None,
+               output_dtype: np.dtype | None = None) -> ScoreReader:
         chosen = DEFAULT_THRESHOLD[kind] if threshold is None else float(threshold)
         if not math.isfinite(chosen):
             raise ValueError(f"the threshold must be a finite number, got {chosen}")
         if head is not None and not 0.0 < chosen < 1.0:
             raise ValueError(f"a threshold on probabilities must lie in (0, 1), got {chosen}")
-        return cls(kind=kind, threshold=chosen, head=head)
+        return cls(kind=kind, threshold=chosen, head=head, rounding=_coarse_torch_dtype(output_dtype))
 
     @property
     def attack_threshold(self) -> float:
@@ -68,12 +71,22 @@ class ScoreReader:
         return z
 
     def to_scores(self, z: torch.Tensor) -> torch.Tensor:
-        """The model's real output from the attack tensor."""
+        """The model's real output from the attack tensor, rounded as the model's output dtype rounds it
+        (the head cut off the graph takes the output's final Cast with it)."""
         if self.head == "sigmoid":
-            return torch.sigmoid(z)
-        if self.head == "softmax":
-            return torch.softmax(z, dim=-1)
-        return z
+            scores = torch.sigmoid(z)
+        elif self.head == "softmax":
+            scores = torch.softmax(z, dim=-1)
+        else:
+            return z
+        return scores if self.rounding is None else scores.to(self.rounding).to(scores.dtype)
+
+
+def _coarse_torch_dtype(dtype: np.dtype | None) -> torch.dtype | None:
+    """The torch dtype of a floating output coarser than float32 (float16), else None."""
+    if dtype is None or np.dtype(dtype).kind != "f" or np.finfo(dtype).eps <= np.finfo(np.float32).eps:
+        return None
+    return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
 
 
 class Criterion(Protocol):

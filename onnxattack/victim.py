@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +16,13 @@ from .scores import ScoreReader
 JacobianFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # rows of the attacked batch -> a block inside which calls send exactly those rows, in that order
 RowSelector = Callable[[np.ndarray | torch.Tensor], contextlib.AbstractContextManager[None]]
+# Half precision has ~3 significant digits: step sizes, margins (FLOAT_GUARD) and line searches vanish in it.
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an attack computes in for inputs of `dtype`: float32 for half precision, else itself."""
+    return torch.float32 if dtype in _HALF_DTYPES else dtype
 
 
 @dataclass
@@ -28,6 +36,10 @@ class Victim:
     told which rows a call on a sub-batch sends: attacks wrap such calls in `on_rows(ids)`.
     progress: told, through `report`, how much of the batch's work is done (0..1), so a long batch
     shows progress before it ends.
+    model_dtype: the dtype the model's graph takes when the attack works in another one (`working`).
+
+    The attack space always comes back in the dtype of the x it was given: a graph whose score output is
+    float16 or float64 (a Cast at its end) must not leak that dtype into the attacks' float32 tensors.
     """
 
     logits: Callable[[torch.Tensor], torch.Tensor]
@@ -37,6 +49,7 @@ class Victim:
     begin: Callable[[np.ndarray], None] | None = None
     select: RowSelector | None = None
     progress: Callable[[float], None] | None = None
+    model_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         if self.select is None:  # a logits callable with its own row selection (QueryModel) names its rows
@@ -53,5 +66,14 @@ class Victim:
         if self.progress is not None:
             self.progress(min(1.0, max(0.0, float(fraction))))
 
+    def working(self, dtype: torch.dtype) -> Victim:
+        """This victim for an attack on inputs of `dtype` that computes in `working_dtype(dtype)`."""
+        if working_dtype(dtype) == dtype:
+            return self
+        return dataclasses.replace(self, model_dtype=dtype)
+
     def attack_space(self, x: torch.Tensor) -> torch.Tensor:
-        return self.reader.attack_space(self.logits(x))
+        z = self.logits(x if self.model_dtype is None else x.to(self.model_dtype))
+        if x.is_floating_point() and z.dtype != x.dtype:
+            z = z.to(x.dtype)
+        return self.reader.attack_space(z)

@@ -677,8 +677,9 @@ def _lines(stream) -> Iterator[str]:
 
 
 def _start_worker(seed: int, start: int, count: int, models_dir: Path, work_dir: Path, names: tuple[str, ...],
-                  memory_mb: int, crash_at: tuple[int, ...], log) -> tuple[subprocess.Popen, queue.Queue]:
-    command = [sys.executable, "-m", "tests.fuzz_models", "--seed", str(seed), "--start", str(start),
+                  memory_mb: int, crash_at: tuple[int, ...], log,
+                  module: str = "tests.fuzz_models") -> tuple[subprocess.Popen, queue.Queue]:
+    command = [sys.executable, "-m", module, "--seed", str(seed), "--start", str(start),
                "--stop", str(count), "--models-dir", str(models_dir), "--work-dir", str(work_dir),
                "--models", ",".join(names), "--memory-mb", str(memory_mb)]
     if crash_at:
@@ -707,8 +708,12 @@ def _stop(process: subprocess.Popen) -> None:
 def run_fuzz(seed: int, count: int, names: tuple[str, ...] = SUITE_MODELS, *, start: int = 0,
              work_dir: Path | None = None, timeout_s: float = 30.0, startup_timeout_s: float = 180.0,
              memory_mb: int = 2048, crash_at: tuple[int, ...] = (),
-             progress: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Run mutants [start, count) of `seed` in a sandboxed worker; one Outcome per mutant."""
+             progress: Callable[[Outcome], None] | None = None, worker_module: str = "tests.fuzz_models"
+             ) -> list[Outcome]:
+    """Run mutants [start, count) of `seed` in a sandboxed worker; one Outcome per mutant.
+
+    worker_module: the module whose `main` is the worker (tests.fuzz_inputs fuzzes input files; `names`
+    are then its base inputs)."""
     with tempfile.TemporaryDirectory(prefix="onnxattack-fuzz-") as scratch:
         work = Path(work_dir) if work_dir is not None else Path(scratch)
         models_dir = work / "bases"
@@ -718,7 +723,7 @@ def run_fuzz(seed: int, count: int, names: tuple[str, ...] = SUITE_MODELS, *, st
         with open(log_path, "a") as log:
             while next_index < count:
                 process, lines = _start_worker(seed, next_index, count, models_dir, work, names, memory_mb,
-                                               crash_at, log)
+                                               crash_at, log, worker_module)
                 started: dict | None = None
                 warm = False  # the first mutant of a worker also pays its imports
                 try:

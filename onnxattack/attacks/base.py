@@ -19,7 +19,7 @@ import torch
 from ..errors import BadInputError
 from ..scores import Criterion
 from ..types import Task
-from ..victim import Victim
+from ..victim import Victim, working_dtype
 
 __all__ = ["Attack", "AttackResult", "Epoch", "Option", "SetAttack", "Victim", "verify_input_bounds"]
 
@@ -101,7 +101,10 @@ class Attack(ABC):
             raise BadInputError(f"{self.name} attacks {self.task.value} targets, the criterion is "
                                 f"for {criterion.task.value}")
         verify_input_bounds(x, victim.box)
-        return self.run(victim, x, target, criterion.in_attack_space(victim.reader))
+        work = working_dtype(x.dtype)  # half-precision inputs are attacked in float32, handed back as given
+        result = self.run(victim.working(x.dtype), x.to(work), target, criterion.in_attack_space(victim.reader))
+        result.x_adv = result.x_adv.to(x.dtype)
+        return result
 
     @abstractmethod
     def run(self, victim: Victim, x: torch.Tensor, target: torch.Tensor, criterion: Criterion) -> AttackResult:
