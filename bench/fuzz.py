@@ -1,5 +1,6 @@
-"""A long fuzz run of the model loader over mutated ONNX files, and of `onnxattack attack` over mutated
-input files (.npy / .npz / .h5) (`make fuzz`: both suites).
+"""A long fuzz run of the model loader over mutated ONNX files, of `onnxattack attack` over mutated
+input files (.npy / .npz / .h5), and of every command that reads a result file over hand-edited result
+files (`make fuzz`: all three suites).
 
     python -m bench.fuzz --mutants 5000 --seed 1
     python -m bench.fuzz --suite inputs --mutants 20000 --seed 4
@@ -22,7 +23,7 @@ from pathlib import Path
 from tests.fuzz_inputs import INPUT_BASES, base_inputs, make_input_mutant, suffix_of
 from tests.fuzz_models import ALL_MODELS, BUILDERS, Outcome, base_models, make_mutant, run_fuzz
 
-SUITES = ("models", "inputs")
+SUITES = ("models", "inputs", "results")
 
 
 def _label(outcome: Outcome) -> str:
@@ -92,7 +93,35 @@ def _save_mutant(suite: str, folder: Path, names: tuple[str, ...], seed: int, in
     print(f"wrote {path} ({mutant.base}: {', '.join(mutant.recipe)})")
 
 
+def run_results_suite(args: argparse.Namespace) -> int:
+    """Hand-edited result files through report / export / validate / merge / attack --resume, in this
+    process (tests/fuzz_results.py): prints the outcomes and every failing mutant."""
+    import tempfile
+
+    from tests.fuzz_results import build_base, run_mutant
+
+    began = time.monotonic()
+    start, stop = (args.only, args.only + 1) if args.only is not None else (0, args.mutants)
+    with tempfile.TemporaryDirectory(prefix="onnxattack-fuzz-results-") as scratch:
+        base = build_base(Path(scratch) / "base")
+        outcomes = []
+        for index in range(start, stop):
+            outcomes.append(run_mutant(base, args.seed, index, Path(scratch) / "mutant"))
+            if (index + 1) % 500 == 0:
+                print(f"  ... results: {index + 1} mutants, {time.monotonic() - began:.0f} s", file=sys.stderr)
+    counts = Counter("failure" if o.problem else f"exit {o.exit_code}" for o in outcomes)
+    print(f"results: {len(outcomes)} mutants (seed {args.seed}) in {time.monotonic() - began:.1f} s")
+    for label, count in counts.most_common():
+        print(f"  {label:<40} {count:>6}")
+    failures = [o for o in outcomes if o.problem]
+    for outcome in failures[:50]:
+        print(f"  FAIL #{outcome.index} {outcome.command} {outcome.recipe}: {outcome.problem}")
+    return 1 if failures else 0
+
+
 def run_suite(suite: str, args: argparse.Namespace) -> int:
+    if suite == "results":
+        return run_results_suite(args)
     default = INPUT_BASES if suite == "inputs" else ALL_MODELS
     names = tuple(args.models.split(",")) if args.models else default
     start, stop = (args.only, args.only + 1) if args.only is not None else (0, args.mutants)
@@ -116,7 +145,8 @@ def run_suite(suite: str, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suite", choices=[*SUITES, "all"], default="all",
-                        help="models (read_model / inspect / load), inputs (`attack` on mutated input files) or all")
+                        help="models (read_model / inspect / load), inputs (`attack` on mutated input files), results "
+             "(report / export / validate / merge / --resume on hand-edited result files) or all")
     parser.add_argument("--mutants", type=int, default=5000, help="how many mutants per suite (indices 0..N-1)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", type=int, help="run this one mutant index")

@@ -32,7 +32,8 @@ from onnxattack.config import (
     option_flag,
 )
 from onnxattack.errors import BadInputError, ConfigError, OnnxAttackError, first_line
-from onnxattack.results import StoreWriteError, check_output_path
+from onnxattack.results import StoreWriteError
+from onnxattack.safety import check_image_output
 
 EXIT_CODES = ("Exit codes: 0 done (whatever the success rate), 1 internal error, 2 bad usage or input, "
               "3 the model cannot be handled, 130 interrupted (the file stays readable; --resume continues).")
@@ -397,8 +398,8 @@ def curve(model: str, inputs: str, out: str, eps_list: str, png: str | None, as_
 
     eps_values = parse_eps(eps_list)
     config = _config_from(options)
-    if png:
-        check_output_path(Path(png), resume=False, overwrite=True)  # an unwritable plot fails now, not after the runs
+    if png:  # an unwritable plot, or one that would replace an input, fails now, not after the runs
+        check_image_output(png, inputs=(model, inputs, out), overwrite=True)
     progress = ProgressBar(silent=quiet or as_json)
     try:
         result = run_curve(model, inputs, out, config, eps_values, progress=progress,
@@ -452,8 +453,7 @@ def report(results: str, png: str | None, as_json: bool) -> None:
     from onnxattack.report import figure_path, format_summary, summarize, write_figure
 
     if png:
-        png = str(figure_path(png))
-        check_output_path(Path(png), resume=False, overwrite=True)  # before any work
+        png = str(check_image_output(figure_path(png), inputs=(results,), overwrite=True))  # before any work
     summary = summarize(results)
     if png:
         summary["png"] = str(write_figure(results, png))

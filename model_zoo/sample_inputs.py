@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from onnxattack.errors import BadInputError
-from onnxattack.results import check_output_path
+from onnxattack.safety import atomic_write, check_plain_output
 
 from . import data
 
@@ -29,12 +29,10 @@ def write_inputs(name: str, count: int, out: Path, overwrite: bool = False) -> t
     """Write test inputs of `name` to the .npy `out`; returns the path and the row count."""
     if count < 1:
         raise BadInputError(f"--count must be at least 1, got {count}")
-    if out.suffix != ".npy":
-        raise BadInputError(f"{out}: write the inputs to a .npy file")
-    check_output_path(out, resume=False, overwrite=overwrite)
+    out = check_plain_output(out, (".npy",), overwrite=overwrite, what="inputs file", create_folder=True)
     x = test_inputs(name, count)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, x)
+    with atomic_write(out) as temp, open(temp, "wb") as stream:
+        np.save(stream, x)
     return out, len(x)
 
 

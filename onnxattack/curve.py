@@ -62,7 +62,8 @@ def run_curve(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out
         raise ConfigError("method", f"{config.method} takes no --eps budget (curve methods: {takers})")
     if not eps_values:
         raise ConfigError("eps", "give at least one epsilon")
-    check_output_path(out, resume=config.resume, overwrite=config.overwrite)
+    check_output_path(out, resume=config.resume, overwrite=config.overwrite,
+                      inputs=(model_path, inputs_path, config.target_file, config.labels_file), what="curve file")
     if config.resume and out.exists():
         curve = read_curve(out)
         asked = {"method": config.method, "eps": [eps_key(e) for e in eps_values]}

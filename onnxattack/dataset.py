@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from .errors import BadInputError
 from .results import CurveFile, ResultFile
+from .safety import atomic_write, check_plain_output
 
 SPLITS = ("adv", "clean", "both")
 _READ_ROWS = 4096
@@ -132,11 +133,7 @@ def export_npz(results: str | os.PathLike, out: str | os.PathLike, only_success:
     `index` (input rows), `attrs` (the root attributes as JSON) and each transfer group's columns as
     `transfer/<model>/<column>`; returns the path and the row count. A curve file needs `eps`: the
     epsilon whose run is exported (as its group is named, e.g. '0.05')."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise BadInputError(f"{out} exists; pass --overwrite to replace it")
-    if out.exists() and out.resolve() == Path(results).resolve():
-        raise BadInputError(f"{out} is the result file being exported; write the .npz elsewhere")
+    out = check_plain_output(out, (".npz",), inputs=(results,), overwrite=overwrite, what="export")
     with _open_run(results, eps) as run:
         attrs = run.attrs
         keep = run.success if only_success else np.ones(run.rows, dtype=bool)
@@ -146,15 +143,10 @@ def export_npz(results: str | os.PathLike, out: str | os.PathLike, only_success:
                 arrays[f"transfer/{model}/{column}"] = run.transfer_column(model, column)[keep]
     arrays["index"] = np.flatnonzero(keep)
     arrays["attrs"] = np.array(json.dumps(attrs, default=str))
-    if not out.parent.is_dir():
-        raise BadInputError(f"cannot write {out}: folder {out.parent} does not exist")
-    partial = out.with_name(out.name + ".partial")  # renamed once written: never a half file at `out`
     try:
-        with open(partial, "wb") as stream:
+        with atomic_write(out) as temp, open(temp, "wb") as stream:  # never a half file at `out`
             np.savez_compressed(stream, **arrays)
-        os.replace(partial, out)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise BadInputError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out, int(keep.sum())
 

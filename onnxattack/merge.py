@@ -82,6 +82,10 @@ def _read_shard(path: Path) -> dict[str, Any]:
         missing = [key for key in ("row_start", "row_stop", "shard_index", "shard_count") if key not in attrs]
         if missing:
             raise BadInputError(f"{path} is not a shard file (no {missing[0]} attribute; written without --shard)")
+        for key in ("row_start", "row_stop", "shard_index", "shard_count", "inputs_total"):
+            value = attrs.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise BadInputError(f"{path}: attribute {key}={value!r} is not a row count")
         absent = [name for name in ROW_DATASETS if not results.has(name)]
         if absent:
             raise BadInputError(f"{path} lacks the dataset(s) {', '.join(absent)}")
@@ -129,7 +133,7 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike, ove
     shard_paths = [Path(path) for path in paths]
     if out.resolve() in {path.resolve() for path in shard_paths}:
         raise BadInputError(f"the merged file {out} would replace one of its shards")
-    check_output_path(out, resume=False, overwrite=overwrite)
+    check_output_path(out, resume=False, overwrite=overwrite, inputs=shard_paths)
     shards = check_shards(shard_paths)
     first = shards[0]
     attrs = {key: value for key, value in first.items() if not key.startswith("_") and key not in SHARD_ATTRS

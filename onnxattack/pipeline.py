@@ -21,7 +21,7 @@ from .inputs import InputSource, check_passthrough_sources, open_inputs, open_pa
 from .loader import LoadedModel, LoadSettings, load, resolve_box
 from .merge import shard_attrs
 from .model import ModelFile, choose_attack_input, open_model
-from .results import ResultFile, ResultWriter, check_output_path
+from .results import ResultFile, ResultWriter, check_output_path, replacement_path
 from .runtime import to_input_dtype
 from .scores import Criterion, TopKExclusionCriterion
 from .targets import TargetSpec, check_target_file
@@ -188,12 +188,20 @@ def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, ou
 
 def run_local(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out_path: str | os.PathLike,
               config: AttackConfig, progress: Progress | None = None) -> Path:
-    """Attack every input (of one shard, with --shard) in this process and write the result file."""
+    """Attack every input (of one shard, with --shard) in this process and write the result file. With
+    --overwrite onto an existing file, the run is written beside it and renamed onto it once complete:
+    an interrupted overwrite leaves the old file whole."""
     out_path = Path(out_path)
-    check_output_path(out_path, resume=config.resume, overwrite=config.overwrite)  # before any slow work
+    inputs = (model_path if not isinstance(model_path, ModelFile) else model_path.info.path, inputs_path,
+              config.target_file, config.labels_file)
+    check_output_path(out_path, resume=config.resume, overwrite=config.overwrite, inputs=inputs)  # before any work
+    replacing = config.overwrite and out_path.exists()
+    written_path = replacement_path(out_path) if replacing else out_path
+    if replacing:
+        written_path.unlink(missing_ok=True)  # a replacement left by an interrupted overwrite is ours
     run = plan(model_path, inputs_path, config)
     torch.manual_seed(config.seed)
-    writer = _open_writer(out_path, run, config, inputs_path)
+    writer = _open_writer(written_path, run, config, inputs_path)
     started = time.monotonic()
     elapsed_before = float(writer.handle.attrs.get("elapsed_s", 0.0))
     try:
@@ -233,6 +241,8 @@ def run_local(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out
                          elapsed_s=elapsed_before + time.monotonic() - started)
     finally:
         writer.close()
+    if replacing:
+        os.replace(written_path, out_path)
     return out_path
 
 

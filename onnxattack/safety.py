@@ -80,10 +80,26 @@ def _check_folder(out: Path, what: str) -> None:
     os.unlink(probe)
 
 
+def make_folder(out: PathLike, what: str = "output") -> None:
+    """Create the missing folders of an output path, refusing where a file stands in the way."""
+    path = _absolute(out)
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise BadInputError(f"cannot write the {what} {path}: {parent} is a file, not a folder")
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"cannot write the {what} {path}: cannot create its folder "
+                            f"({exc.strerror or exc})") from None
+
+
 def check_output(out: PathLike, inputs: Iterable[PathLike] = (), *, overwrite: bool = False,
-                 allow_link_replace: bool = False, what: str = "result file") -> Path:
+                 allow_link_replace: bool = False, what: str = "result file", create_folder: bool = False) -> Path:
     """Refuse an output path that would destroy something (see the module docstring); return the
-    absolute path to hand to `atomic_write` (a symlink's own path when `allow_link_replace`)."""
+    absolute path to hand to `atomic_write` (a symlink's own path when `allow_link_replace`).
+    create_folder: make a missing folder (after every other check) instead of refusing it."""
     path = _absolute(out)
     _refuse_inputs(path, inputs, what)
     try:
@@ -100,23 +116,27 @@ def check_output(out: PathLike, inputs: Iterable[PathLike] = (), *, overwrite: b
             _refuse_special(path, info.st_mode, what)
         if not overwrite:
             raise BadInputError(f"the {what} {path} already exists; pass --overwrite to replace it")
+    if create_folder:
+        make_folder(path, what)
     _check_folder(path, what)
     return path
 
 
 def check_plain_output(path: PathLike, suffixes: Iterable[str], inputs: Iterable[PathLike] = (), *,
-                       overwrite: bool = False, allow_link_replace: bool = False, what: str = "output") -> Path:
+                       overwrite: bool = False, allow_link_replace: bool = False, what: str = "output",
+                       create_folder: bool = False) -> Path:
     """check_output for a file whose name must end in one of `suffixes` (".png", ".html", ".npz")."""
     allowed = tuple(suffix.lower() for suffix in suffixes)
     name = _absolute(path).name
     if not name.lower().endswith(allowed):
         raise BadInputError(f"the {what} {path} must end in {' or '.join(allowed)}")
-    return check_output(path, inputs, overwrite=overwrite, allow_link_replace=allow_link_replace, what=what)
+    return check_output(path, inputs, overwrite=overwrite, allow_link_replace=allow_link_replace, what=what,
+                        create_folder=create_folder)
 
 
 def check_image_output(png: PathLike, inputs: Iterable[PathLike] = (), *, overwrite: bool = False) -> Path:
-    """check_plain_output for a PNG figure."""
-    return check_plain_output(png, (".png",), inputs, overwrite=overwrite, what="image")
+    """check_plain_output for a PNG figure (its folder is made when missing)."""
+    return check_plain_output(png, (".png",), inputs, overwrite=overwrite, what="image", create_folder=True)
 
 
 def _final_mode(target: Path) -> int:

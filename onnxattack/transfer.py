@@ -61,11 +61,11 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str], device
     with ResultFile.open(results_path) as results:
         attrs, rows, params = results.attrs, results.rows, results.params
         probe = results.column("x", 0, 4).astype(np.float64)
-        labels = results.json_attr("labels", [])
+        labels = results.labels
         stored_others = results.passthrough_names()
         probe_others = {name: results.passthrough(name, 0, 4) for name in stored_others}
         keys = transfer_keys(model_paths, results.transfers())
-    task = Task(attrs.get("task", Task.CLASSIFICATION.value))
+        task = results.task
     rates: dict[str, dict] = {}
     for model_path, key in zip(model_paths, keys, strict=True):
         model_file = open_model(model_path)

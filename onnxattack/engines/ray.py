@@ -100,7 +100,8 @@ def run_ray(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out_p
     """Attack on a Ray cluster (config.address, or a local one started here) with config.workers actors;
     returns OUT, merged from the shards, identical row for row to a single-process run."""
     out = Path(out_path).resolve()
-    check_output_path(out, resume=config.resume, overwrite=config.overwrite)
+    check_output_path(out, resume=config.resume, overwrite=config.overwrite,
+                      inputs=(model_path, inputs_path, config.target_file, config.labels_file))
     if config.resume and out.exists():
         return out  # the shards were merged: the run is complete
     source = open_inputs(inputs_path, config.key, config.image_layout, config.image_scale)

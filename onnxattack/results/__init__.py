@@ -25,6 +25,7 @@ from .writer import (
     copy_run,
     curve_writer,
     identity_mismatch,
+    replacement_path,
     room_left,
 )
 
@@ -32,5 +33,5 @@ __all__ = [
     "EPS_GROUP", "LEARNT_DATASET", "PASSTHROUGH_GROUP", "ROWS", "ROW_DATASETS", "RUN_IDENTITY", "TRANSFER_GROUP",
     "Column", "CurveFile", "ResultFile", "ResultWriter", "StoreWriteError", "TransferWriter", "check_output_path",
     "copy_run", "curve_writer", "identity_mismatch", "open_hdf5", "passthrough_dataset", "passthrough_name", "plain",
-    "room_left",
+    "replacement_path", "room_left",
 ]

@@ -21,12 +21,16 @@ import h5py
 import numpy as np
 
 from ..errors import BadInputError
+from ..inputs import checked_hdf5_dataset
+from ..types import Task
 from .schema import (
     EPS_GROUP,
     LEARNT_DATASET,
     PASSTHROUGH_GROUP,
     REQUIRED,
     ROW_DATASETS,
+    ROWS,
+    TRANSFER_COLUMNS,
     TRANSFER_GROUP,
     passthrough_dataset,
     passthrough_name,
@@ -36,9 +40,13 @@ from .schema import (
 def plain(value: Any) -> Any:
     """An HDF5 attribute value as a plain Python value."""
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, str):  # text that is not UTF-8 (a file edited by hand) prints with replacements
+        return value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, np.ndarray):  # an attribute written as an array (by hand): compared as a list
+        return value.tolist()
     return value
 
 
@@ -53,6 +61,12 @@ def open_hdf5(path: str | os.PathLike, mode: str = "r", what: str = "result file
         raise BadInputError(f"{path} is not a readable HDF5 {what}: {exc}") from None
 
 
+TRANSFER_NAMES = tuple(column.name for column in TRANSFER_COLUMNS)
+# Attributes stored as JSON, and the type each must decode to.
+JSON_ATTRIBUTES: dict[str, type] = {"labels": list, "notes": list, "params": dict, "stall_reasons": dict,
+                                    "versions": dict}
+
+
 class ResultFile:
     """A run's rows and attributes (the root of a result file, or one eps/<value> group of a curve)."""
 
@@ -64,16 +78,36 @@ class ResultFile:
         missing = [name for name in REQUIRED if name not in group]
         if missing:
             self.close()
-            if self.attrs.get("kind") == "curve":
+            if self.attrs.get("kind") == "curve" and "x_adv" not in group:
                 raise BadInputError(f"{path} is a curve file: each of its runs is a group eps/<value> "
                                     f"(`onnxattack curve ... --resume` prints the curve)")
             raise BadInputError(f"{path} is not an onnxattack result file (missing {', '.join(missing)})")
+        problem = self._layout_problem() or self._attribute_problem()
+        if problem:
+            self.close()
+            raise BadInputError(f"{path}: {problem}")
         self.rows = self._rows_written()
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> ResultFile:
+        """A result file from disk: every dataset a reader may touch is checked to be plain data stored in
+        this file (no external or virtual storage, no links elsewhere) before a value is read."""
         handle = open_hdf5(path, mode)
-        return cls(handle, Path(path), owner=handle)
+        results = cls(handle, Path(path), owner=handle)
+        try:
+            for name in (*results.row_datasets(), *results._transfer_datasets()):
+                checked_hdf5_dataset(handle, name, str(path))
+        except BadInputError:
+            results.close()
+            raise
+        return results
+
+    def _transfer_datasets(self) -> list[str]:
+        group = self.group.get(TRANSFER_GROUP)
+        if not isinstance(group, h5py.Group):
+            return []
+        return [f"{TRANSFER_GROUP}/{model}/{name}" for model, sub in group.items() if isinstance(sub, h5py.Group)
+                for name in sub]
 
     def __enter__(self) -> ResultFile:
         return self
@@ -85,9 +119,74 @@ class ResultFile:
         if self._owner is not None and self._owner.id.valid:
             self._owner.close()
 
+    def _layout_problem(self) -> str | None:
+        """What makes the row datasets unreadable as the schema's columns (None when they are fine)."""
+        for group in (TRANSFER_GROUP, PASSTHROUGH_GROUP):
+            if group in self.group and not isinstance(self.group[group], h5py.Group):
+                return f"{group} is not a group"
+        for model, sub in self.group.get(TRANSFER_GROUP, {}).items():
+            if not isinstance(sub, h5py.Group) or any(not isinstance(sub.get(name), h5py.Dataset)
+                                                      for name in TRANSFER_NAMES):
+                return f"{TRANSFER_GROUP}/{model} lacks its datasets ({', '.join(TRANSFER_NAMES)})"
+            for key in ("success_rate", "flip_rate", "attacked"):
+                value = plain(sub.attrs.get(key, 0))
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    return f"{TRANSFER_GROUP}/{model}: attribute {key}={value!r} is not a number"
+        datasets = {}
+        for column in ROWS:
+            value = self.group.get(column.name)
+            if value is None:
+                continue
+            if not isinstance(value, h5py.Dataset):
+                return f"{column.name} is not a dataset"
+            datasets[column.name] = value
+        labels = datasets["y_target"].shape[1:] if datasets["y_target"].ndim == 2 else None
+        if labels is None:
+            return "y_target is not a [rows, labels] dataset"
+        for column in ROWS:
+            dataset = datasets.get(column.name)
+            if dataset is None:
+                continue
+            expected = {"row": 1, "labels": 2}.get(column.shape)
+            if expected is not None and dataset.ndim != expected:
+                return f"{column.name} has shape {list(dataset.shape)}, not a {column.shape} column"
+            if column.shape == "labels" and dataset.shape[1:] != labels:
+                return f"{column.name} has {dataset.shape[1]} labels, y_target {labels[0]}"
+            sample = datasets["x_adv"].shape[1:]
+            if column.shape == "sample" and (dataset.ndim < 1 or dataset.shape[1:] != sample):
+                return f"{column.name} has rows of shape {list(dataset.shape[1:])}, x_adv {list(sample)}"
+        return None
+
+    def _attribute_problem(self) -> str | None:
+        """An attribute readers rely on that has the wrong type (a file edited by hand), if any."""
+        for key, kind in JSON_ATTRIBUTES.items():
+            raw = self.attrs.get(key)
+            if raw is None:
+                continue
+            try:
+                value = json.loads(raw)
+            except (TypeError, ValueError):
+                return f"attribute {key} is not JSON ({str(raw)[:40]!r})"
+            if not isinstance(value, kind):
+                return f"attribute {key} is not a JSON {kind.__name__}"
+        task = self.attrs.get("task", Task.CLASSIFICATION.value)
+        if not isinstance(task, str) or task not in {t.value for t in Task}:
+            return f"attribute task={task!r} is not one of {', '.join(t.value for t in Task)}"
+        for key, kinds in (("threshold", (int, float)), ("seed", (int,)), ("elapsed_s", (int, float)),
+                           ("n_inputs", (int,))):
+            value = self.attrs.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                return f"attribute {key}={value!r} is not a number"
+        return None
+
+    @property
+    def task(self) -> Task:
+        return Task(self.attrs.get("task", Task.CLASSIFICATION.value))
+
     def _rows_written(self) -> int:
         """rows_written, checked against the datasets (a file that lacks it counts its success rows)."""
-        length = min(self.group[name].shape[0] for name in ROW_DATASETS if name in self.group)
+        length = min(self.group[name].shape[0] for name in self.row_datasets()
+                     if isinstance(self.group[name], h5py.Dataset) and self.group[name].ndim)
         raw = self.attrs.get("rows_written", length)
         if isinstance(raw, bool) or not isinstance(raw, (int, np.integer)) or not 0 <= int(raw) <= length:
             self.close()
@@ -131,8 +230,14 @@ class ResultFile:
         return int(self.group["y_target"].shape[1])
 
     def json_attr(self, key: str, default: Any = None) -> Any:
+        """A JSON attribute, decoded; BadInputError naming it when it is not JSON (a file edited by hand)."""
         raw = self.attrs.get(key)
-        return default if raw is None else json.loads(raw)
+        if raw is None:
+            return default
+        try:
+            return json.loads(raw)
+        except (TypeError, ValueError):
+            raise BadInputError(f"{self.path}: attribute {key} is not JSON ({str(raw)[:40]!r})") from None
 
     @property
     def labels(self) -> list[str]:

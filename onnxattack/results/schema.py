@@ -46,8 +46,10 @@ ROWS: tuple[Column, ...] = (
                                           "the codes are the root attribute stall_reasons)"),
 )
 ROW_DATASETS: tuple[str, ...] = tuple(column.name for column in ROWS)
-# What a file must hold to be read as a result file at all.
-REQUIRED = ("x_adv", "success", "y_target")
+# What a file must hold to be read as a result file at all: the contract's first columns (iterations,
+# queries, model_calls and stall_reason came later; files without them still read).
+REQUIRED = ("x", "x_adv", "scores", "scores_adv", "y_pred", "y_target", "y_adv", "success", "attacked",
+            "torch_agrees", "l2", "linf")
 
 PASSTHROUGH_GROUP = "inputs"  # a multi-input model's other inputs, one dataset per input name
 LEARNT_DATASET = "universal_delta"  # what a set attack learnt from the whole input set, written before any row
@@ -72,8 +74,10 @@ def dataset_specs(sample_shape: tuple[int, ...], input_dtype: np.dtype, num_labe
 
 
 def passthrough_dataset(name: str) -> str:
-    """inputs/<name>; a '/' in an input name (tf2onnx's scopes) is written %2F, so it stays one dataset."""
-    return f"{PASSTHROUGH_GROUP}/{name.replace('%', '%25').replace('/', '%2F')}"
+    """inputs/<name>; a '/' in an input name (tf2onnx's scopes) is written %2F, so it stays one dataset, and
+    the names '.' and '..' (which HDF5 reads as the group itself and its parent) are written %2E, %2E%2E."""
+    key = name.replace("%", "%25").replace("/", "%2F")
+    return f"{PASSTHROUGH_GROUP}/{'%2E' * len(key) if key in ('.', '..') else key}"
 
 
 def passthrough_name(key: str) -> str:

@@ -14,7 +14,7 @@ import json
 import os
 import resource
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import BadInputError, first_line
 from ..inputs import InputSource
+from ..safety import check_output
 from .reader import ResultFile, open_hdf5, plain
 from .schema import (
     EPS_GROUP,
@@ -64,20 +65,22 @@ def room_left(path: Path) -> float:
     return room
 
 
-def check_output_path(path: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse, before any slow work, an output that exists (without --resume / --overwrite) or whose
-    folder cannot hold it."""
-    if path.exists() and not path.is_file():
-        raise BadInputError(f"cannot write the result file {path}: it is a folder or a special file")
-    if path.exists() and not (resume or overwrite):
+def check_output_path(path: Path, resume: bool, overwrite: bool, inputs: Iterable[str | os.PathLike | None] = (),
+                      what: str = "result file") -> Path:
+    """Refuse, before any slow work, an output that would destroy something (safety.check_output: one of
+    the command's inputs, a device, FIFO, folder or symlink, an existing file without --resume /
+    --overwrite) or whose folder cannot hold it; a missing folder is created when it can be."""
+    path = Path(path)
+    if path.exists() and not (resume or overwrite) and path.is_file() and not path.is_symlink():
         raise BadInputError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
-    for parent in (path.parent, *path.parent.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise BadInputError(f"cannot write the result file {path}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK | os.X_OK) and parent == path.parent:
-                raise BadInputError(f"cannot write the result file {path}: folder {parent} is not writable")
-            break
+    return check_output(path, [source for source in inputs if source is not None], overwrite=resume or overwrite,
+                        what=what, create_folder=True)
+
+
+def replacement_path(out: Path) -> Path:
+    """Where `attack --overwrite` writes before renaming onto an existing OUT: the old file stays whole
+    until the new one is complete."""
+    return out.with_name(f".{out.name}.replacing{out.suffix or '.h5'}")
 
 
 def identity_mismatch(path: Path, stored: dict[str, Any], asked: dict[str, Any]) -> str | None:
@@ -91,6 +94,8 @@ def identity_mismatch(path: Path, stored: dict[str, Any], asked: dict[str, Any])
                 old, new = json.loads(str(stored.get(key))), json.loads(str(asked[key]))
             except (TypeError, ValueError):
                 return f"cannot resume {path}: its params attribute is not JSON"
+            if not isinstance(old, dict) or not isinstance(new, dict):
+                return f"cannot resume {path}: its params attribute is not a JSON object"
             differing = sorted(name for name in {*old, *new} if old.get(name) != new.get(name))
             if differing:
                 name = differing[0]
@@ -162,16 +167,23 @@ class ResultWriter:
             if problem is None and source is not None:
                 problem = _inputs_mismatch(stored, source, where, offset)
             rows, row_datasets = stored.rows, stored.row_datasets()
+            fixed = [name for name in row_datasets if stored.dataset(name).maxshape[0] is not None]
+            if problem is None and fixed:
+                problem = f"cannot resume {path}: its dataset {fixed[0]} cannot grow (not written by onnxattack)"
         if problem:
             raise BadInputError(problem)
         try:
             handle = h5py.File(path, "r+")
         except OSError as exc:
             raise BadInputError(f"cannot reopen {path} to resume: {_reason(exc)}") from None
-        for name in row_datasets:
-            if handle[name].shape[0] != rows:
-                handle[name].resize(rows, axis=0)  # drop a batch cut short by a crash
-        handle.flush()
+        try:
+            for name in row_datasets:
+                if handle[name].shape[0] != rows:
+                    handle[name].resize(rows, axis=0)  # drop a batch cut short by a crash
+            handle.flush()
+        except (OSError, RuntimeError, TypeError) as exc:
+            handle.close()
+            raise BadInputError(f"cannot resume {path}: {first_line(exc)}") from None
         return cls(handle)
 
     def append(self, rows: dict[str, np.ndarray]) -> None:
