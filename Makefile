@@ -39,7 +39,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 fuzz: $(STAMP)
-	$(BIN)/python -m bench.fuzz --mutants 5000 --seed 1
+	$(BIN)/python -m bench.fuzz --mutants 10000 --seed 1
 
 # On a lent GPU machine whose python3 has torch, onnx, onnxruntime (CPU) and h5py, with the onnx2torch
 # and click wheels brought along and model_zoo/built carried (built here with

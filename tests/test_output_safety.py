@@ -108,3 +108,33 @@ def test_two_models_that_share_a_stem_keep_two_transfer_groups(setup, tmp_path):
         assert len(groups) == 2 and all(name.startswith("m-") for name in groups)
         assert {handle[f"transfer/{name}"].attrs["model_path"] for name in groups} == {
             str(model.resolve()), str(twin.resolve())}
+
+
+def test_a_pass_through_input_named_dot_is_stored_validated_and_exported(tmp_path):
+    """HDF5 reads '.' as the group itself: the input is stored as inputs/%2E and found again by name."""
+    import h5py
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "."], ["s"]),
+             helper.make_node("Sigmoid", ["s"], ["scores"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                                           helper.make_tensor_value_info(".", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "dot.onnx")
+    rng = np.random.default_rng(1)
+    dot = rng.normal(size=(5, 3)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=rng.uniform(0, 1, (5, 4)).astype(np.float32), **{".": dot})
+    out = tmp_path / "r.h5"
+    assert invoke("attack", tmp_path / "dot.onnx", tmp_path / "in.npz", "-o", out, "--attack-input", "x",
+                  *FAST).exit_code == 0
+    with h5py.File(out, "r") as handle:
+        assert np.array_equal(handle["inputs/%2E"][:], dot)
+        stored = handle["success"][:]
+    result = invoke("validate", out, "--model", tmp_path / "dot.onnx", "--json")
+    assert result.exit_code == 0, result.output
+    with h5py.File(out, "r") as handle:  # the same model fed the stored '.' rows: the same verdict
+        assert np.array_equal(handle["transfer/dot/success"][:], stored)
