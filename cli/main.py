@@ -289,6 +289,8 @@ def run_options(command: Callable, curve: bool = False) -> Callable:
         _config_option("image_scale", type=float),
         _config_option("tolerance", type=float),
         _config_option("reduce", type=click.Choice(REDUCE_CHOICES)),
+        _config_option("batch_axis", multiple=True, metavar="NAME=AXIS"),
+        _config_option("ctc", is_flag=True),
         _config_option("gradients", type=click.Choice(GRADIENT_CHOICES)),
         _config_option("max_queries", type=int),
         _config_option("resume", is_flag=True),

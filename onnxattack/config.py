@@ -78,6 +78,12 @@ class AttackConfig:
         "Max |torch - onnxruntime| score difference accepted on load."))
     reduce: str = field(default="max", metadata=_help(
         "Score outputs [N, ..., L] (frame-level taggers): fold the middle dims by max or mean."))
+    batch_axis: tuple[str, ...] = field(default=(), metadata=_help(
+        "NAME=AXIS: the batch dim of a score output that is not batch-first (time-major CTC scores [T, N, L]: "
+        "NAME=1). Inferred when exactly one dim matches the batch size."))
+    ctc: bool = field(default=False, metadata=_help(
+        "CTC recognisers: per symbol, the best per-frame log-probability is the score; a symbol appears when it "
+        "exceeds log 0.5."))
     gradients: str = field(default="auto", metadata=_help(
         "auto: through the torch graph, or estimated from onnxruntime queries when the model cannot "
         "convert (said in a note); torch: refuse such models; estimate: always estimate."))
@@ -119,12 +125,28 @@ class AttackConfig:
         if self.resume and self.overwrite:
             raise ConfigError("resume", "resume and overwrite exclude each other")
         self.shard = _check_shard(self.shard)
+        self.batch_axes()  # NAME=AXIS, checked
         self._check_engine()
         self.build_attack()  # the method checks its own hyperparameters
         if METHODS[self.method].learns_from_set and (self.shard is not None or self.engine != "local"):
             raise ConfigError("shard" if self.shard is not None else "engine",
                               f"{self.method} learns one perturbation from the whole input set: run it in one "
                               f"process (no --shard, --engine local)")
+
+    def batch_axes(self) -> dict[str, int]:
+        """--batch-axis NAME=AXIS entries as a mapping."""
+        axes: dict[str, int] = {}
+        for entry in self.batch_axis:
+            name, equals, axis = str(entry).rpartition("=")
+            try:
+                if not (equals and name):
+                    raise ValueError
+                axes[name] = int(axis)
+            except ValueError:
+                raise ConfigError("batch_axis", f"expected NAME=AXIS (e.g. logits=1), got {entry!r}") from None
+            if axes[name] < 0:
+                raise ConfigError("batch_axis", f"the axis must be 0 or more, got {entry!r}")
+        return axes
 
     def build_attack(self) -> Attack:
         """The configured attack; refuses options the method does not take."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -42,6 +43,7 @@ from .runtime import (
     ONE_THREAD_NOTE,
     QDQ_NOTE,
     REDUCTIONS,
+    FrameLayout,
     OrtScorer,
     has_qdq,
     make_session,
@@ -73,6 +75,8 @@ class LoadSettings:
     gradients: str = "torch"  # torch (convert, else refuse) | estimate | auto (convert, else estimate)
     max_queries: int | None = None  # estimated gradients: the per-input query budget
     reduce: str = "max"  # how score outputs [N, ..., L] fold to [N, L]
+    batch_axes: Mapping[str, int] = field(default_factory=dict)  # output name -> its batch dim (--batch-axis)
+    ctc: bool = False  # CTC frame logits: per label, the best per-frame log-probability
     attack_input: str | None = None  # the input perturbed (default: the only floating one)
     seed: int = 0
     convert: bool = True  # False: onnxruntime only (validate's other models)
@@ -125,20 +129,36 @@ class PerSampleGraph(torch.nn.Module):
         return torch.stack([self.graph(*(tensor[row] for tensor in inputs)) for row in range(inputs[0].shape[0])])
 
 
-class FoldedGraph(torch.nn.Module):
-    """[N, ..., L] -> [N, L]: folds the middle dims of a frame-level output, as onnxruntime's side does."""
+class BatchFirst(torch.nn.Module):
+    """A time-major output [T, N, L] (FrameLayout.batch_axis) turned batch-first, as onnxruntime's side is."""
 
-    def __init__(self, graph: torch.nn.Module, reduce: str) -> None:
+    def __init__(self, graph: torch.nn.Module, layout: FrameLayout) -> None:
         super().__init__()
         self.graph = graph
-        self.reduce = reduce
+        self.layout = layout
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        z = self.graph(*inputs)
+        return z.movedim(self.layout.batch_axis, 0) if self.layout.batch_axis else z
+
+
+class FoldedGraph(torch.nn.Module):
+    """[N, ..., L] -> [N, L]: folds the middle dims of a frame-level output, as onnxruntime's side does
+    (FrameLayout: a CTC output's frames are log-softmaxed over the labels first)."""
+
+    def __init__(self, graph: torch.nn.Module, layout: FrameLayout) -> None:
+        super().__init__()
+        self.graph = graph
+        self.layout = layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.graph(x)
         if z.dim() <= 2:
             return z
+        if self.layout.ctc:
+            z = torch.log_softmax(z, dim=-1)
         flat = z.reshape(z.shape[0], -1, z.shape[-1])
-        return flat.amax(dim=1) if self.reduce == "max" else flat.mean(dim=1)
+        return flat.amax(dim=1) if self.layout.reduce == "max" else flat.mean(dim=1)
 
 
 @dataclass
@@ -304,12 +324,13 @@ def _serialized(proto: onnx.ModelProto) -> bytes:
 
 
 def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str, device: str,
-                probe: np.ndarray, notes: list[str], passthrough: PassThroughInputs, per_sample: bool) -> OrtScorer:
+                probe: np.ndarray, notes: list[str], passthrough: PassThroughInputs, per_sample: bool,
+                layout: FrameLayout) -> OrtScorer:
     fixed = None if per_sample else fixed_batch(input_info)
     one_thread = needs_one_thread(proto)
     original = OrtScorer(make_session(_serialized(proto), device, exact_qdq=has_qdq(proto), one_thread=one_thread),
                          input_info.name,
-                         input_info.dtype, output_name, fixed_batch=fixed, passthrough=passthrough,
+                         input_info.dtype, output_name, fixed_batch=fixed, layout=layout, passthrough=passthrough,
                          per_sample=per_sample)
     if has_qdq(proto):
         notes.append(QDQ_NOTE)
@@ -327,7 +348,8 @@ def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str
         try:
             session = make_session(_serialized(renamed), device, quiet=True, exact_qdq=has_qdq(proto),
                                    one_thread=one_thread)
-            batched = OrtScorer(session, input_info.name, input_info.dtype, output_name, passthrough=passthrough)
+            batched = OrtScorer(session, input_info.name, input_info.dtype, output_name, layout=layout,
+                                passthrough=passthrough)
             if np.allclose(batched(probe), original(probe), atol=1e-6, rtol=1e-5):
                 notes.append(f"batch size {fixed} is baked into the model; onnxruntime runs it batched "
                              f"after renaming the batch dim (checked against the original)")
@@ -350,14 +372,20 @@ def _score_graph(proto: onnx.ModelProto, tensor_name: str, score_output: str) ->
 
 def _torch_graph(score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndarray,
                  dtype: torch.dtype, device: torch.device, notes: list[str],
-                 bind: Callable[[torch.nn.Module], torch.nn.Module]) -> torch.nn.Module:
-    """The converted graph as x -> scores (`bind` adds a multi-input model's pass-through inputs)."""
+                 bind: Callable[[torch.nn.Module], torch.nn.Module], layout: FrameLayout) -> torch.nn.Module:
+    """The converted graph as x -> scores (`bind` adds a multi-input model's pass-through inputs; a
+    time-major output is made batch-first per call, as onnxruntime's side does)."""
+
+    def convert(graph: onnx.ModelProto) -> torch.nn.Module:
+        converted = to_torch(graph).to(device)
+        return BatchFirst(converted, layout) if layout.batch_axis else converted
+
     renamed = symbolic_batch(score_graph) if fixed is not None else None
     if renamed is not None and fixed is not None:
-        chunked = bind(ChunkedGraph(to_torch(score_graph).to(device), fixed))
+        chunked = bind(ChunkedGraph(convert(score_graph), fixed))
         rows = probe if len(probe) != fixed else np.concatenate([probe, probe[:1]])  # a batch unlike the baked one
         try:
-            graph = bind(to_torch(renamed).to(device))
+            graph = bind(convert(renamed))
             with torch.no_grad():
                 batch = torch.as_tensor(rows, dtype=dtype, device=device)
                 # a Reshape with the batch size baked in runs, but merges rows: compare with the chunked graph
@@ -370,7 +398,7 @@ def _torch_graph(score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndar
             pass
         notes.append(f"the torch graph also runs {fixed} sample(s) at a time")
         return chunked
-    return bind(to_torch(score_graph).to(device))
+    return bind(convert(score_graph))
 
 
 def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = None, *,
@@ -400,6 +428,13 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
 
     detected = detect_scores_kind(proto, score_output.name)
     kind = detected if scores in ("auto", None) else ScoresKind.parse(str(getattr(scores, "value", scores)))
+    unknown = [name for name in settings.batch_axes if name != score_output.name]
+    if unknown:
+        raise BadInputError(f"--batch-axis {unknown[0]}=...: only the score output's batch dim can be named "
+                            f"({score_output.name!r}); inputs take the batch first")
+    layout = FrameLayout(reduce, settings.batch_axes.get(score_output.name), ctc=settings.ctc)
+    if layout.ctc:  # the best log-probability of any frame, per symbol: it appears when above log 0.5
+        kind, threshold = ScoresKind.LOGITS, math.log(0.5) if threshold is None else threshold
     tensor_name, head = attack_tensor(proto, score_output.name, cut_activation=(kind == detected))
     per_sample = probe is not None and np.ndim(probe) == len(input_info.shape) + 1
     folded = len(score_output.shape) > 2 or per_sample  # a whole-sequence model's scores are per frame
@@ -426,12 +461,19 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
     with passthrough.bind(probe_others):  # the probe's rows of the other inputs (multi-input models)
         fixed = None if per_sample else fixed_batch(input_info)
         scorer = _ort_scorer(proto, input_info, score_output.name, torch_device.type, probe, notes, passthrough,
-                             per_sample)
-        scorer.reduce = reduce
-        if folded:
-            notes.append(f"scores {'[frames, ..., labels] per row' if per_sample else list(score_output.shape)} "
-                         f"are folded to [batch, labels] by {reduce} over the middle dims (--reduce)")
+                             per_sample, layout)
         probe_scores = scorer(probe)
+        folded = folded or scorer.raw_rank > 2  # declared shapes can be wrong (ddddocr declares [1, seqlen])
+        if layout.inferred:
+            notes.append(f"output {score_output.name!r} is time-major: its batch is dim {layout.batch_axis} "
+                         f"(inferred from the probe; --batch-axis {score_output.name}=AXIS overrides)")
+        if layout.ctc:
+            notes.append("CTC scores: per label, the best per-frame log-probability; a symbol appears when it "
+                         "exceeds log 0.5 (its frame's most likely symbol)")
+        if folded:
+            shape = list(score_output.shape) if len(score_output.shape) > 2 else f"of rank {scorer.raw_rank}"
+            notes.append(f"scores {'[frames, ..., labels] per row' if per_sample else shape} are folded to "
+                         f"[batch, labels] by {reduce} over the middle dims (--reduce)")
         if probe_scores.ndim != 2:
             raise UnsupportedModelError(f"output {score_output.name!r} gives scores of shape "
                                         f"{list(probe_scores.shape)}, not [batch, labels]")
@@ -449,7 +491,7 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
 
         def estimate(why: str) -> None:
             logits = None if head is None else _logits_scorer(proto, input_info, tensor_name, score_output.name,
-                                                              torch_device.type, probe, per_sample, reduce,
+                                                              torch_device.type, probe, per_sample, layout,
                                                               passthrough)
             _estimated(loaded, kind, settings, why, logits)
 
@@ -504,8 +546,9 @@ def _torch_source(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int 
             return BoundGraph(graph, order, loaded.input.name, loaded.passthrough)
         return graph
 
-    graph = _torch_graph(score_graph, fixed, probe, loaded.torch_dtype, loaded.device, loaded.notes, bind)
-    graph = FoldedGraph(graph, reduce) if loaded.folded else graph
+    layout = loaded.scorer.layout
+    graph = _torch_graph(score_graph, fixed, probe, loaded.torch_dtype, loaded.device, loaded.notes, bind, layout)
+    graph = FoldedGraph(graph, layout) if loaded.folded else graph
     try:
         fidelity = check_fidelity(graph, loaded.reader, loaded.scorer, probe, tolerance, loaded.torch_dtype,
                                   loaded.device)
@@ -519,14 +562,13 @@ def _torch_source(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int 
 
 
 def _logits_scorer(proto: onnx.ModelProto, input_info: TensorInfo, tensor_name: str, score_output: str, device: str,
-                   probe: np.ndarray, per_sample: bool, reduce: str,
+                   probe: np.ndarray, per_sample: bool, layout: FrameLayout,
                    passthrough: PassThroughInputs) -> OrtScorer | None:
     """onnxruntime on the graph cut before its final Sigmoid / Softmax: the logits themselves, which a
     saturated probability (exactly 0 or 1 in float32) no longer shows. None when that graph does not run."""
     try:
         pruned = prune_to(inline_functions(proto), tensor_name, score_output)
-        scorer = _ort_scorer(pruned, input_info, tensor_name, device, probe, [], passthrough, per_sample)
-        scorer.reduce = reduce
+        scorer = _ort_scorer(pruned, input_info, tensor_name, device, probe, [], passthrough, per_sample, layout)
         scorer(probe)
     except Exception:  # a graph onnxruntime refuses once cut: estimate on the real output instead
         return None

@@ -121,7 +121,7 @@ def plan(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLi
     scan_inputs(source, count, box, source_name)
     check_passthrough_sources(others, source.count, count, source_name)
     probe, probe_others = first_rows(source, others, min(count, 4))
-    settings = LoadSettings.from_config(config, box=box, attack_input=attacked)
+    settings = LoadSettings.from_config(config, box=box, attack_input=attacked, batch_axes=config.batch_axes())
     model = load(model_file, settings, probe=probe, probe_name=source_name, probe_others=probe_others)
     if box_note:
         model.notes.insert(0, box_note)
@@ -149,6 +149,8 @@ def _identity(run: RunPlan, config: AttackConfig) -> dict:
               "top_k": run.top_k or None, "tolerance": config.tolerance, "gradients": model.gradients,
               "max_queries": config.max_queries if model.gradients == "estimated" else None,
               "reduce": config.reduce if model.folded else None,
+              **({"batch_axes": config.batch_axes()} if config.batch_axis else {}),
+              **({"ctc": True} if config.ctc else {}),
               **({"attack_input": model.input.name} if model.passthrough_inputs else {})}
     return {
         "model_sha256": model.info.sha256, "model_name": model.name, "method": attack.name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -77,6 +79,43 @@ def to_input_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
 REDUCTIONS = ("max", "mean")
 
 
+@dataclass
+class FrameLayout:
+    """How a score output with more dims than [batch, labels] becomes [batch, labels].
+
+    batch_axis: where the batch is (None: the first dim, unless it is not the batch size and exactly one
+    other dim is: then that one, `inferred` is set and the loader says so; time-major CTC outputs are
+    [T, N, L]). ctc: per-frame log-softmax over the labels before folding (a CTC recogniser's frame
+    logits become, per label, the best log-probability of any frame: "which symbols appear").
+    reduce: how the frames fold (max or mean over the middle dims)."""
+
+    reduce: str = "max"
+    batch_axis: int | None = None
+    ctc: bool = False
+    inferred: bool = False
+
+    def batch_first(self, scores: np.ndarray, rows: int) -> np.ndarray:
+        axis = self.batch_axis
+        if axis is None and scores.ndim > 2 and len(scores) != rows:
+            candidates = [a for a, size in enumerate(scores.shape[:-1]) if size == rows]
+            if len(candidates) == 1:
+                self.batch_axis, self.inferred, axis = candidates[0], True, candidates[0]
+        if axis:
+            if not -scores.ndim < axis < scores.ndim - 1:
+                raise UnsupportedModelError(f"--batch-axis {axis} does not fit scores of shape {list(scores.shape)} "
+                                            f"(the last dim is the labels)")
+            scores = np.moveaxis(scores, axis, 0)
+        return scores
+
+    def fold(self, scores: np.ndarray) -> np.ndarray:
+        if self.ctc:
+            if scores.ndim < 3:
+                raise UnsupportedModelError(f"CTC scores must have a frame dim: got shape {list(scores.shape)}")
+            shifted = scores - scores.max(axis=-1, keepdims=True)
+            scores = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        return fold_middle(scores, self.reduce)
+
+
 def _pad(rows: np.ndarray, missing: int) -> np.ndarray:
     return np.concatenate([rows, np.repeat(rows[-1:], missing, axis=0)])
 
@@ -96,16 +135,17 @@ class OrtScorer:
     without a batch dim (`per_sample`: one whole sequence per call) runs row by row."""
 
     def __init__(self, session: ort.InferenceSession, input_name: str, input_dtype: np.dtype,
-                 output_name: str, fixed_batch: int | None = None, reduce: str = "max",
+                 output_name: str, fixed_batch: int | None = None, layout: FrameLayout | None = None,
                  passthrough: PassThroughInputs | None = None, per_sample: bool = False) -> None:
         self.session = session
         self.input_name = input_name
         self.input_dtype = np.dtype(input_dtype)
         self.output_name = output_name
         self.fixed_batch = fixed_batch
-        self.reduce = reduce
+        self.layout = layout or FrameLayout()
         self.passthrough = passthrough or PassThroughInputs()
         self.per_sample = per_sample
+        self.raw_rank = 0  # the rank of the output as onnxruntime returns it (set by the first call)
 
     @property
     def providers(self) -> list[str]:
@@ -120,16 +160,20 @@ class OrtScorer:
         except Exception as exc:  # onnxruntime's own exception types
             raise UnsupportedModelError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
         scores = np.asarray(scores, dtype=np.float32)
+        self.raw_rank = scores.ndim
         if self.per_sample:
             scores = scores[None]
+        else:
+            scores = self.layout.batch_first(scores, len(x))
         if scores.ndim < 2:
             raise UnsupportedModelError(f"output {self.output_name!r} gives scores of shape {list(scores.shape)} for "
                                         f"{len(x)} input row(s), not [batch, labels]")
-        if len(scores) != len(x):  # e.g. time-major [T, N, L], or a model with no batch dim
+        if len(scores) != len(x):  # a model with no batch dim, or an ambiguous time-major output
             raise UnsupportedModelError(
                 f"output {self.output_name!r} gives scores of shape {list(scores.shape)} for {len(x)} input row(s): "
-                f"its first dim is not the batch (scores must be [batch, labels] or [batch, ..., labels])")
-        return fold_middle(scores, self.reduce)
+                f"its first dim is not the batch (scores must be [batch, labels] or [batch, ..., labels]; "
+                f"--batch-axis {self.output_name}=AXIS names the batch dim of a time-major output)")
+        return self.layout.fold(scores)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = to_input_dtype(np.asarray(x), self.input_dtype)
