@@ -39,7 +39,7 @@ from .model import (
 from .passthrough import BoundGraph, PassThroughInputs
 from .runtime import QDQ_NOTE, REDUCTIONS, OrtScorer, has_qdq, make_session, to_input_dtype
 from .scores import ScoreReader
-from .sources import EstimatedSource, GradientSource, TorchGraphSource
+from .sources import EstimatedSource, GradientSource, ScoresOnlySource, TorchGraphSource
 from .types import ScoresKind
 from .victim import Victim
 
@@ -61,7 +61,8 @@ class LoadSettings:
     tolerance: float = DEFAULT_TOLERANCE  # max |torch - onnxruntime| accepted on the probe
     box: tuple[float, float] = DEFAULT_BOX
     gradients: str = "torch"  # torch (convert, else refuse) | estimate | auto (convert, else estimate)
-    max_queries: int | None = None  # estimated gradients: the per-input query budget
+    max_queries: int | None = None  # estimated gradients and black-box methods: the per-input query budget
+    queries_only: bool = False  # a black-box method (Attack.queries_only): onnxruntime scores, counted, no graph
     reduce: str = "max"  # how score outputs [N, ..., L] fold to [N, L]
     attack_input: str | None = None  # the input perturbed (default: the only floating one)
     seed: int = 0
@@ -409,6 +410,8 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
                              folded=folded)
         if not settings.convert:
             return loaded
+        if settings.queries_only:
+            return _scores_only(loaded, kind, settings)
         if gradients == "estimate":
             _refuse_estimated_with_passthrough(others, "--gradients estimate was asked for")
             return _estimated(loaded, kind, settings, "asked for with --gradients estimate")
@@ -477,6 +480,17 @@ def _estimated(loaded: LoadedModel, kind: ScoresKind, settings: LoadSettings, wh
                              neutral=loaded.reader.attack_threshold)
     loaded.source = EstimatedSource(query_model, loaded.ort_scores, settings.max_queries)
     loaded.notes.append(f"gradients are estimated from onnxruntime queries ({why})")
+    return loaded
+
+
+def _scores_only(loaded: LoadedModel, kind: ScoresKind, settings: LoadSettings) -> LoadedModel:
+    """A black-box method sees onnxruntime's real output (no activation cut off) through a victim that
+    counts every row it sends; the graph is not converted."""
+    loaded.reader = ScoreReader.create(kind, settings.threshold, head=None)
+    loaded.source = ScoresOnlySource(loaded.ort_scores, settings.max_queries)
+    loaded.notes.append(f"a black box: the attack queries onnxruntime scores only (at most "
+                        f"{settings.max_queries} per input)" if settings.max_queries else
+                        "a black box: the attack queries onnxruntime scores only")
     return loaded
 
 

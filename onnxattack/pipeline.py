@@ -120,7 +120,7 @@ def plan(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLi
     scan_inputs(source, count, box, source_name)
     check_passthrough_sources(others, source.count, count, source_name)
     probe, probe_others = first_rows(source, others, min(count, 4))
-    settings = LoadSettings.from_config(config, box=box, attack_input=attacked)
+    settings = LoadSettings.from_config(config, box=box, attack_input=attacked, queries_only=attack.queries_only)
     model = load(model_file, settings, probe=probe, probe_name=source_name, probe_others=probe_others)
     if box_note:
         model.notes.insert(0, box_note)
@@ -146,7 +146,7 @@ def _identity(run: RunPlan, config: AttackConfig) -> dict:
     target_text = run.spec.describe() if run.spec else f"file:{Path(str(config.target_file)).name}"
     params = {**attack.params(), "box": list(run.box), "batch_size": config.batch_size,
               "top_k": run.top_k or None, "tolerance": config.tolerance, "gradients": model.gradients,
-              "max_queries": config.max_queries if model.gradients == "estimated" else None,
+              "max_queries": config.max_queries if model.gradients != "torch" else None,
               "reduce": config.reduce if model.folded else None,
               **({"attack_input": model.input.name} if model.passthrough_inputs else {})}
     return {

@@ -27,7 +27,8 @@ class Victim:
     keeps something per row (query ledgers, the pass-through inputs of a multi-input model) must be
     told which rows a call on a sub-batch sends: attacks wrap such calls in `on_rows(ids)`.
     progress: told, through `report`, how much of the batch's work is done (0..1), so a long batch
-    shows progress before it ends.
+    shows progress before it ends. budget: the onnxruntime queries each row may spend (a scores-only
+    victim: --max-queries; None: no limit), which black-box attacks plan their schedules by.
     """
 
     logits: Callable[[torch.Tensor], torch.Tensor]
@@ -37,6 +38,7 @@ class Victim:
     begin: Callable[[np.ndarray], None] | None = None
     select: RowSelector | None = None
     progress: Callable[[float], None] | None = None
+    budget: int | None = None
 
     def __post_init__(self) -> None:
         if self.select is None:  # a logits callable with its own row selection (QueryModel) names its rows

@@ -10,6 +10,7 @@ from .base import Attack, AttackResult, Option, SetAttack, Victim
 from .ml_cw import MLCarliniWagner
 from .ml_deepfool import MLDeepFool
 from .ml_pgd import MLPGD
+from .ml_square import MLSquare
 from .mla_lp import MLALP
 from .rank1 import RankI
 from .rank2 import RankII
@@ -23,6 +24,7 @@ METHODS: dict[str, type[Attack]] = {
     RankII.name: RankII,
     MLPGD.name: MLPGD,
     MLALP.name: MLALP,
+    MLSquare.name: MLSquare,
     TkMLUntargeted.name: TkMLUntargeted,
     TkMLTargeted.name: TkMLTargeted,
     UniversalPerturbation.name: UniversalPerturbation,
@@ -31,4 +33,5 @@ METHODS: dict[str, type[Attack]] = {
 
 __all__ = ["Attack", "AttackResult", "Option", "SetAttack", "Victim", "METHODS",
             "MLCarliniWagner", "MLDeepFool", "RankI",
-           "RankII", "MLPGD", "MLALP", "TkMLUntargeted", "TkMLTargeted", "UniversalPerturbation", "UniversalTopK"]
+           "RankII", "MLPGD", "MLALP", "MLSquare",
+           "TkMLUntargeted", "TkMLTargeted", "UniversalPerturbation", "UniversalTopK"]

@@ -1,0 +1,125 @@
+"""Black-box methods: ml-square (scores only) and ml-hsj (labels only). Success is recomputed from
+onnxruntime on the stored x_adv, budgets are checked in float64 from the stored inputs, and query
+counts are checked against the rows a counting wrapper saw onnxruntime receive."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import h5py
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from onnxattack.cli.main import main
+
+from onnxattack import load
+from onnxattack.attacks import MLSquare
+from onnxattack.batch import batch_targets, judge, target_spec
+
+warnings.filterwarnings("ignore")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def stored(path):
+    with h5py.File(path, "r") as handle:
+        return {name: handle[name][:] for name in ("x", "x_adv", "y_target", "attacked", "success", "queries",
+                                                   "l2", "iterations")}
+
+
+def ort_reached(model_path, output, x_adv, target, threshold=0.5):
+    """onnxruntime's own verdict on the stored x_adv: every label of `output` on its target side."""
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    scores = session.run([output], {session.get_inputs()[0].name: x_adv})[0]
+    if scores.ndim == 1:  # class indices
+        classes = np.arange(target.shape[1])
+        scores = (scores[:, None] == classes[None]).astype(np.float32)
+    return ((scores.astype(np.float64) > threshold) == target.astype(bool)).all(axis=1)
+
+
+class CountingScorer:
+    """Wraps the onnxruntime scorer: every call's rows are recorded (the real scorer answers)."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+        self.calls: list[np.ndarray] = []
+
+    def __call__(self, x):
+        self.calls.append(np.array(x, copy=True))
+        return self.scorer(x)
+
+    def __getattr__(self, name):
+        return getattr(self.scorer, name)
+
+
+@pytest.fixture(scope="module")
+def yeast_forest(zoo_model, zoo_inputs, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("yeast")
+    np.save(folder / "x.npy", zoo_inputs("yeast-forest", 8))
+    return zoo_model("yeast-forest"), folder / "x.npy"
+
+
+@pytest.mark.parametrize("norm, eps", [("inf", 0.05), ("2", 0.5)])
+def test_square_counts_every_query_stops_at_success_and_sends_one_call_per_step(yeast_forest, norm, eps):
+    path, inputs = yeast_forest
+    model = load(path, box=(-1.0, 1.0), queries_only=True, max_queries=1000)
+    assert model.gradients == "none" and model.graph is None  # never the torch graph, even where one exists
+    x = np.load(inputs)
+    attack = MLSquare(eps=eps, norm=norm)
+    spec = target_spec("hide-single", model, attack)
+    criterion = judge(model, attack, spec, None)
+    _, _, goal, attacked = batch_targets(model, x, "hide-single", spec, criterion, 0, 0)
+    x, goal = x[attacked], goal[attacked]
+    counter = CountingScorer(model.scorer)
+    model.scorer = counter
+    victim = model.victim()
+    victim.begin(np.arange(len(x)))
+    torch.manual_seed(0)
+    result = attack(victim, torch.from_numpy(x), torch.from_numpy(goal), criterion)
+    spent = model.queries_spent()
+    sizes = [len(call) for call in counter.calls]
+    # every row the scorer received is in the ledger, the attack's count and the result
+    assert sum(sizes) == spent.sum() == result.model_calls.sum().item()
+    assert spent.max() <= 1000 and (spent == result.iterations.numpy() + 1).all()
+    # one onnxruntime call per step: call k holds exactly the rows that had not stopped before it, in order
+    assert sizes == [int((spent > k).sum()) for k in range(int(spent.max()))]
+    x_adv = result.x_adv.numpy()
+    reached = ort_reached(path, "probabilities", x_adv, goal)
+    assert np.array_equal(reached, result.success.numpy()) and reached.mean() >= 0.5
+    for row in np.flatnonzero(reached):  # a row's last query is its success: it stops there
+        last = counter.calls[spent[row] - 1]
+        position = int((np.flatnonzero(spent > spent[row] - 1) == row).nonzero()[0][0])
+        assert np.array_equal(last[position], x_adv[row])
+    delta = x_adv.astype(np.float64) - x.astype(np.float64)
+    norms = np.abs(delta).max(axis=1) if norm == "inf" else np.linalg.norm(delta, axis=1)
+    assert norms.max() <= eps and x_adv.min() >= -1 and x_adv.max() <= 1
+
+
+def test_square_beats_the_nes_route_on_a_forest_at_a_fraction_of_its_queries(yeast_forest, tmp_path):
+    path, inputs = yeast_forest
+    common = ["--target", "hide-single", "--eps", "0.1", "--max-queries", "5000", "--range", "-1", "1",
+              "--quiet", "--json"]
+    square = invoke("attack", path, inputs, "-o", tmp_path / "square.h5", "--method", "ml-square", *common)
+    nes = invoke("attack", path, inputs, "-o", tmp_path / "nes.h5", "--method", "ml-pgd", "--gradients", "estimate",
+                 *common)
+    assert square.exit_code == 0 and nes.exit_code == 0, square.output + nes.output
+    summary = json.loads(square.output)
+    assert summary["gradients"] == "none" and summary["queries_median_success"] is not None
+    rates, per_success = {}, {}
+    for name in ("square", "nes"):
+        rows = stored(tmp_path / f"{name}.h5")
+        attacked = rows["attacked"]
+        reached = ort_reached(path, "probabilities", rows["x_adv"], rows["y_target"]) & attacked
+        assert np.array_equal(reached, rows["success"])
+        assert np.abs(rows["x_adv"].astype(np.float64) - rows["x"].astype(np.float64)).max() <= 0.1
+        assert rows["queries"][attacked].min() > 0 and rows["queries"].max() <= 5000
+        rates[name] = reached[attacked].mean()
+        per_success[name] = rows["queries"][reached].mean()
+    assert rates["square"] >= rates["nes"] and rates["square"] >= 0.75
+    assert per_success["square"] <= 0.2 * per_success["nes"]
+    assert summary["queries_mean_success"] == pytest.approx(per_success["square"])
