@@ -24,7 +24,8 @@ class MLSquare(BudgetedAttack):
     asks for a strict decrease; tree ensembles are flat almost everywhere, and taking equal moves lets
     the search walk across a plateau: on a scikit-learn forest at eps 0.2, 89% against 72%); a row
     stops the moment the criterion says it succeeded, or when it has spent its budget (--max-queries:
-    every evaluation of the row counts, the initial one included). All candidates of a step go to onnxruntime in ONE call.
+    every evaluation of the row counts, the initial one included). All candidates of a step go to
+    onnxruntime in ONE call.
 
     Windows: a sample is viewed as channels x a plane (attacks/_random_search.Plane): images [C, H, W]
     get the paper's s x s squares across every channel; a tabular [T, F] sample an s x s window of its
