@@ -13,7 +13,7 @@ from typing import Any
 from .attacks import METHODS, Attack
 from .errors import ConfigError
 
-SCORES_CHOICES = ("auto", "logits", "probabilities", "softmax")
+SCORES_CHOICES = ("auto", "logits", "probabilities", "softmax", "labels")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 IMAGE_LAYOUTS = ("chw", "hwc")
 GRADIENT_CHOICES = ("auto", "torch", "estimate")

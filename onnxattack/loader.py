@@ -33,6 +33,7 @@ from .model import (
     declared_range,
     detect_scores_kind,
     graph_inputs,
+    label_classes,
     open_model,
     read_labels,
 )
@@ -364,7 +365,8 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
 
     detected = detect_scores_kind(proto, score_output.name)
     kind = detected if scores in ("auto", None) else ScoresKind.parse(str(getattr(scores, "value", scores)))
-    tensor_name, head = attack_tensor(proto, score_output.name, cut_activation=(kind == detected))
+    labels_only = kind is ScoresKind.LABELS
+    tensor_name, head = attack_tensor(proto, score_output.name, cut_activation=(kind == detected and not labels_only))
     per_sample = probe is not None and np.ndim(probe) == len(input_info.shape) + 1
     folded = len(score_output.shape) > 2 or per_sample  # a whole-sequence model's scores are per frame
     if folded and head is not None and not (head == "sigmoid" and reduce == "max"):
@@ -392,6 +394,8 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
         scorer = _ort_scorer(proto, input_info, score_output.name, torch_device.type, probe, notes, passthrough,
                              per_sample)
         scorer.reduce = reduce
+        if labels_only and len(score_output.shape) < 2:
+            scorer.classes = _classes_or_refuse(proto, score_output)
         if folded:
             notes.append(f"scores {'[frames, ..., labels] per row' if per_sample else list(score_output.shape)} "
                          f"are folded to [batch, labels] by {reduce} over the middle dims (--reduce)")
@@ -412,6 +416,8 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
             return loaded
         if settings.queries_only:
             return _scores_only(loaded, kind, settings)
+        if labels_only:
+            raise UnsupportedModelError(labels_only_reason(score_output.name))
         if gradients == "estimate":
             _refuse_estimated_with_passthrough(others, "--gradients estimate was asked for")
             return _estimated(loaded, kind, settings, "asked for with --gradients estimate")
@@ -483,6 +489,19 @@ def _estimated(loaded: LoadedModel, kind: ScoresKind, settings: LoadSettings, wh
     return loaded
 
 
+def labels_only_reason(output: str) -> str:
+    return (f"output {output!r} holds labels only (no scores): there is no gradient to follow or estimate; "
+            f"attack it with the label-only method (--method ml-hsj)")
+
+
+def _classes_or_refuse(proto: onnx.ModelProto, output: TensorInfo) -> np.ndarray:
+    classes = label_classes(proto, output.name)
+    if classes is None:
+        raise UnsupportedModelError(f"output {output.name!r} holds class indices, and no ai.onnx.ml classifier "
+                                    f"says which classes they index (give a [batch, labels] 0/1 output)")
+    return classes
+
+
 def _scores_only(loaded: LoadedModel, kind: ScoresKind, settings: LoadSettings) -> LoadedModel:
     """A black-box method sees onnxruntime's real output (no activation cut off) through a victim that
     counts every row it sends; the graph is not converted."""
@@ -520,7 +539,8 @@ def inspect_model(model: str | os.PathLike | ModelFile, *, output: str | None = 
     shape (the sample dims) or probe (real inputs) fix symbolic sample dims for the fidelity check;
     without either, a model with symbolic sample dims is reported as unchecked (converts None).
     `attack_route` says how `attack --gradients auto` would attack it: "torch", "estimated" (the graph
-    does not convert or is unfaithful: gradients from onnxruntime queries) or None (it cannot)."""
+    does not convert or is unfaithful: gradients from onnxruntime queries), "labels" (its score output
+    holds labels only: the label-only method) or None (it cannot)."""
     from .bridge.convert import blocking_ops
 
     model_file = model if isinstance(model, ModelFile) else open_model(model)
@@ -546,6 +566,9 @@ def inspect_model(model: str | os.PathLike | ModelFile, *, output: str | None = 
         chosen = choose_score_output(info, output)
         report["score_output"] = chosen.name
         report["scores_kind"] = detect_scores_kind(proto, chosen.name).value
+        if report["scores_kind"] == ScoresKind.LABELS.value and attacked is not None:  # only ml-hsj attacks it
+            report.update(attack_route="labels", reason=labels_only_reason(chosen.name))
+            return report
         tensor_name, _ = attack_tensor(proto, chosen.name, cut_activation=True)
         report["attack_tensor"] = tensor_name
         report["blocking_ops"] = blocking_ops(_score_graph(proto, tensor_name, chosen.name))

@@ -9,6 +9,7 @@ import warnings
 
 import h5py
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -123,3 +124,71 @@ def test_square_beats_the_nes_route_on_a_forest_at_a_fraction_of_its_queries(yea
     assert rates["square"] >= rates["nes"] and rates["square"] >= 0.75
     assert per_success["square"] <= 0.2 * per_success["nes"]
     assert summary["queries_mean_success"] == pytest.approx(per_success["square"])
+
+
+def _label_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The skl2onnx export with only its `label` output kept (the probabilities are dropped)."""
+    keep = [output for output in model.graph.output if output.name == "label"]
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+    return model
+
+
+@pytest.fixture(scope="module")
+def label_models(tmp_path_factory):
+    """A multi-label forest ([N, 4] 0/1 labels) and a single-label MLP on digits ([N] class indices),
+    both exported by skl2onnx with their label output only; and the forest with both outputs."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_digits, make_multilabel_classification
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.neural_network import MLPClassifier
+
+    folder = tmp_path_factory.mktemp("labels")
+    x, y = make_multilabel_classification(n_samples=420, n_features=8, n_classes=4, n_labels=2, random_state=1)
+    x = (x / x.max()).astype(np.float32)
+    forest = to_onnx(OneVsRestClassifier(RandomForestClassifier(20, random_state=0)).fit(x[:400], y[:400]), x[:1],
+                     options={"zipmap": False}, target_opset=17)
+    onnx.save(forest, str(folder / "forest-both.onnx"))
+    onnx.save(_label_only(forest), str(folder / "forest.onnx"))
+    np.save(folder / "forest-x.npy", x[400:])
+    digits = load_digits()
+    features = (digits.data / 16).astype(np.float32)
+    mlp = MLPClassifier((32,), max_iter=200, random_state=0).fit(features[:1500], digits.target[:1500])
+    onnx.save(_label_only(to_onnx(mlp, features[:1], options={"zipmap": False}, target_opset=17)),
+              str(folder / "mlp.onnx"))
+    np.save(folder / "mlp-x.npy", features[1500:1512])
+    return folder
+
+
+@pytest.mark.parametrize("model, target", [("forest", "hide-single"), ("mlp", "random")])
+def test_hsj_attacks_a_label_only_pipeline_from_the_cli(label_models, model, target, tmp_path):
+    path, inputs, out = label_models / f"{model}.onnx", label_models / f"{model}-x.npy", tmp_path / "hsj.h5"
+    result = invoke("attack", path, inputs, "-o", out, "--method", "ml-hsj", "--target", target,
+                    "--max-queries", "3000", "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["scores_kind"] == "labels" and summary["gradients"] == "none"
+    rows = stored(out)
+    attacked = rows["attacked"]
+    reached = ort_reached(path, "label", rows["x_adv"], rows["y_target"]) & attacked
+    assert np.array_equal(reached, rows["success"]) and reached[attacked].mean() >= 0.8
+    assert rows["queries"][attacked].min() > 0 and rows["queries"].max() <= 3000
+    l2 = np.linalg.norm(rows["x_adv"].astype(np.float64) - rows["x"].astype(np.float64), axis=1)
+    assert summary["l2_mean"] == pytest.approx(l2[reached].mean(), rel=1e-5) and 0 < summary["l2_mean"] < 2
+
+
+def test_gradient_methods_refuse_a_label_output_and_inspect_says_so(label_models, tmp_path):
+    path, inputs = label_models / "forest.onnx", label_models / "forest-x.npy"
+    result = CliRunner().invoke(main, ["attack", str(path), str(inputs), "-o", str(tmp_path / "o.h5"), "--quiet"])
+    assert result.exit_code == 3 and "labels only" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    shown = CliRunner().invoke(main, ["inspect", str(path)])
+    assert shown.exit_code == 0 and "label output only: --method ml-hsj" in shown.output
+    both = label_models / "forest-both.onnx"  # --output names the label output of a model that has scores
+    named = CliRunner().invoke(main, ["attack", str(both), str(inputs), "-o", str(tmp_path / "p.h5"), "--quiet",
+                                      "--output", "label", "--method", "ml-pgd"])
+    assert named.exit_code == 3 and "labels only" in named.output
+    hsj = invoke("attack", both, inputs, "-o", tmp_path / "q.h5", "--output", "label", "--method", "ml-hsj",
+                 "--max-queries", "500", "--quiet", "--json")
+    assert hsj.exit_code == 0 and json.loads(hsj.output)["scores_kind"] == "labels"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .base import Attack, AttackResult, Option, SetAttack, Victim
 from .ml_cw import MLCarliniWagner
 from .ml_deepfool import MLDeepFool
+from .ml_hsj import MLHopSkipJump
 from .ml_pgd import MLPGD
 from .ml_square import MLSquare
 from .mla_lp import MLALP
@@ -25,6 +26,7 @@ METHODS: dict[str, type[Attack]] = {
     MLPGD.name: MLPGD,
     MLALP.name: MLALP,
     MLSquare.name: MLSquare,
+    MLHopSkipJump.name: MLHopSkipJump,
     TkMLUntargeted.name: TkMLUntargeted,
     TkMLTargeted.name: TkMLTargeted,
     UniversalPerturbation.name: UniversalPerturbation,
@@ -33,5 +35,5 @@ METHODS: dict[str, type[Attack]] = {
 
 __all__ = ["Attack", "AttackResult", "Option", "SetAttack", "Victim", "METHODS",
             "MLCarliniWagner", "MLDeepFool", "RankI",
-           "RankII", "MLPGD", "MLALP", "MLSquare",
+           "RankII", "MLPGD", "MLALP", "MLSquare", "MLHopSkipJump",
            "TkMLUntargeted", "TkMLTargeted", "UniversalPerturbation", "UniversalTopK"]
