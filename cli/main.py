@@ -169,7 +169,8 @@ def inspect(model: str, output_name: str | None, labels_file: str | None, box: t
 
 
 _ROUTES = {"torch": "through the torch graph (--gradients auto)",
-           "estimated": "with gradients estimated from onnxruntime queries (--gradients auto)",
+           "estimated": "no torch graph: budgeted methods run as ml-square (a black box), minimal-norm ones on "
+                        "gradients estimated from onnxruntime queries (--gradients auto)",
            "labels": "label output only: --method ml-hsj (decision-based, onnxruntime's labels)"}
 
 

@@ -79,10 +79,12 @@ class AttackConfig:
     reduce: str = field(default="max", metadata=_help(
         "Score outputs [N, ..., L] (frame-level taggers): fold the middle dims by max or mean."))
     gradients: str = field(default="auto", metadata=_help(
-        "auto: through the torch graph, or estimated from onnxruntime queries when the model cannot "
-        "convert (said in a note); torch: refuse such models; estimate: always estimate."))
+        "auto: through the torch graph; when the model cannot convert, a budgeted method (ml-pgd) runs as "
+        "ml-square (a black box) and a minimal-norm one on gradients estimated from onnxruntime queries (said in "
+        "a note); torch: refuse such models; estimate: always estimate."))
     max_queries: int = field(default=20_000, metadata=_help(
-        "Estimated gradients: onnxruntime queries allowed per input (the attack stops a row there)."))
+        "Estimated gradients and black-box methods (ml-square, ml-hsj): onnxruntime queries allowed per input, "
+        "every evaluation counted (the attack stops a row there)."))
     attack_options: dict[str, Any] = field(default_factory=dict, metadata=_help(
         "Method hyperparameters (binary_steps, learning_rate, kappa, overshoot, ...)."))
     image_layout: str = field(default="chw", metadata=_help("Image folders: layout of each sample."))

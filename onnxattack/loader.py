@@ -502,6 +502,13 @@ def _classes_or_refuse(proto: onnx.ModelProto, output: TensorInfo) -> np.ndarray
     return classes
 
 
+def scores_only(loaded: LoadedModel, settings: LoadSettings) -> LoadedModel:
+    """A model loaded with estimated gradients switched to the black-box view (`--gradients auto` with a
+    budgeted method: ml-square instead); its estimated-gradient note is replaced."""
+    loaded.notes = [note for note in loaded.notes if not note.startswith("gradients are estimated")]
+    return _scores_only(loaded, loaded.reader.kind, settings)
+
+
 def _scores_only(loaded: LoadedModel, kind: ScoresKind, settings: LoadSettings) -> LoadedModel:
     """A black-box method sees onnxruntime's real output (no activation cut off) through a victim that
     counts every row it sends; the graph is not converted."""

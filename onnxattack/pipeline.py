@@ -17,7 +17,7 @@ from .batch import attack_arrays, batch_targets, check_exclusion_targets, judge,
 from .config import AttackConfig
 from .errors import BadInputError, UnsupportedModelError
 from .inputs import InputSource, check_passthrough_sources, open_inputs, open_passthrough, scan_inputs
-from .loader import LoadedModel, LoadSettings, load, resolve_box
+from .loader import LoadedModel, LoadSettings, load, resolve_box, scores_only
 from .merge import shard_attrs
 from .model import ModelFile, choose_attack_input, open_model
 from .results import ResultFile, ResultWriter, check_output_path
@@ -124,6 +124,7 @@ def plan(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLi
     model = load(model_file, settings, probe=probe, probe_name=source_name, probe_others=probe_others)
     if box_note:
         model.notes.insert(0, box_note)
+    attack = _cheapest_route(attack, model, settings, config.gradients)
     spec, target_rows = None, None
     if config.target_file is not None:
         target_rows = _read_target_file(config.target_file, count, model.num_labels)
@@ -138,6 +139,27 @@ def plan(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLi
     start, stop = shard_rows(count, config.batch_size, config.shard)
     return RunPlan(model, attack, source, source_name, spec, target_rows, criterion, count, start, stop, others,
                    box)
+
+
+def _cheapest_route(attack: Attack, model: LoadedModel, settings: LoadSettings, gradients: str) -> Attack:
+    """--gradients auto on a model with no torch graph: a budgeted method runs as ml-square (the same
+    eps, norm and kappa; random search needs a fraction of the queries of estimated gradients), said in
+    one note; a minimal-norm method keeps the estimated gradients."""
+    if gradients != "auto" or model.gradients != "estimated" or not attack.budgeted or attack.learns_from_set:
+        return attack
+    from .attacks import METHODS
+
+    square = METHODS["ml-square"]
+    taken = {name: value for name, value in attack.params().items()
+             if name in ("eps", "norm", "kappa") and name in square.default_values()}
+    chosen = square(**taken)
+    prefix = "gradients are estimated from onnxruntime queries ("
+    why = next((note[len(prefix):-1] for note in model.notes if note.startswith(prefix)), "it does not convert")
+    scores_only(model, settings)
+    model.notes[-1] = (f"no torch graph ({why}): {attack.name} runs as {chosen.name} (a black box: onnxruntime scores, "
+                       f"eps {taken.get('eps')}, norm {taken.get('norm')}, at most {settings.max_queries} queries "
+                       f"per input; --gradients estimate keeps {attack.name} on estimated gradients)")
+    return chosen
 
 
 def _identity(run: RunPlan, config: AttackConfig) -> dict:

@@ -192,3 +192,21 @@ def test_gradient_methods_refuse_a_label_output_and_inspect_says_so(label_models
     hsj = invoke("attack", both, inputs, "-o", tmp_path / "q.h5", "--output", "label", "--method", "ml-hsj",
                  "--max-queries", "500", "--quiet", "--json")
     assert hsj.exit_code == 0 and json.loads(hsj.output)["scores_kind"] == "labels"
+
+
+def test_gradients_auto_runs_a_budgeted_method_as_ml_square_where_no_graph_converts(label_models, tmp_path):
+    path, inputs = label_models / "forest-both.onnx", label_models / "forest-x.npy"  # its probabilities
+    result = invoke("attack", path, inputs, "-o", tmp_path / "auto.h5", "--method", "ml-pgd", "--eps", "0.3",
+                    "--max-queries", "2000", "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["method"] == "ml-square" and summary["gradients"] == "none"
+    chosen = [note for note in summary["notes"] if "runs as ml-square" in note]
+    assert len(chosen) == 1 and "TreeEnsembleClassifier" in chosen[0] and "eps 0.3" in chosen[0]
+    assert not any(note.startswith("gradients are estimated") for note in summary["notes"])
+    rows = stored(tmp_path / "auto.h5")
+    assert np.abs(rows["x_adv"].astype(np.float64) - rows["x"].astype(np.float64)).max() <= 0.3
+    assert rows["queries"][rows["attacked"]].min() > 0
+    kept = invoke("attack", path, inputs, "-o", tmp_path / "nes.h5", "--method", "ml-pgd", "--eps", "0.3",
+                  "--gradients", "estimate", "--max-iter", "5", "--quiet", "--json")
+    assert json.loads(kept.output)["method"] == "ml-pgd" and json.loads(kept.output)["gradients"] == "estimated"
