@@ -42,12 +42,12 @@ class Plane:
         """[n, ...] -> [n, C, H, W] (a view)."""
         return x.reshape(len(x), self.channels, self.height, self.width)
 
-    def window(self, p: float) -> tuple[int, int]:
+    def window(self, p: float, least: int = 1) -> tuple[int, int]:
         """The window holding a share p of the plane: a square of side round(sqrt(p H W)) (a run of
-        round(p W) on a 1 x W plane), at least 1, at most the plane."""
+        round(p W) on a 1 x W plane), at least `least`, at most the plane."""
         if self.height == 1:
-            return 1, max(1, min(self.width, round(p * self.width)))
-        side = max(1, min(self.height, self.width, round(math.sqrt(p * self.area))))
+            return 1, min(self.width, max(least, round(p * self.width)))
+        side = min(self.height, self.width, max(least, round(math.sqrt(p * self.area))))
         return side, side
 
     def place(self, n: int, size: tuple[int, int], generator: torch.Generator | None,

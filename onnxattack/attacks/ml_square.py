@@ -36,11 +36,11 @@ class MLSquare(BudgetedAttack):
     - L-inf: start from vertical stripes (delta = +-eps per channel and column); each step sets one
       window of every channel to a vertex x +- eps (a sign per channel), redrawn where it would change
       nothing, then clipped exactly to the budget and the box in the input's dtype (linf_bounds).
-    - L2 (the paper's paired windows): start from tiled pseudo-Gaussian bumps (blocks of a fifth of each
-      axis) of random sign, scaled to norm eps. A step picks windows W1 and W2, zeroes both and puts in
-      W1 a fresh bump (random sign per channel) plus W1's old direction, scaled to carry the mass
-      ||delta_{W1 u W2}||^2 plus the unused budget eps^2 - ||delta||^2, so ||delta|| = eps again; then
-      the box and a pull inside the ball in the input's dtype (within_l2).
+    - L2 (the paper's paired windows, odd sides of at least 3): start from tiled pseudo-Gaussian bumps
+      (blocks of a fifth of each axis) of random sign, scaled to norm eps. A step picks windows W1 and
+      W2, zeroes both and puts in W1 a fresh bump (random sign per channel) plus W1's old direction,
+      scaled to carry the mass ||delta_{W1 u W2}||^2 plus the unused budget eps^2 - ||delta||^2, so
+      ||delta|| = eps again; then the box and a pull inside the ball in the input's dtype (within_l2).
       Departure: the paper rescales each channel on its own; here the channels of a window are rescaled
       together (one norm per sample), which keeps the budget exact with any number of channels.
 
@@ -106,10 +106,12 @@ class MLSquare(BudgetedAttack):
     # ---- steps --------------------------------------------------------------------------------
     def _propose(self, x: torch.Tensor, current: torch.Tensor, plane: Plane, share: float,
                  box: tuple[float, float]) -> torch.Tensor:
-        size = plane.window(share)
         if self.norm == "inf":
-            return self._vertex_step(x, current, plane, size, box)
-        return self._paired_step(x, current, plane, size, box)
+            return self._vertex_step(x, current, plane, plane.window(share), box)
+        side = plane.window(share, least=3)  # the paper's L2 windows: odd sides, at least 3
+        size = tuple(d + 1 if d % 2 == 0 and d + 1 <= limit else d
+                     for d, limit in zip(side, (plane.height, plane.width), strict=True))
+        return self._paired_step(x, current, plane, (size[0], size[1]), box)
 
     def _vertex_step(self, x: torch.Tensor, current: torch.Tensor, plane: Plane, size: tuple[int, int],
                      box: tuple[float, float]) -> torch.Tensor:
