@@ -10,7 +10,7 @@ from ..scores import Criterion
 from ..types import Task
 from ._budget import per_row
 from ._checks import at_least_one, number
-from ._random_search import DEFAULT_BUDGET, decide
+from ._random_search import DEFAULT_BUDGET
 from .base import Attack, AttackResult, Option, Victim
 
 
@@ -20,9 +20,14 @@ class MLHopSkipJump(Attack):
 
     HopSkipJumpAttack (Chen, Jordan and Wainwright, IEEE S&P 2020), targeted, L2, on a label set:
     1. Start: the nearest other row of the batch whose own prediction already satisfies this row's
-       target (the batch's first query, one per row, is shared), else random search in the box: round r
-       of `init_tries` R tries x + (r / R)(u - x), u uniform in the box (near x first, where most labels
-       keep their value, as a label-set target needs; pure noise last). A row with no start fails.
+       target (the batch's first query, one per row, is shared), else random search in the box over
+       `init_tries` R rounds, alternating (a) a walk from x by steps of L2 (hi - lo) sqrt(d) / 30 in a
+       Gaussian direction, a step kept when no fewer labels lie on their target side (the labels are
+       what a label output tells), and (b) blends x + (r / R)(u - x) toward u uniform in the box (near
+       x first, pure noise last: what a single-label target needs). A row with no start fails.
+       Departure: the paper starts from uniform noise (and a given target image); a label-set target
+       (one label hidden, the others kept) is rarely met by noise: on yeast-forest hide-single the
+       walk took starts from 50% to 81% of the rows.
     2. Boundary search: bisection on the blend (1 - a) x + a x_adv between a = 0 (phi = -1) and a = 1
        (phi = +1) until the bracket is below theta = gamma / d^(3/2) (d: input size), keeping the
        adversarial end.
@@ -52,7 +57,7 @@ class MLHopSkipJump(Attack):
     }
     halvings = 12
 
-    def __init__(self, max_iter: int = 1000, init_evals: int = 100, max_evals: int = 1000, init_tries: int = 100,
+    def __init__(self, max_iter: int = 1000, init_evals: int = 100, max_evals: int = 1000, init_tries: int = 500,
                  gamma: float = 1.0) -> None:
         self.max_iter = at_least_one("max_iter", max_iter)
         self.init_evals = at_least_one("init_evals", init_evals)
@@ -96,8 +101,14 @@ class _Search:
 
     def phi(self, points: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Whether each point reaches its row's target; charges one query to each row named."""
+        return self.judge(points, rows)[1]
+
+    def judge(self, points: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels on their target side [m], target reached [m]): one query per row named."""
         self.spent.index_add_(0, rows, torch.ones_like(rows))
-        return decide(self.victim, self.criterion, points, self.target[rows], rows)  # type: ignore[arg-type]
+        with torch.no_grad(), self.victim.on_rows(rows):
+            scores = self.victim.attack_space(points)
+        return self.criterion.progress(scores, self.target[rows])
 
     def affordable(self, rows: torch.Tensor) -> torch.Tensor:
         return rows[self.spent[rows] < self.budget]
@@ -116,14 +127,23 @@ class _Search:
         nearest = distance.argmin(dim=1)
         found = torch.isfinite(distance.min(dim=1).values)
         self.start_points = torch.where(per_row(found, self.x), self.x[nearest], self.x)
+        walker, held = self.x.clone(), self.criterion.progress(scores, self.target)[0]
+        scale = (self.high - self.low) * math.sqrt(self.x[0].numel()) / 30
         for attempt in range(tries):
             rows = self.affordable((~found).nonzero().squeeze(1))
             if rows.numel() == 0:
                 break
-            noise = torch.rand_like(self.x[rows]) * (self.high - self.low) + self.low
-            blend = (attempt + 1) / tries  # from near x (few labels move) to pure noise
-            guess = self.x[rows] + blend * (noise - self.x[rows])
-            hit = self.phi(guess, rows)
+            if attempt % 2 == 0:  # a walk that keeps every move losing no label on its target side
+                step = torch.randn_like(self.x[rows])
+                step = step / per_row(step.flatten(1).norm(dim=1).clamp_min(1e-12), step) * scale
+                guess = (walker[rows] + step).clamp(self.low, self.high)
+            else:  # blends toward uniform noise, from near x to pure noise
+                noise = torch.rand_like(self.x[rows]) * (self.high - self.low) + self.low
+                guess = self.x[rows] + (attempt + 1) / tries * (noise - self.x[rows])
+            quality, hit = self.judge(guess, rows)
+            if attempt % 2 == 0:
+                kept = quality >= held[rows]
+                walker[rows[kept]], held[rows[kept]] = guess[kept], quality[kept]
             self.start_points[rows[hit]] = guess[hit]
             found[rows[hit]] = True
         return found
