@@ -281,7 +281,8 @@ def describe(model: onnx.ModelProto, path: str | os.PathLike, sha256: str | None
 def choose_score_output(info: ModelInfo, name: str | None = None) -> TensorInfo:
     """The output that holds the label scores: named by the user, else the first [batch, L] float, else the
     first [batch, ..., L] float (frame-level taggers: the middle dims are folded by --reduce), else the only
-    floating output whatever the dims it declares."""
+    floating output whatever the dims it declares, else (no floating output at all) the first label output
+    (integers or booleans: read as labels, which only a label-only method attacks)."""
     if name is not None:
         for output in info.outputs:
             if output.name == name:
