@@ -210,3 +210,35 @@ def test_gradients_auto_runs_a_budgeted_method_as_ml_square_where_no_graph_conve
     kept = invoke("attack", path, inputs, "-o", tmp_path / "nes.h5", "--method", "ml-pgd", "--eps", "0.3",
                   "--gradients", "estimate", "--max-iter", "5", "--quiet", "--json")
     assert json.loads(kept.output)["method"] == "ml-pgd" and json.loads(kept.output)["gradients"] == "estimated"
+
+
+def test_black_boxes_send_each_candidate_with_its_own_rows_of_the_other_inputs(tmp_path):
+    """A two-input model: candidates of many rows (ml-hsj names a row many times in one call) go to
+    onnxruntime with their own row of the pass-through input; the verdict is recomputed here."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxattack import attack_arrays
+    from onnxattack.attacks import MLHopSkipJump
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+               for name, shape in (("W", (6, 3)), ("V", (2, 3)))]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["a"]), helper.make_node("MatMul", ["extra", "V"], ["b"]),
+         helper.make_node("Add", ["a", "b"], ["z"]), helper.make_node("Sigmoid", ["z"], ["p"])], "two-inputs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6]),
+         helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 3])], weights)
+    model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model_proto.ir_version = 8
+    onnx.save(model_proto, str(tmp_path / "two.onnx"))
+    x, extra = rng.uniform(0, 1, (6, 6)).astype(np.float32), rng.uniform(0, 1, (6, 2)).astype(np.float32)
+    model = load(tmp_path / "two.onnx", attack_input="x", queries_only=True, max_queries=500, probe=x[:4],
+                 probe_others={"extra": extra[:4]})
+    session = ort.InferenceSession(str(tmp_path / "two.onnx"), providers=["CPUExecutionProvider"])
+    for attack in (MLSquare(eps=0.3), MLHopSkipJump()):
+        result = attack_arrays(model, x, attack, "hide-single", other_inputs={"extra": extra})
+        scores = session.run(["p"], {"x": result.x_adv, "extra": extra})[0]
+        reached = ((scores > 0.5) == result.y_target.astype(bool)).all(axis=1) & result.attacked
+        assert np.array_equal(reached, result.success) and reached.sum() >= 3
+        assert (result.queries[result.attacked] > 0).all() and result.queries.max() <= 500
