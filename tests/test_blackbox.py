@@ -242,3 +242,26 @@ def test_black_boxes_send_each_candidate_with_its_own_rows_of_the_other_inputs(t
         reached = ((scores > 0.5) == result.y_target.astype(bool)).all(axis=1) & result.attacked
         assert np.array_equal(reached, result.success) and reached.sum() >= 3
         assert (result.queries[result.attacked] > 0).all() and result.queries.max() <= 500
+
+
+def test_square_stays_a_black_box_on_a_model_that_converts(tmp_path):
+    """A torch-exported MLP converts (load gives a torch graph), yet ml-square queries onnxruntime only
+    and records its queries; the verdict is recomputed from onnxruntime."""
+    from . import exporters as ex
+
+    torch.manual_seed(0)
+    path = ex.export_torch(ex.MLP(head="sigmoid"), torch.rand(2, 12), tmp_path / "mlp.onnx", dynamo=False, opset=17)
+    assert load(path).gradients == "torch"
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).uniform(0, 1, (12, 12)).astype(np.float32))
+    result = invoke("attack", path, tmp_path / "x.npy", "-o", tmp_path / "o.h5", "--method", "ml-square",
+                    "--eps", "0.3", "--max-queries", "400", "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["gradients"] == "none" and summary["torch_agreement"] is None
+    rows = stored(tmp_path / "o.h5")
+    attacked = rows["attacked"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    output = session.get_outputs()[0].name
+    assert np.array_equal(ort_reached(path, output, rows["x_adv"], rows["y_target"]) & attacked, rows["success"])
+    assert rows["success"].sum() >= attacked.sum() // 2
+    assert (rows["queries"][attacked] == rows["iterations"][attacked] + 1).all() and rows["queries"].max() <= 400
