@@ -85,10 +85,3 @@ def hinge_query(victim: Victim, labels: ThresholdCriterion, wanted: float, point
     loss = (wanted - labels.label_margins(scores, target)).clamp_min(0).sum(dim=1)
     return loss, labels.progress(scores, target)[1]
 
-
-def decide(victim: Victim, criterion: ThresholdCriterion, points: torch.Tensor, target: torch.Tensor,
-           rows: torch.Tensor) -> torch.Tensor:
-    """One onnxruntime call: does each point reach its target (bool [m])?"""
-    with torch.no_grad(), victim.on_rows(rows):
-        scores = victim.attack_space(points)
-    return criterion.reached_tensor(scores, target)
