@@ -5,7 +5,9 @@
 
 Keys (goals in docs/benchmarks.md): search_efficiency, calls_ratio, reference_calls_ratio,
 reference_success, reference_l2_ratio, step_overhead, graph_overhead, qp_share, validate_share,
-write_share, memory_ratio; `details` holds the per-case numbers behind them.
+write_share, memory_ratio; square_queries_ratio, square_vs_whitebox_success, hsj_l2_ratio,
+single_label_queries (bench/blackbox.py, in onnxruntime queries); `details` holds the per-case numbers
+behind them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from onnxattack.loader import resolve_device
 
-from . import overhead, pipeline_costs, search
+from . import blackbox, overhead, pipeline_costs, search
 
 GOALS = {"search_efficiency": 1.05, "calls_ratio": 0.15, "reference_calls_ratio": 0.5, "step_overhead": 1.10,
          "graph_overhead": 1.05, "qp_share": 0.2, "validate_share": 0.05, "write_share": 0.05,
@@ -37,6 +39,7 @@ def figures(device: str, count: int, exhaustive_iter: int = 1000, memory_inputs:
     shares = pipeline_costs.shares("ml-cw", 32, device)
     shares_deepfool = pipeline_costs.shares("ml-deepfool", 256, device)
     memory = pipeline_costs.memory_ratio(memory_inputs, device)
+    black = blackbox.figures(count)
     with_reference = {name: case for name, case in cases.items() if "reference" in case}
     ours = sum(case["default"]["mean_calls"] for case in with_reference.values())
     theirs = sum(case["reference"]["mean_calls"] for case in with_reference.values())
@@ -54,8 +57,10 @@ def figures(device: str, count: int, exhaustive_iter: int = 1000, memory_inputs:
         "write_share": max(shares["write_share"], shares_deepfool["write_share"]),
         "memory_ratio": memory["ratio"],
         "jacobian_batched_over_loop": jacobian["batched_over_loop"],
+        **{key: value for key, value in black.items() if key != "details_blackbox"},
         "details": {"search": cases, "step": step, "graph": graph, "qp": qp, "jacobian": jacobian,
-                    "pipeline": [shares, shares_deepfool], "memory": memory},
+                    "pipeline": [shares, shares_deepfool], "memory": memory,
+                    "blackbox": black["details_blackbox"]},
         "machine": {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "platform": platform.platform(), "inputs_per_search_case": count,
                     "exhaustive_max_iter": exhaustive_iter, "seconds": round(time.monotonic() - started, 1)},
@@ -79,6 +84,9 @@ def table(result: dict) -> str:
     for name, entry in result["reference_success"].items():
         lines.append(f"  reference success {name}: ours {entry['ours']:.2f}, reference {entry['reference']:.2f}, "
                      f"L2 ratio {result['reference_l2_ratio'][name]:.3f}")
+    lines.append(f"  black box: square_queries_ratio {result['square_queries_ratio']:.3f} (goal <= 0.1), "
+                 f"square_vs_whitebox_success {result['square_vs_whitebox_success']:.3f} (goal >= 0.9), "
+                 f"hsj_l2_ratio {result['hsj_l2_ratio']:.3f}")
     for name, case in result["details"]["search"].items():
         d, e = case["default"], case["exhaustive"]
         lines.append(f"  {name}: default success {d['success']:.2f} L2 {d['mean_l2']:.3f} calls {d['mean_calls']:.0f}"

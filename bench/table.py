@@ -45,6 +45,12 @@ RUNS: list[Run] = [
     ("digits-mosaic", "universal", "hide-single", {"eps": 0.2}),
     ("yeast-mlp", "universal", "-0", {"eps": 0.3}),
     ("digits-ranker", "universal-topk", "hide-all", {"top_k": 1, "eps": 0.3}),
+] + [  # black boxes: onnxruntime queries only (ml-square: scores; ml-hsj: labels), --max-queries 20,000
+    ("yeast-forest", "ml-square", "hide-single", {"eps": 0.1}),
+    ("digits-mosaic", "ml-square", "hide-single", {"eps": 0.1}),
+    ("digits-mosaic", "ml-square", "hide-single", {"norm": "2"}),
+    ("yeast-forest", "ml-hsj", "hide-single", {}),
+    ("digits-mosaic", "ml-hsj", "hide-single", {}),
 ]
 
 
@@ -78,7 +84,7 @@ def main(count: int, out: str | None, methods: tuple[str, ...]) -> None:
             l2 = "-" if s["l2_mean"] is None else f"{s['l2_mean']:.3f}"
             linf = "-" if s["linf_mean"] is None else f"{s['linf_mean']:.3f}"
             calls = "-" if s["model_calls_mean"] is None else f"{s['model_calls_mean']:.0f}"
-            queries = f"{s['queries_mean']:.0f}" if s["gradients"] == "estimated" and s["queries_mean"] else "-"
+            queries = f"{s['queries_mean']:.0f}" if s["gradients"] != "torch" and s["queries_mean"] else "-"
             line = (f"| {model_name} | {_shown(method, options)} | {target} | {s['attacked']} | "
                     f"{s['success_rate']:.1%} | {l2} | {linf} | {calls} | {queries} | "
                     f"{time.monotonic() - started:.0f} s |")

@@ -157,6 +157,9 @@ def inspect(model: str, output_name: str | None, labels_file: str | None, box: t
     if report["converts"] is None:
         click.echo(f"onnxattack: {report['reason']}", err=True)
         return
+    if report["attack_route"] == "labels":
+        click.echo(f"onnxattack: {report['reason']}", err=True)
+        return
     if report["attack_route"] == "estimated":
         click.echo(f"onnxattack: no torch graph ({first_line(report['reason'] or 'it does not convert')}); "
                    f"`attack` estimates gradients from onnxruntime queries", err=True)
@@ -167,7 +170,9 @@ def inspect(model: str, output_name: str | None, labels_file: str | None, box: t
 
 
 _ROUTES = {"torch": "through the torch graph (--gradients auto)",
-           "estimated": "with gradients estimated from onnxruntime queries (--gradients auto)"}
+           "estimated": "no torch graph: budgeted methods run as ml-square (a black box), minimal-norm ones on "
+                        "gradients estimated from onnxruntime queries (--gradients auto)",
+           "labels": "label output only: --method ml-hsj (decision-based, onnxruntime's labels)"}
 
 
 def _converts_text(converts: bool | None) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from .attacks import METHODS, Attack
 from .errors import ConfigError
 
-SCORES_CHOICES = ("auto", "logits", "probabilities", "softmax")
+SCORES_CHOICES = ("auto", "logits", "probabilities", "softmax", "labels")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 IMAGE_LAYOUTS = ("chw", "hwc")
 GRADIENT_CHOICES = ("auto", "torch", "estimate")
@@ -85,10 +85,12 @@ class AttackConfig:
         "CTC recognisers: per symbol, the best per-frame log-probability is the score; a symbol appears when it "
         "exceeds log 0.5."))
     gradients: str = field(default="auto", metadata=_help(
-        "auto: through the torch graph, or estimated from onnxruntime queries when the model cannot "
-        "convert (said in a note); torch: refuse such models; estimate: always estimate."))
+        "auto: through the torch graph; when the model cannot convert, a budgeted method (ml-pgd) runs as "
+        "ml-square (a black box) and a minimal-norm one on gradients estimated from onnxruntime queries (said in "
+        "a note); torch: refuse such models; estimate: always estimate."))
     max_queries: int = field(default=20_000, metadata=_help(
-        "Estimated gradients: onnxruntime queries allowed per input (the attack stops a row there)."))
+        "Estimated gradients and black-box methods (ml-square, ml-hsj): onnxruntime queries allowed per input, "
+        "every evaluation counted (the attack stops a row there)."))
     attack_options: dict[str, Any] = field(default_factory=dict, metadata=_help(
         "Method hyperparameters (binary_steps, learning_rate, kappa, overshoot, ...)."))
     image_layout: str = field(default="chw", metadata=_help("Image folders: layout of each sample."))

@@ -35,6 +35,7 @@ from .model import (
     declared_range,
     detect_scores_kind,
     graph_inputs,
+    label_classes,
     open_model,
     read_labels,
 )
@@ -51,7 +52,7 @@ from .runtime import (
     to_input_dtype,
 )
 from .scores import ScoreReader
-from .sources import EstimatedSource, GradientSource, TorchGraphSource
+from .sources import EstimatedSource, GradientSource, ScoresOnlySource, TorchGraphSource
 from .types import ScoresKind
 from .victim import Victim
 
@@ -73,7 +74,8 @@ class LoadSettings:
     tolerance: float = DEFAULT_TOLERANCE  # max |torch - onnxruntime| accepted on the probe
     box: tuple[float, float] = DEFAULT_BOX
     gradients: str = "torch"  # torch (convert, else refuse) | estimate | auto (convert, else estimate)
-    max_queries: int | None = None  # estimated gradients: the per-input query budget
+    max_queries: int | None = None  # estimated gradients and black-box methods: the per-input query budget
+    queries_only: bool = False  # a black-box method (Attack.queries_only): onnxruntime scores, counted, no graph
     reduce: str = "max"  # how score outputs [N, ..., L] fold to [N, L]
     batch_axes: Mapping[str, int] = field(default_factory=dict)  # output name -> its batch dim (--batch-axis)
     ctc: bool = False  # CTC frame logits: per label, the best per-frame log-probability
@@ -435,7 +437,8 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
     layout = FrameLayout(reduce, settings.batch_axes.get(score_output.name), ctc=settings.ctc)
     if layout.ctc:  # the best log-probability of any frame, per symbol: it appears when above log 0.5
         kind, threshold = ScoresKind.LOGITS, math.log(0.5) if threshold is None else threshold
-    tensor_name, head = attack_tensor(proto, score_output.name, cut_activation=(kind == detected))
+    labels_only = kind is ScoresKind.LABELS
+    tensor_name, head = attack_tensor(proto, score_output.name, cut_activation=(kind == detected and not labels_only))
     per_sample = probe is not None and np.ndim(probe) == len(input_info.shape) + 1
     folded = len(score_output.shape) > 2 or per_sample  # a whole-sequence model's scores are per frame
     if folded and head is not None and not (head == "sigmoid" and reduce == "max"):
@@ -462,6 +465,8 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
         fixed = None if per_sample else fixed_batch(input_info)
         scorer = _ort_scorer(proto, input_info, score_output.name, torch_device.type, probe, notes, passthrough,
                              per_sample, layout)
+        if labels_only and len(score_output.shape) < 2:
+            scorer.classes = _classes_or_refuse(proto, score_output)
         probe_scores = scorer(probe)
         folded = folded or scorer.raw_rank > 2  # declared shapes can be wrong (ddddocr declares [1, seqlen])
         if layout.inferred:
@@ -488,6 +493,10 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
                              folded=folded)
         if not settings.convert:
             return loaded
+        if settings.queries_only:
+            return _scores_only(loaded, kind, settings)
+        if labels_only:
+            raise UnsupportedModelError(labels_only_reason(score_output.name))
 
         def estimate(why: str) -> None:
             logits = None if head is None else _logits_scorer(proto, input_info, tensor_name, score_output.name,
@@ -592,6 +601,37 @@ def _estimated(loaded: LoadedModel, kind: ScoresKind, settings: LoadSettings, wh
     return loaded
 
 
+def labels_only_reason(output: str) -> str:
+    return (f"output {output!r} holds labels only (no scores): there is no gradient to follow or estimate; "
+            f"attack it with the label-only method (--method ml-hsj)")
+
+
+def _classes_or_refuse(proto: onnx.ModelProto, output: TensorInfo) -> np.ndarray:
+    classes = label_classes(proto, output.name)
+    if classes is None:
+        raise UnsupportedModelError(f"output {output.name!r} holds class indices, and no ai.onnx.ml classifier "
+                                    f"says which classes they index (give a [batch, labels] 0/1 output)")
+    return classes
+
+
+def scores_only(loaded: LoadedModel, settings: LoadSettings) -> LoadedModel:
+    """A model loaded with estimated gradients switched to the black-box view (`--gradients auto` with a
+    budgeted method: ml-square instead); its estimated-gradient note is replaced."""
+    loaded.notes = [note for note in loaded.notes if not note.startswith("gradients are estimated")]
+    return _scores_only(loaded, loaded.reader.kind, settings)
+
+
+def _scores_only(loaded: LoadedModel, kind: ScoresKind, settings: LoadSettings) -> LoadedModel:
+    """A black-box method sees onnxruntime's real output (no activation cut off) through a victim that
+    counts every row it sends; the graph is not converted."""
+    loaded.reader = ScoreReader.create(kind, settings.threshold, head=None)
+    loaded.source = ScoresOnlySource(loaded.ort_scores, settings.max_queries)
+    loaded.notes.append(f"a black box: the attack queries onnxruntime scores only (at most "
+                        f"{settings.max_queries} per input)" if settings.max_queries else
+                        "a black box: the attack queries onnxruntime scores only")
+    return loaded
+
+
 def _sample_shape(input_info: TensorInfo, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
     """The sample dims to probe with: the user's --shape (with or without the batch dim), else the
     model's own when they are all fixed; None when they are symbolic and no shape was given."""
@@ -618,7 +658,8 @@ def inspect_model(model: str | os.PathLike | ModelFile, *, output: str | None = 
     shape (the sample dims) or probe (real inputs) fix symbolic sample dims for the fidelity check;
     without either, a model with symbolic sample dims is reported as unchecked (converts None).
     `attack_route` says how `attack --gradients auto` would attack it: "torch", "estimated" (the graph
-    does not convert or is unfaithful: gradients from onnxruntime queries) or None (it cannot)."""
+    does not convert or is unfaithful: gradients from onnxruntime queries), "labels" (its score output
+    holds labels only: the label-only method) or None (it cannot)."""
     from .bridge.convert import blocking_ops
 
     model_file = model if isinstance(model, ModelFile) else open_model(model)
@@ -644,6 +685,9 @@ def inspect_model(model: str | os.PathLike | ModelFile, *, output: str | None = 
         chosen = choose_score_output(info, output)
         report["score_output"] = chosen.name
         report["scores_kind"] = detect_scores_kind(proto, chosen.name).value
+        if report["scores_kind"] == ScoresKind.LABELS.value and attacked is not None:  # only ml-hsj attacks it
+            report.update(attack_route="labels", reason=labels_only_reason(chosen.name))
+            return report
         tensor_name, _ = attack_tensor(proto, chosen.name, cut_activation=True)
         report["attack_tensor"] = tensor_name
         report["blocking_ops"] = blocking_ops(_score_graph(proto, tensor_name, chosen.name))

@@ -331,12 +331,13 @@ def describe(model: onnx.ModelProto, path: str | os.PathLike, sha256: str | None
 def choose_score_output(info: ModelInfo, name: str | None = None) -> TensorInfo:
     """The output that holds the label scores: named by the user, else the first [batch, L] float, else the
     first [batch, ..., L] float (frame-level taggers: the middle dims are folded by --reduce), else the only
-    floating output whatever the dims it declares."""
+    floating output whatever the dims it declares, else (no floating output at all) the first label output
+    (integers or booleans: read as labels, which only a label-only method attacks)."""
     if name is not None:
         for output in info.outputs:
             if output.name == name:
-                if not output.is_float:
-                    raise BadInputError(f"output {name!r} is {output.dtype}, not a floating score tensor")
+                if not (output.is_float or is_label_output(output)):
+                    raise BadInputError(f"output {name!r} is {output.dtype}, neither scores nor labels")
                 return output
         names = ", ".join(o.name for o in info.outputs)
         raise BadInputError(f"model has no output named {name!r} (outputs: {names})")
@@ -347,11 +348,37 @@ def choose_score_output(info: ModelInfo, name: str | None = None) -> TensorInfo:
     floats = [output for output in info.outputs if output.is_float]
     if len(floats) == 1:  # declared with too few dims (madmom's exporter writes [T, 12] as [d0]): the
         return floats[0]  # probe's real scores decide, as for every output
+    labels = [output for output in info.outputs if is_label_output(output)]
+    if not floats and labels:  # labels only (skl2onnx's `label`): a label-only method can attack it
+        return labels[0]
     described = ", ".join(f"{o.name} {o.dtype} {list(o.shape)}" for o in info.outputs)
     raise UnsupportedModelError(
         f"no floating output shaped [batch, labels] or [batch, ..., labels] (outputs: {described}); "
         f"name one with --output"
     )
+
+
+def is_label_output(tensor: TensorInfo) -> bool:
+    """An output of labels, not scores: integers or booleans ([N] class indices or [N, L] 0/1)."""
+    return bool(np.issubdtype(tensor.dtype, np.integer) or tensor.dtype == np.bool_)
+
+
+def label_classes(model: onnx.ModelProto, output_name: str) -> np.ndarray | None:
+    """The class labels of the ai.onnx.ml classifier whose label output (its first) makes `output_name`
+    (through value-preserving ops): index i of a one-hot row stands for classes[i]. None if there is none
+    or its classes are strings."""
+    node, name = _final_op_in(model.graph, output_name)
+    if node is None or node.domain != _ML_DOMAIN:
+        return None
+    if node.op_type == "ArrayFeatureExtractor":  # classes[argmax] (skl2onnx's MLP, linear models)
+        constants = {init.name: init for init in model.graph.initializer}
+        table = constants.get(node.input[0])
+        array = numpy_helper.to_array(table) if table is not None else None
+        return array.astype(np.int64).reshape(-1) if array is not None and array.dtype.kind in "iu" else None
+    if not node.op_type.endswith("Classifier") or node.output[0] != name:
+        return None
+    ints = next((list(a.ints) for a in node.attribute if a.name == "classlabels_int64s"), None)
+    return np.asarray(ints, dtype=np.int64) if ints else None
 
 
 def _perturbable(tensor: TensorInfo) -> bool:
@@ -428,6 +455,9 @@ def _if_branch_ends(model: onnx.ModelProto, output_name: str) -> list[onnx.NodeP
 
 
 _ML_DOMAIN = "ai.onnx.ml"
+_LABEL_TYPES = {onnx.TensorProto.BOOL, onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16,
+                onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32,
+                onnx.TensorProto.UINT64}
 _ML_PROBABILITY_TRANSFORMS = {"LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO", "PROBIT"}
 
 
@@ -457,7 +487,11 @@ def detect_scores_kind(model: onnx.ModelProto, output_name: str) -> ScoresKind:
     """Logits unless the graph ends with Sigmoid (probabilities) or Softmax over the labels (in every
     branch, when an If makes the output), or the
     scores come from an ai.onnx.ml classifier that outputs probabilities (tree ensembles: always;
-    linear and SVM classifiers: with a LOGISTIC or SOFTMAX post-transform)."""
+    linear and SVM classifiers: with a LOGISTIC or SOFTMAX post-transform); labels for an integer or
+    boolean output (a label output: no scores at all)."""
+    declared = next((o for o in model.graph.output if o.name == output_name), None)
+    if declared is not None and declared.type.tensor_type.elem_type in _LABEL_TYPES:
+        return ScoresKind.LABELS
     node = final_op(model, output_name)
     classifier = _ml_classifier_scores(model, output_name)
     if classifier is not None:

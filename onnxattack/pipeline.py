@@ -18,7 +18,7 @@ from .config import AttackConfig
 from .errors import BadInputError, UnsupportedModelError
 from .estimated import STALL_REASONS
 from .inputs import InputSource, check_passthrough_sources, open_inputs, open_passthrough, scan_inputs
-from .loader import LoadedModel, LoadSettings, load, resolve_box
+from .loader import LoadedModel, LoadSettings, load, resolve_box, scores_only
 from .merge import shard_attrs
 from .model import ModelFile, choose_attack_input, open_model
 from .results import ResultFile, ResultWriter, check_output_path, replacement_path
@@ -121,10 +121,12 @@ def plan(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLi
     scan_inputs(source, count, box, source_name)
     check_passthrough_sources(others, source.count, count, source_name)
     probe, probe_others = first_rows(source, others, min(count, 4))
-    settings = LoadSettings.from_config(config, box=box, attack_input=attacked, batch_axes=config.batch_axes())
+    settings = LoadSettings.from_config(config, box=box, attack_input=attacked, batch_axes=config.batch_axes(),
+                                        queries_only=attack.queries_only)
     model = load(model_file, settings, probe=probe, probe_name=source_name, probe_others=probe_others)
     if box_note:
         model.notes.insert(0, box_note)
+    attack = _cheapest_route(attack, model, settings, config.gradients)
     spec, target_rows = None, None
     if config.target_file is not None:
         target_rows = _read_target_file(config.target_file, count, model.num_labels)
@@ -141,13 +143,34 @@ def plan(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLi
                    box)
 
 
+def _cheapest_route(attack: Attack, model: LoadedModel, settings: LoadSettings, gradients: str) -> Attack:
+    """--gradients auto on a model with no torch graph: a budgeted method runs as ml-square (the same
+    eps, norm and kappa; random search needs a fraction of the queries of estimated gradients), said in
+    one note; a minimal-norm method keeps the estimated gradients."""
+    if gradients != "auto" or model.gradients != "estimated" or not attack.budgeted or attack.learns_from_set:
+        return attack
+    from .attacks import METHODS
+
+    square = METHODS["ml-square"]
+    taken = {name: value for name, value in attack.params().items()
+             if name in ("eps", "norm", "kappa") and name in square.default_values()}
+    chosen = square(**taken)
+    prefix = "gradients are estimated from onnxruntime queries ("
+    why = next((note[len(prefix):-1] for note in model.notes if note.startswith(prefix)), "it does not convert")
+    scores_only(model, settings)
+    model.notes[-1] = (f"no torch graph ({why}): {attack.name} runs as {chosen.name} (a black box: onnxruntime scores, "
+                       f"eps {taken.get('eps')}, norm {taken.get('norm')}, at most {settings.max_queries} queries "
+                       f"per input; --gradients estimate keeps {attack.name} on estimated gradients)")
+    return chosen
+
+
 def _identity(run: RunPlan, config: AttackConfig) -> dict:
     """The attributes a --resume must match: model, method, target, every parameter, seed, inputs."""
     model, attack = run.model, run.attack
     target_text = run.spec.describe() if run.spec else f"file:{Path(str(config.target_file)).name}"
     params = {**attack.params(), "box": list(run.box), "batch_size": config.batch_size,
               "top_k": run.top_k or None, "tolerance": config.tolerance, "gradients": model.gradients,
-              "max_queries": config.max_queries if model.gradients == "estimated" else None,
+              "max_queries": config.max_queries if model.gradients != "torch" else None,
               "reduce": config.reduce if model.folded else None,
               **({"batch_axes": config.batch_axes()} if config.batch_axis else {}),
               **({"ctc": True} if config.ctc else {}),

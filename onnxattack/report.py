@@ -69,6 +69,8 @@ def summarize_run(results: ResultFile) -> dict:
         "model_calls_total": int(calls.sum()) if calls.size else None,
         "queries_mean": stat(queries[attacked], np.mean) if queries.size else None,
         "queries_max": int(queries[attacked].max()) if queries.size and n_attacked else None,
+        "queries_mean_success": stat(queries[success], np.mean) if queries.size else None,
+        "queries_median_success": stat(queries[success], np.median) if queries.size else None,
         "nonfinite_rows": [int(i) for i in np.flatnonzero(nonfinite)],
         "stalled_rows": stalled,
         "notes": results.json_attr("notes", []),
@@ -87,16 +89,19 @@ def format_summary(summary: dict) -> str:
         ("success rate (onnxruntime)", f"{summary['success_rate']:.1%} ({summary['successes']}/{summary['attacked']})"),
         ("L2 mean / median", f"{num(summary['l2_mean'])} / {num(summary['l2_median'])}"),
         ("Linf mean / median", f"{num(summary['linf_mean'])} / {num(summary['linf_median'])}"),
-        ("torch/onnxruntime agreement", "n/a (no torch graph: gradients estimated from onnxruntime queries)"
+        ("torch/onnxruntime agreement", _no_agreement(summary.get("gradients"))
          if summary["torch_agreement"] is None else
          f"{summary['torch_agreement']:.1%} ({summary['torch_disagreements']} disagreements)"),
         ("time", f"{summary['elapsed_s']:.1f} s"),
         ("model calls per input", f"{num(summary.get('model_calls_mean'), '{:.0f}')} (forward + backward passes, "
                                   f"{summary.get('model_calls_total') or 0} in all)"),
     ]
-    if summary.get("gradients") == "estimated":
-        lines.append(("gradients", f"estimated: {num(summary['queries_mean'], '{:.0f}')} onnxruntime queries per "
+    if summary.get("gradients") in ("estimated", "none"):
+        how = "estimated" if summary["gradients"] == "estimated" else "none (a black box)"
+        lines.append(("gradients", f"{how}: {num(summary['queries_mean'], '{:.0f}')} onnxruntime queries per "
                                    f"attacked input (max {summary['queries_max']})"))
+        lines.append(("queries per success", f"mean {num(summary.get('queries_mean_success'), '{:.0f}')} / median "
+                                             f"{num(summary.get('queries_median_success'), '{:.0f}')}"))
     for reason, count in summary.get("stalled_rows", {}).items():
         lines.append(("stopped early", f"{count} row(s): {reason}"))
     if summary.get("nonfinite_rows"):
@@ -110,6 +115,12 @@ def format_summary(summary: dict) -> str:
     for note in summary.get("notes", []):
         text += f"\nnote: {note}"
     return text
+
+
+def _no_agreement(gradients: str | None) -> str:
+    if gradients == "none":
+        return "n/a (a black box: the attack saw onnxruntime's scores only)"
+    return "n/a (no torch graph: gradients estimated from onnxruntime queries)"
 
 
 def _near_threshold(value: float, threshold: float | None) -> str:

@@ -132,7 +132,8 @@ class OrtScorer:
     """Scores of one output for a batch, in chunks of the model's fixed batch size if it has one.
 
     A multi-input model's other inputs come from `passthrough`, the rows bound to the batch. A model
-    without a batch dim (`per_sample`: one whole sequence per call) runs row by row."""
+    without a batch dim (`per_sample`: one whole sequence per call) runs row by row. A label output of
+    class indices [N] is read as one-hot rows over `classes` (set by the loader)."""
 
     def __init__(self, session: ort.InferenceSession, input_name: str, input_dtype: np.dtype,
                  output_name: str, fixed_batch: int | None = None, layout: FrameLayout | None = None,
@@ -146,6 +147,7 @@ class OrtScorer:
         self.passthrough = passthrough or PassThroughInputs()
         self.per_sample = per_sample
         self.raw_rank = 0  # the rank of the output as onnxruntime returns it (set by the first call)
+        self.classes: np.ndarray | None = None
 
     @property
     def providers(self) -> list[str]:
@@ -159,6 +161,8 @@ class OrtScorer:
             (scores,) = self.session.run([self.output_name], feeds)
         except Exception as exc:  # onnxruntime's own exception types
             raise UnsupportedModelError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
+        if self.classes is not None:  # class indices [N] -> one-hot [N, classes]
+            scores = np.asarray(scores).reshape(-1, 1) == self.classes.reshape(1, -1)
         scores = np.asarray(scores, dtype=np.float32)
         self.raw_rank = scores.ndim
         if self.per_sample:

@@ -11,6 +11,7 @@ class ScoresKind(str, Enum):
     LOGITS = "logits"
     PROBABILITIES = "probabilities"  # independent sigmoid probabilities
     SOFTMAX = "softmax"  # probabilities that sum to one over the labels
+    LABELS = "labels"  # a label output only: 0/1 indicators [N, L] (class indices [N] read as one-hot)
 
     @classmethod
     def parse(cls, text: str) -> ScoresKind:
@@ -38,4 +39,5 @@ DEFAULT_THRESHOLD = {
     ScoresKind.LOGITS: 0.0,
     ScoresKind.PROBABILITIES: 0.5,
     ScoresKind.SOFTMAX: 0.5,
+    ScoresKind.LABELS: 0.5,
 }

@@ -40,6 +40,8 @@ class Victim:
 
     The attack space always comes back in the dtype of the x it was given: a graph whose score output is
     float16 or float64 (a Cast at its end) must not leak that dtype into the attacks' float32 tensors.
+    shows progress before it ends. budget: the onnxruntime queries each row may spend (a scores-only
+    victim: --max-queries; None: no limit), which black-box attacks plan their schedules by.
     """
 
     logits: Callable[[torch.Tensor], torch.Tensor]
@@ -50,6 +52,7 @@ class Victim:
     select: RowSelector | None = None
     progress: Callable[[float], None] | None = None
     model_dtype: torch.dtype | None = None
+    budget: int | None = None
 
     def __post_init__(self) -> None:
         if self.select is None:  # a logits callable with its own row selection (QueryModel) names its rows

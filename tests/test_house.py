@@ -96,7 +96,7 @@ def test_a_new_attack_is_one_module_and_one_registry_line():
 
 def test_curve_offers_only_budgeted_methods_and_every_command_states_exit_codes():
     curve_help = invoke("curve", "--help").output
-    assert "--method [ml-pgd|universal|universal-topk]" in curve_help
+    assert "--method [ml-pgd|ml-square|universal|universal-topk]" in curve_help
     assert not re.search(r"^\s+--shard", curve_help, re.MULTILINE)
     for command in ("inspect", "attack", "curve", "validate", "report", "merge", "export"):
         assert "Exit codes: 0 done" in invoke(command, "--help").output, command

@@ -9,7 +9,9 @@ from __future__ import annotations
 from .base import Attack, AttackResult, Option, SetAttack, Victim
 from .ml_cw import MLCarliniWagner
 from .ml_deepfool import MLDeepFool
+from .ml_hsj import MLHopSkipJump
 from .ml_pgd import MLPGD
+from .ml_square import MLSquare
 from .mla_lp import MLALP
 from .rank1 import RankI
 from .rank2 import RankII
@@ -23,6 +25,8 @@ METHODS: dict[str, type[Attack]] = {
     RankII.name: RankII,
     MLPGD.name: MLPGD,
     MLALP.name: MLALP,
+    MLSquare.name: MLSquare,
+    MLHopSkipJump.name: MLHopSkipJump,
     TkMLUntargeted.name: TkMLUntargeted,
     TkMLTargeted.name: TkMLTargeted,
     UniversalPerturbation.name: UniversalPerturbation,
@@ -31,4 +35,5 @@ METHODS: dict[str, type[Attack]] = {
 
 __all__ = ["Attack", "AttackResult", "Option", "SetAttack", "Victim", "METHODS",
             "MLCarliniWagner", "MLDeepFool", "RankI",
-           "RankII", "MLPGD", "MLALP", "TkMLUntargeted", "TkMLTargeted", "UniversalPerturbation", "UniversalTopK"]
+           "RankII", "MLPGD", "MLALP", "MLSquare", "MLHopSkipJump",
+           "TkMLUntargeted", "TkMLTargeted", "UniversalPerturbation", "UniversalTopK"]

@@ -82,15 +82,18 @@ class Attack(ABC):
     A method declares what it needs and takes, and everything around it (the CLI's options and help,
     `curve`, the pipeline's checks) is derived from the declarations: `task` (which targets and
     criterion), `budgeted` (it works within --eps / --norm), `needs_torch_gradients` (it refuses
-    gradients estimated from onnxruntime queries), `learns_from_set` (it learns from the whole input
-    set before any row: no shards), and `options`: a help text per hyperparameter (merged down the
-    class hierarchy; hyperparameters without one are library-only)."""
+    gradients estimated from onnxruntime queries), `queries_only` (a black box: it sees onnxruntime's
+    scores through a query-counting victim, never a torch graph, even where one exists),
+    `learns_from_set` (it learns from the whole input set before any row: no shards), and `options`: a
+    help text per hyperparameter (merged down the class hierarchy; hyperparameters without one are
+    library-only)."""
 
     name: ClassVar[str]
     task: ClassVar[Task]
     default_target: ClassVar[str] = "hide-single"  # what target 'auto' means for this method
     budgeted: ClassVar[bool] = False
     needs_torch_gradients: ClassVar[bool] = False
+    queries_only: ClassVar[bool] = False
     learns_from_set: ClassVar[bool] = False
     options: ClassVar[dict[str, Option]] = {}
 
