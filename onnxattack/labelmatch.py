@@ -1,7 +1,8 @@
 """Labels matched by name between a reference model and another one.
 
-The reference's label j and the other model's label k are the same label when their names are equal, or
-when a label map (`--label-map FILE`: a JSON object, reference name -> other name) pairs them. Matching by
+The reference's label j and the other model's label k are the same label when a label map (`--label-map
+FILE`: a JSON object, reference name -> other name) pairs them, or when their names are equal (also for a
+map entry naming a label this model lacks: one map serves several models). Matching by
 position is used only when asked for (`--match-labels-by-position`) and then needs equal counts. Labels
 on one side only are reported and left out of every verdict: success is judged on the shared labels.
 """
@@ -107,6 +108,7 @@ def match_labels(reference: list[str], other: list[str], label_map: dict[str, st
     pairs, ref_idx, other_idx = [], [], []
     for index, name in enumerate(reference):
         wanted = label_map.get(name, name)
+        wanted = wanted if wanted in where else name  # a map entry this model does not use: its own name
         if wanted in where:
             pairs.append((name, wanted))
             ref_idx.append(index)
@@ -119,4 +121,4 @@ def match_labels(reference: list[str], other: list[str], label_map: dict[str, st
     return LabelMatch(tuple(ref_idx), tuple(other_idx),
                       tuple(name for i, name in enumerate(reference) if i not in set(ref_idx)),
                       tuple(name for i, name in enumerate(other) if i not in matched_other),
-                      "label map" if label_map else "names", tuple(pairs))
+                      "label map" if any(a != b for a, b in pairs) else "names", tuple(pairs))
