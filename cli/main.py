@@ -456,6 +456,46 @@ def validate(results: str, models: tuple[str, ...], label_map: str | None, by_po
 
 
 @main.command(epilog=EXIT_CODES)
+@click.argument("reference", metavar="REF.onnx[:layout=..,range=..]")
+@click.argument("inputs", type=click.Path())
+@click.option("--model", "models", multiple=True, metavar="FILE[:layout=nchw|nhwc,range=LO:HI]",
+              help="Another deployment of the model (repeatable); its input layout and range are inferred, or "
+                   "stated after the path.")
+@click.option("--variants", metavar="V1,V2,...", help="Variants of REF to make and check: int8 (static QDQ, "
+              "calibrated on INPUTS), int8-dynamic, fp16 (needs onnxconverter-common), ort-basic, ort-all.")
+@click.option("--keep-variants", "keep_variants", type=click.Path(file_okay=False),
+              help="Folder to keep the variant files in (default: made for the check, then removed).")
+@click.option("--label-map", "label_map", type=click.Path(dir_okay=False),
+              help="JSON object: REF's label names -> the other models' (equal names match without it).")
+@click.option("--match-labels-by-position", "by_position", is_flag=True,
+              help="Match labels by index instead of by name (equal counts needed).")
+@attack_options
+@handle_errors
+def crosscheck(reference: str, inputs: str, out: str, models: tuple[str, ...], variants: str | None,
+               keep_variants: str | None, label_map: str | None, by_position: bool, as_json: bool, quiet: bool,
+               **options) -> None:
+    """One model, every deployment of it, in one matrix: REF, its --variants and the other --model
+    files are each attacked on INPUTS (in REF's input format, mapped into each model's input), and
+    OUT (HDF5) holds the clean agreement matrix (share of inputs with equal predicted label sets on
+    shared labels; largest score difference) and the transfer matrix (row: adversarial inputs crafted
+    on that model; column: judged by onnxruntime on that model; diagonal: its own success).
+    --resume reuses every finished per-model run."""
+    from onnxattack.adapt import parse_model_arg
+    from onnxattack.crosscheck import format_crosscheck, run_crosscheck
+    from onnxattack.labelmatch import read_label_map
+    from onnxattack.transfer import ReadAs
+    from onnxattack.variants import parse_variants
+
+    config = _config_from(options)
+    read_as = ReadAs(config.scores, config.threshold, config.top_k, read_label_map(label_map), by_position)
+    announce = None if quiet or as_json else (lambda name: click.echo(f"attacking {name} ...", err=True))
+    summary = run_crosscheck(parse_model_arg(reference), inputs, out, config,
+                             [parse_model_arg(model) for model in models], parse_variants(variants), keep_variants,
+                             read_as, on_member=announce)
+    click.echo(json.dumps(summary) if as_json else format_crosscheck(summary))
+
+
+@main.command(epilog=EXIT_CODES)
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--png", type=click.Path(dir_okay=False), help="Write a figure: examples and the norm histogram.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

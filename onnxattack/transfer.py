@@ -64,10 +64,11 @@ def transfer_keys(paths: list[str], existing: dict[str, dict]) -> list[str]:
 
 
 def run_transfer(results_path: str | os.PathLike, model_paths: list[str] | list[ModelArg], device: str = "auto",
-                 chunk: int = 256, read_as: ReadAs | None = None) -> dict[str, dict]:
+                 chunk: int = 256, read_as: ReadAs | None = None, names: list[str] | None = None) -> dict[str, dict]:
     """Re-score the stored adversarial inputs on other models, chunk by chunk, each row mapped into the
     model's input space and judged on the labels it shares with the reference; store transfer/<key>
-    groups and return per-model success and flip rates with the mapping and label matching used."""
+    groups and return per-model success and flip rates with the mapping and label matching used. `names`:
+    the group names (default: from the file names, `transfer_keys`)."""
     read_as = read_as or ReadAs()
     args = [arg if isinstance(arg, ModelArg) else parse_model_arg(str(arg)) for arg in model_paths]
     model_paths = [arg.path for arg in args]
@@ -77,7 +78,7 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str] | list[
         labels = results.labels
         stored_others = results.passthrough_names()
         probe_others = {name: results.passthrough(name, 0, 4) for name in stored_others}
-        keys = transfer_keys(model_paths, results.transfers())
+        keys = names or transfer_keys(model_paths, results.transfers())
     task = Task(attrs.get("task", Task.CLASSIFICATION.value))
     rates: dict[str, dict] = {}
     for arg, key in zip(args, keys, strict=True):
