@@ -164,6 +164,26 @@ def _agreement(clean: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
     return equal, diff
 
 
+def _members(reference: ModelArg, ref_file: ModelFile, x: np.ndarray, box: tuple[float, float],
+             config: AttackConfig, parts: Path, keep_variants: str | Path | None, variants: list[str],
+             models: list[ModelArg], read_as: ReadAs, task: Task, top_k: int
+             ) -> tuple[list[Member], list[tuple[np.ndarray, np.ndarray]]]:
+    """Every member (variants made), with its clean scores and predictions in the reference's labels."""
+    folder = Path(keep_variants) if keep_variants else parts
+    reference = ModelArg(reference.path, reference.layout, box)
+    labels = load(ref_file, LoadSettings(convert=False, box=box, labels_file=config.labels_file,
+                                         scores=read_as.scores, threshold=read_as.threshold),
+                  probe=x[:4]).labels
+    taken: set[str] = set()
+    entries = [(_unique(ref_file.info.path.stem, taken), reference, "reference")]
+    for name in variants:
+        path = _variant_file(name, ref_file, folder, x, config, keep_variants is not None)
+        entries.append((_unique(name, taken), ModelArg(str(path), reference.layout, box), "variant"))
+    entries += [(_unique(Path(arg.path).stem, taken), arg, "model") for arg in models]
+    built = [_member(name, arg, role, reference, x, box, labels, read_as, task) for name, arg, role in entries]
+    return [member for member, _ in built], [_clean(member, loaded, x, task, top_k) for member, loaded in built]
+
+
 def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, config: AttackConfig,
                    models: list[ModelArg] | None = None, variants: list[str] | None = None,
                    keep_variants: str | Path | None = None, read_as: ReadAs | None = None,
@@ -183,21 +203,15 @@ def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, con
     count = source.count if config.limit is None else min(source.count, config.limit)
     x = np.asarray(next(source.batches(0, count, count))[1])
     check_rows(x, box, Path(inputs).name)
+    fresh = not (out.with_name(out.name + ".parts")).exists()
     parts = _prepare_parts(out, config)
-    folder = Path(keep_variants) if keep_variants else parts
-    reference = ModelArg(reference.path, reference.layout, box)
-    labels = load(ref_file, LoadSettings(convert=False, box=box, labels_file=config.labels_file,
-                                         scores=read_as.scores, threshold=read_as.threshold),
-                  probe=x[:4]).labels
-    taken: set[str] = set()
-    entries = [(_unique(ref_file.info.path.stem, taken), reference, "reference")]
-    for name in variants or []:
-        path = _variant_file(name, ref_file, folder, x, config, keep_variants is not None)
-        entries.append((_unique(name, taken), ModelArg(str(path), reference.layout, box), "variant"))
-    entries += [(_unique(Path(arg.path).stem, taken), arg, "model") for arg in models or []]
-    built = [_member(name, arg, role, reference, x, box, labels, read_as, task) for name, arg, role in entries]
-    members = [member for member, _ in built]
-    clean = [_clean(member, loaded, x, task, top_k) for member, loaded in built]
+    try:  # the members are built before any run: a refusal here leaves no parts folder behind
+        members, clean = _members(reference, ref_file, x, box, config, parts, keep_variants, variants or [],
+                                  models or [], read_as, task, top_k)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
     runs = [_attack(member, x, parts, config, on_member) for member in members]
     success = np.full((len(members), len(members)), np.nan)
     for i, (source_member, (part, _)) in enumerate(zip(members, runs, strict=True)):
@@ -215,6 +229,7 @@ def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, con
             success[i, j] = rates[judge.name]["success_rate"]
     equal, diff = _agreement(clean)
     names = [member.name for member in members]
+    labels = [name for name, _ in members[0].match.pairs]  # the reference matched to itself: all its labels
     writer = CheckWriter(out, x, {"models": json.dumps(names), "reference": names[0], "labels": json.dumps(labels),
                                   "method": config.method, "target": config.target, "seed": config.seed,
                                   "n_inputs": len(x)})

@@ -3,6 +3,7 @@ network, and the crosscheck matrices, every number recomputed here from the stor
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,12 +14,13 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from onnxattack.adapt import Side, parse_model_arg, plan_adapter
 from onnxattack.cli.main import main
-from onnxattack.errors import BadInputError
-from onnxattack.labelmatch import match_labels
 from sklearn.datasets import load_digits
 from torch import nn
+
+from onnxattack.adapt import Side, parse_model_arg, plan_adapter
+from onnxattack.errors import BadInputError
+from onnxattack.labelmatch import match_labels
 
 from . import exporters as ex
 
@@ -148,7 +150,8 @@ def digits(tmp_path_factory):
     optimiser = torch.optim.Adam(net.parameters(), lr=0.02)
     for _ in range(60):
         optimiser.zero_grad()
-        loss = nn.functional.binary_cross_entropy_with_logits(net(torch.from_numpy(x[:1500])), torch.from_numpy(y[:1500]))
+        logits = net(torch.from_numpy(x[:1500]))
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(y[:1500]))
         loss.backward()
         optimiser.step()
     reference = with_labels(ex.export_torch(net, torch.zeros(1, 1, 8, 8), folder / "nchw.onnx", dynamo=False,
@@ -198,3 +201,77 @@ def test_validate_refuses_an_unmatched_model_with_one_line(digits, tmp_path):
     assert result.exit_code == 2 and "--label-map" in result.output and len(result.output.splitlines()) == 1
     result = CliRunner().invoke(main, ["validate", str(out), "--model", f"{other}:layout=nchw"])
     assert result.exit_code == 2 and "[1, 8, 8]" in result.output and "[8, 8, 1]" in result.output
+
+
+# --- crosscheck ------------------------------------------------------------------------------------
+def as_input(name: str, x: np.ndarray) -> np.ndarray:
+    """Rows in the reference's format (NCHW, [0, 1]) -> the named model's own (written out here, not
+    through adapt.py)."""
+    return (x.transpose(0, 2, 3, 1).astype(np.float64) * 255).astype(np.float32) if name == "nhwc255" else x
+
+
+def as_reference(name: str, x: np.ndarray) -> np.ndarray:
+    return (x.transpose(0, 3, 1, 2) / 255.0).astype(np.float32) if name == "nhwc255" else x
+
+
+def test_crosscheck_matrices_are_recomputed_from_the_stored_rows(digits, tmp_path):
+    reference, other, folder = digits
+    out, kept = tmp_path / "check.h5", tmp_path / "variants"
+    result = invoke("crosscheck", reference, folder / "x.npy", "-o", out, "--variants", "int8", "--keep-variants", kept,
+                    "--model", f"{other}:range=0:255", "--label-map", folder / "map.json", "--method", "ml-deepfool",
+                    "--max-iter", "20", "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    names = ["nchw", "int8", "nhwc255"]
+    assert summary["models"] == names and not (tmp_path / "check.h5.parts").exists()
+    files = {"nchw": reference, "int8": kept / "nchw.int8.onnx", "nhwc255": other}
+    labels = {"nchw": DIGITS, "int8": DIGITS, "nhwc255": NAMED}
+    order = {name: [labels[name].index(label if name != "nhwc255" else f"digit_{label}") for label in DIGITS]
+             for name in names}  # each model's column of reference label 0..9
+    with h5py.File(out, "r") as handle:
+        x = handle["x"][:]
+        equal, diff = handle["agreement/equal"][:], handle["agreement/max_score_diff"][:]
+        transfer = handle["transfer/success"][:]
+        runs = {name: {key: handle[f"models/{name}/run/{key}"][:] for key in ("x_adv", "y_target", "attacked",
+                                                                                "success")} for name in names}
+        stored_scores = {name: handle[f"models/{name}/scores"][:] for name in names}
+    assert np.allclose(summary["transfer"], transfer, atol=1e-6, equal_nan=True)
+    clean = {name: ort_scores(files[name], as_input(name, x))[:, order[name]] for name in names}
+    for i, a in enumerate(names):
+        assert np.allclose(stored_scores[a], clean[a], atol=1e-6)
+        for j, b in enumerate(names):
+            assert equal[i, j] == pytest.approx(np.all((clean[a] > 0) == (clean[b] > 0), axis=1).mean())
+            assert diff[i, j] == pytest.approx(np.abs(clean[a].astype(np.float64) - clean[b]).max(), abs=1e-6)
+    assert diff[0, 2] < 1e-4 and diff[0, 1] > 0  # the same network exactly; int8 rounds
+    for i, a in enumerate(names):
+        run = runs[a]
+        attacked = run["attacked"].astype(bool)
+        assert attacked.sum() >= 5
+        for j, b in enumerate(names):
+            rows = as_input(b, as_reference(a, run["x_adv"]))
+            predicted = ort_scores(files[b], rows)[:, order[b]] > 0
+            target = run["y_target"][:, np.argsort(order[a])] if a == "nhwc255" else run["y_target"]
+            reached = (predicted == target.astype(bool)).all(axis=1) & attacked
+            if i == j:
+                assert np.array_equal(reached, run["success"] & attacked)
+            assert transfer[i, j] == pytest.approx(reached.sum() / attacked.sum()), (a, b)
+    assert transfer[0, 2] == transfer[0, 0] and transfer[2, 0] == transfer[2, 2]  # same network
+
+
+def test_crosscheck_refusals_are_one_line(digits, tmp_path):
+    reference, other, folder = digits
+    base = ["crosscheck", str(reference), str(folder / "x.npy"), "-o", str(tmp_path / "c.h5"), "--method",
+            "ml-deepfool", "--max-iter", "3", "--limit", "2", "--quiet"]
+    for extra, code, words in [(["--variants", "int9"], 2, "unknown variant"),
+                               (["--model", f"{other}:layout=nchw"], 2, "[8, 8, 1]"),
+                               (["--model", str(other)], 2, "--label-map")]:
+        result = CliRunner().invoke(main, base + extra)
+        assert result.exit_code == code and words in result.output and len(result.output.splitlines()) == 1, \
+            result.output
+    (tmp_path / "c.h5.parts").mkdir()
+    result = CliRunner().invoke(main, base)
+    assert result.exit_code == 2 and "--resume" in result.output
+    if importlib.util.find_spec("onnxconverter_common") is None:
+        result = CliRunner().invoke(main, base + ["--variants", "fp16", "--overwrite"])
+        assert result.exit_code == 3 and "onnxconverter-common" in result.output
+        assert len(result.output.splitlines()) == 1
