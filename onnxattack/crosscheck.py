@@ -10,7 +10,8 @@ and is matched to the reference's labels (labelmatch.py). Two matrices come out:
   judged in onnxruntime on member j (`run_transfer`: success on the shared labels); the diagonal is each
   member's own success. A member that cannot be attacked keeps an empty (NaN) row, with the reason.
 Part files live in OUT.parts/ until OUT is whole; a complete part (same model, method, target, seed) is
-reused by --resume, so an interrupted check redoes at most one member's run.
+reused by --resume (its settings are noted beside it as <name>.identity.json), so an interrupted check
+redoes at most one member's run.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -113,35 +114,42 @@ def _clean(member: Member, loaded: LoadedModel, x: np.ndarray, task: Task, top_k
             member.match.in_reference_space(criterion.predict(shared).astype(np.int8), -1))
 
 
-def _reusable(part: Path, member: Member, config: AttackConfig) -> bool:
-    """A complete part of this member's model with the same method, target and seed."""
-    if not part.exists():
+def _identity(member: Member, config: AttackConfig, rows: int) -> str:
+    """What a finished part must have been run with to be reused: the model, the rows and every setting."""
+    settings = {key: value for key, value in asdict(config).items() if key not in ("resume", "overwrite")}
+    return json.dumps({"sha256": member.sha256, "rows": rows, **settings}, sort_keys=True, default=str)
+
+
+def _reusable(part: Path, identity: str) -> bool:
+    """A complete part whose identity note (written beside it once it was complete) matches."""
+    note = part.with_suffix(".identity.json")
+    if not (part.exists() and note.exists()) or note.read_text(encoding="utf-8") != identity:
         return False
     with ResultFile.open(part) as run:
-        attrs = run.attrs
-    return bool(attrs.get("complete")) and attrs.get("model_sha256") == member.sha256 and all(
-        attrs.get(key) == value for key, value in (("method", config.method), ("target", config.target),
-                                                   ("seed", config.seed)))
+        return bool(run.attrs.get("complete"))
 
 
 def _attack(member: Member, x: np.ndarray, parts: Path, config: AttackConfig,
             on_member: Callable[[str], None] | None) -> tuple[Path | None, str]:
     """The member's own run (a part file), or None and why it could not be attacked."""
     part = parts / f"{member.name}.h5"
-    if _reusable(part, member, config):
+    own = replace(config, box=member.arg.range, key=None, limit=None, shard=None, target_file=None,
+                  resume=part.exists() and config.resume, overwrite=not config.resume,
+                  labels_file=config.labels_file if member.role != "model" else None)
+    identity = _identity(member, own, len(x))
+    if _reusable(part, identity):
         return part, ""
     inputs = parts / f"{member.name}.inputs.npy"
     np.save(inputs, member.adapter(x))
     if on_member:
         on_member(member.name)
-    own = replace(config, box=member.arg.range, key=None, limit=None, shard=None, target_file=None,
-                  resume=part.exists() and config.resume, overwrite=not config.resume,
-                  labels_file=config.labels_file if member.role != "model" else None)
     try:
-        return run_attack(member.arg.path, inputs, part, own), ""
+        run_attack(member.arg.path, inputs, part, own)
     except UnsupportedModelError as exc:
         part.unlink(missing_ok=True)
         return None, first_line(exc)
+    part.with_suffix(".identity.json").write_text(identity, encoding="utf-8")
+    return part, ""
 
 
 def _pair_map(source: Member, judge: Member) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -18,9 +19,12 @@ from onnxattack.cli.main import main
 from sklearn.datasets import load_digits
 from torch import nn
 
-from onnxattack.adapt import Side, parse_model_arg, plan_adapter
+from onnxattack.adapt import ModelArg, Side, parse_model_arg, plan_adapter
+from onnxattack.config import AttackConfig
+from onnxattack.crosscheck import run_crosscheck
 from onnxattack.errors import BadInputError
 from onnxattack.labelmatch import match_labels
+from onnxattack.transfer import ReadAs
 
 from . import exporters as ex
 
@@ -275,3 +279,34 @@ def test_crosscheck_refusals_are_one_line(digits, tmp_path):
         result = CliRunner().invoke(main, base + ["--variants", "fp16", "--overwrite"])
         assert result.exit_code == 3 and "onnxconverter-common" in result.output
         assert len(result.output.splitlines()) == 1
+
+
+def test_an_interrupted_crosscheck_resumes_keeping_the_finished_runs(digits, tmp_path):
+    reference, other, folder = digits
+    out = tmp_path / "check.h5"
+    config = AttackConfig(method="ml-deepfool", max_iter=10, limit=6)
+    models = [ModelArg(str(other), None, (0.0, 255.0))]
+    read_as = ReadAs(label_map=json.loads((folder / "map.json").read_text()))
+    started: list[str] = []
+
+    def stop_at_the_second(name: str) -> None:
+        started.append(name)
+        if len(started) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_crosscheck(ModelArg(str(reference)), folder / "x.npy", out, config, models, ["int8"], read_as=read_as,
+                       on_member=stop_at_the_second)
+    assert not out.exists() and (tmp_path / "check.h5.parts" / "nchw.h5").exists()
+    first_run = (tmp_path / "check.h5.parts" / "nchw.h5").read_bytes()
+    refused = CliRunner().invoke(main, ["crosscheck", str(reference), str(folder / "x.npy"), "-o", str(out),
+                                        "--method", "ml-deepfool", "--quiet"])
+    assert refused.exit_code == 2 and "--resume" in refused.output
+    started.clear()
+    summary = run_crosscheck(ModelArg(str(reference)), folder / "x.npy", out, replace(config, resume=True), models,
+                             ["int8"], read_as=read_as, on_member=started.append)
+    assert started == ["int8", "nhwc255"]  # the reference's finished run was kept, not redone
+    with h5py.File(out, "r") as handle:
+        assert handle.attrs["complete"] and handle["models/nchw/run"].attrs["complete"]
+        assert handle["transfer/success"].shape == (3, 3)
+    assert summary["transfer"][0][2] == summary["transfer"][0][0] and len(first_run) > 0
