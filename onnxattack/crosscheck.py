@@ -269,10 +269,10 @@ def _listed(matrix: np.ndarray) -> list[list[float | None]]:
 
 def _table(title: str, names: list[str], matrix: list[list[float | None]], percent: bool) -> list[str]:
     width = max(8, *(len(name) for name in names))
-    lines = [title, " " * width + " " + " ".join(f"{name[:10]:>10}" for name in names)]
+    lines = [title, " " * width + " " + " ".join(f"{name:>{width}}" for name in names)]
     for name, row in zip(names, matrix, strict=True):
         cells = ["-" if v is None else (f"{v:.1%}" if percent else f"{v:.3g}") for v in row]
-        lines.append(f"{name:<{width}} " + " ".join(f"{cell:>10}" for cell in cells))
+        lines.append(f"{name:<{width}} " + " ".join(f"{cell:>{width}}" for cell in cells))
     return lines
 
 
