@@ -124,14 +124,16 @@ class DigitsCNN(nn.Module):
 
 
 class NHWC255(nn.Module):
-    """The same weights behind another input convention: NHWC pixels in [0, 255]."""
+    """The same weights behind another input convention: NHWC pixels in [0, 255] (and, with `columns`,
+    only some labels, in another order)."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, columns: list[int] | None = None) -> None:
         super().__init__()
         self.net = net
+        self.columns = columns or list(range(10))
 
     def forward(self, x):
-        return self.net(x.permute(0, 3, 1, 2) / 255.0)
+        return self.net(x.permute(0, 3, 1, 2) / 255.0)[:, self.columns]
 
 
 def with_labels(path: Path, labels: list[str]) -> Path:
@@ -162,6 +164,9 @@ def digits(tmp_path_factory):
                                             opset=17), DIGITS)
     other = with_labels(ex.export_torch(NHWC255(net), torch.zeros(1, 8, 8, 1), folder / "nhwc255.onnx",
                                         dynamo=False, opset=17), NAMED)
+    nine = list(range(9, 0, -1))  # digit_9 .. digit_1: no label 0, the others reversed
+    with_labels(ex.export_torch(NHWC255(net, nine), torch.zeros(1, 8, 8, 1), folder / "nine.onnx", dynamo=False,
+                                opset=17), [NAMED[i] for i in nine])
     np.save(folder / "x.npy", x[1500:1510])
     (folder / "map.json").write_text(json.dumps(dict(zip(DIGITS, NAMED, strict=True))))
     return reference, other, folder
@@ -194,6 +199,27 @@ def test_validate_maps_nchw_0_1_onto_nhwc_0_255_and_matches_labels_by_the_map(di
     assert attacked_rows.sum() >= 5 and own.sum() >= 3
     assert np.array_equal(reached, stored) and np.array_equal(stored, own)  # same network: same verdicts
     assert np.array_equal(y_adv, (scores[:, order] > 0).astype(np.int8))
+
+
+def test_labels_on_one_side_only_are_reported_and_left_out_of_the_verdict(digits, tmp_path):
+    reference, _, folder = digits
+    nine = folder / "nine.onnx"
+    out = tmp_path / "r.h5"
+    assert invoke("attack", reference, folder / "x.npy", "-o", out, "--method", "ml-deepfool", "--max-iter", "20",
+                  "--quiet").exit_code == 0
+    result = invoke("validate", out, "--model", f"{nine}:range=0:255", "--label-map", folder / "map.json")
+    assert result.exit_code == 0, result.output
+    assert "9 labels matched by label map; only in the reference (left out): 0" in result.output
+    with h5py.File(out, "r") as handle:
+        x_adv, target, attacked = handle["x_adv"][:], handle["y_target"][:].astype(bool), handle["attacked"][:]
+        stored, y_adv = handle["transfer/nine/success"][:], handle["transfer/nine/y_adv"][:]
+    scores = ort_scores(nine, (x_adv.transpose(0, 2, 3, 1).astype(np.float64) * 255).astype(np.float32))
+    shared = scores[:, ::-1] > 0  # columns digit_1 .. digit_9 = reference labels 1 .. 9
+    assert np.array_equal(stored, (shared == target[:, 1:]).all(axis=1) & attacked)
+    assert (y_adv[:, 0] == -1).all() and np.array_equal(y_adv[:, 1:], shared.astype(np.int8))
+    positional = CliRunner().invoke(main, ["validate", str(out), "--model", f"{nine}:range=0:255",
+                                           "--match-labels-by-position"])
+    assert positional.exit_code == 2 and "9" in positional.output and "10" in positional.output
 
 
 def test_validate_refuses_an_unmatched_model_with_one_line(digits, tmp_path):
