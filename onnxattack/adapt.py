@@ -141,7 +141,7 @@ class Adapter:
                            "layouts": list(self.layouts), "description": self.describe()})
 
 
-def _fits(shape: tuple[int, ...], declared: tuple[int | str | None, ...]) -> bool:
+def fits(shape: tuple[int, ...], declared: tuple[int | str | None, ...]) -> bool:
     """A concrete shape against a declared one (symbolic dims match any size)."""
     return len(shape) == len(declared) and all(not isinstance(want, int) or want <= 0 or want == have
                                                for have, want in zip(shape, declared, strict=True))
@@ -149,7 +149,7 @@ def _fits(shape: tuple[int, ...], declared: tuple[int | str | None, ...]) -> boo
 
 def _reshaped(shape: tuple[int, ...], declared: tuple[int | str | None, ...]) -> tuple[int, ...] | None:
     """`shape` with size-1 dims added or dropped so that it fits `declared` (None: it cannot)."""
-    if _fits(shape, declared):
+    if fits(shape, declared):
         return shape
     kept = [dim for dim in shape if dim != 1]
     wanted = [dim for dim in declared if dim != 1]
@@ -159,7 +159,7 @@ def _reshaped(shape: tuple[int, ...], declared: tuple[int | str | None, ...]) ->
     result = []
     for dim in declared:
         result.append(1 if dim == 1 else out.pop(0))
-    return tuple(result) if _fits(tuple(result), declared) else None
+    return tuple(result) if fits(tuple(result), declared) else None
 
 
 def _moves(rank: int) -> dict[str, tuple[int, ...] | None]:
@@ -202,14 +202,14 @@ def plan_adapter(source: Side, target: Side, source_name: str = "the reference",
     shape = tuple(int(dim) for dim in source.shape)  # type: ignore[arg-type]
     declared = target.shape
     both = f"{source_name} takes {list(shape)}, {target_name} takes {list(declared)}"
-    equal = _fits(shape, declared)
+    equal = fits(shape, declared)
     stated = _stated_move(source.layout, target.layout, equal)
     found: dict[bytes, tuple[str, tuple[int, ...] | None, tuple[int, ...]]] = {}
     for name, axes in _moves(len(shape)).items():
         if stated is not None and name != stated:
             continue
         moved = shape if axes is None else tuple(shape[axis] for axis in axes)
-        out = _reshaped(moved, declared) if axes is None else (moved if _fits(moved, declared) else None)
+        out = _reshaped(moved, declared) if axes is None else (moved if fits(moved, declared) else None)
         if out is not None:
             found.setdefault(_arrangement(shape, axes, out), (name, axes, out))
     if not found:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .adapt import Adapter, ModelArg, Side, parse_model_arg, plan_adapter
+from .adapt import Adapter, ModelArg, Side, fits, parse_model_arg, plan_adapter
 from .errors import BadInputError
 from .labelmatch import LabelMatch, match_labels
 from .loader import LoadSettings, load
@@ -101,7 +101,10 @@ def input_adapter(model_file: ModelFile, arg: ModelArg, attacked: str | None, sa
     target_box = arg.range or (None if same_model else declared_range(info)) or box
     source_box = reference.range if reference is not None and reference.range else box
     source = Side(sample_shape, source_box, np.dtype(dtype), reference.layout if reference else None)
-    target = Side(tuple(chosen.shape[1:]), target_box, np.dtype(chosen.dtype), arg.layout)
+    declared = tuple(chosen.shape)
+    # a model without a batch dim takes whole rows: its declared shape is the sample's, not [batch, ...]
+    per_sample = fits(sample_shape, declared)
+    target = Side(declared if per_sample else declared[1:], target_box, np.dtype(chosen.dtype), arg.layout)
     return plan_adapter(source, target, "the reference", Path(arg.path).name)
 
 

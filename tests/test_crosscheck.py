@@ -336,3 +336,22 @@ def test_an_interrupted_crosscheck_resumes_keeping_the_finished_runs(digits, tmp
         assert handle.attrs["complete"] and handle["models/nchw/run"].attrs["complete"]
         assert handle["transfer/success"].shape == (3, 3)
     assert summary["transfer"][0][2] == summary["transfer"][0][0] and len(first_run) > 0
+
+
+def test_validate_keeps_taking_a_model_without_a_batch_dim_as_it_is(tmp_path):
+    from .test_real_exports import SequenceNoteTagger
+
+    torch.manual_seed(0)
+    path = tmp_path / "notes.onnx"
+    torch.onnx.export(SequenceNoteTagger().eval(), (torch.rand(16, 6),), str(path), dynamo=False, opset_version=17,
+                      input_names=["spectrogram"], output_names=["notes"],
+                      dynamic_axes={"spectrogram": {0: "time"}, "notes": {0: "frames"}})
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).uniform(0, 1, (2, 16, 6)).astype(np.float32))
+    out = tmp_path / "r.h5"
+    assert invoke("attack", path, tmp_path / "x.npy", "-o", out, "--target", "random", "--max-iter", "10",
+                  "--binary-steps", "1", "--quiet").exit_code == 0
+    result = invoke("validate", out, "--model", path, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["notes"]["input_mapping"].startswith("identity")
+    with h5py.File(out, "r") as handle:
+        assert np.array_equal(handle["transfer/notes/success"][:], handle["success"][:] & handle["attacked"][:])
