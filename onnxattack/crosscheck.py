@@ -209,6 +209,8 @@ def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, con
     box, _ = resolve_box(config.box or reference.range, ref_file.info)
     source = open_inputs(inputs, config.key, config.image_layout, config.image_scale)
     count = source.count if config.limit is None else min(source.count, config.limit)
+    if count == 0:
+        raise BadInputError(f"{Path(inputs).name} holds no inputs")
     x = np.asarray(next(source.batches(0, count, count))[1])
     check_rows(x, box, Path(inputs).name)
     fresh = not (out.with_name(out.name + ".parts")).exists()
@@ -221,21 +223,43 @@ def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, con
             shutil.rmtree(parts, ignore_errors=True)
         raise
     runs = [_attack(member, x, parts, config, on_member) for member in members]
-    success = np.full((len(members), len(members)), np.nan)
-    for i, (source_member, (part, _)) in enumerate(zip(members, runs, strict=True)):
-        if part is None:
-            continue
-        with ResultFile.open(part) as run:
-            attacked = run.attacked
-            success[i, i] = float(run.success.sum() / attacked.sum()) if attacked.any() else 0.0
-        for j, judge in enumerate(members):
-            if i == j:
-                continue
-            pair = replace(read_as, label_map=_pair_map(source_member, judge), by_position=False,
-                           reference=source_member.arg)
-            rates = run_transfer(part, [judge.arg], device=config.device, read_as=pair, names=[judge.name])
-            success[i, j] = rates[judge.name]["success_rate"]
+    success = np.stack([_transfer_row(i, members, part, read_as, config.device) for i, (part, _) in enumerate(runs)])
     equal, diff = _agreement(clean)
+    _write(out, x, config, members, clean, runs, (equal, diff, success), keep_variants is not None)
+    shutil.rmtree(parts)
+    return {"path": str(out), "models": [member.name for member in members],
+            "roles": [member.role for member in members], "inputs": len(x), "agreement": _listed(equal),
+            "max_score_diff": _listed(diff), "transfer": _listed(success),
+            "mappings": {member.name: member.adapter.describe() for member in members},
+            "labels": {member.name: member.match.describe() for member in members},
+            "not_attacked": {member.name: reason for member, (part, reason) in zip(members, runs, strict=True)
+                             if part is None}}
+
+
+def _transfer_row(i: int, members: list[Member], part: Path | None, read_as: ReadAs, device: str) -> np.ndarray:
+    """Row i of the transfer matrix: member i's own success, and its adversarial rows judged on every other
+    member (NaN throughout when it was not attacked or no row was)."""
+    row = np.full(len(members), np.nan)
+    if part is None:
+        return row
+    with ResultFile.open(part) as run:
+        attacked = run.attacked
+        if not attacked.any():
+            return row
+        row[i] = float(run.success.sum() / attacked.sum())
+    source = members[i]
+    for j, judge in enumerate(members):
+        if j != i:
+            pair = replace(read_as, label_map=_pair_map(source, judge), by_position=False, reference=source.arg)
+            row[j] = run_transfer(part, [judge.arg], device=device, read_as=pair,
+                                  names=[judge.name])[judge.name]["success_rate"]
+    return row
+
+
+def _write(out: Path, x: np.ndarray, config: AttackConfig, members: list[Member],
+           clean: list[tuple[np.ndarray, np.ndarray]], runs: list[tuple[Path | None, str]],
+           matrices: tuple[np.ndarray, np.ndarray, np.ndarray], kept: bool) -> None:
+    """OUT, through results/check.py: the clean inputs, every member with its run, the matrices."""
     names = [member.name for member in members]
     labels = [name for name, _ in members[0].match.pairs]  # the reference matched to itself: all its labels
     writer = CheckWriter(out, x, {"models": json.dumps(names), "reference": names[0], "labels": json.dumps(labels),
@@ -246,21 +270,13 @@ def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, con
             writer.add_model(member.name, {"path": str(Path(member.arg.path).resolve()), "sha256": member.sha256,
                                            "role": member.role, "input_mapping": member.adapter.to_json(),
                                            "label_match": member.match.to_json(), "attacked": part is not None,
-                                           "reason": reason, "kept": bool(keep_variants) or member.role != "variant"},
+                                           "reason": reason, "kept": kept or member.role != "variant"},
                              scores, y_pred, part)
-        writer.write_matrices(equal, diff, success)
+        writer.write_matrices(*matrices)
         writer.finish()
     except BaseException:
         writer.abandon()
         raise
-    shutil.rmtree(parts)
-    return {"path": str(out), "models": names, "roles": [member.role for member in members],
-            "inputs": len(x), "agreement": _listed(equal), "max_score_diff": _listed(diff),
-            "transfer": _listed(success),
-            "mappings": {member.name: member.adapter.describe() for member in members},
-            "labels": {member.name: member.match.describe() for member in members},
-            "not_attacked": {member.name: reason for member, (part, reason) in zip(members, runs, strict=True)
-                             if part is None}}
 
 
 def _listed(matrix: np.ndarray) -> list[list[float | None]]:
