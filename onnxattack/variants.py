@@ -53,8 +53,8 @@ def _int8_dynamic(source: Path, out: Path, calibration: np.ndarray, input_name: 
 
 def _fp16(source: Path, out: Path, calibration: np.ndarray, input_name: str) -> None:
     if importlib.util.find_spec("onnxconverter_common") is None:
-        raise UnsupportedModelError("variant fp16 needs the package onnxconverter-common (pip install "
-                                    "onnxconverter-common, or the crosscheck extra)")
+        raise UnsupportedModelError("variant fp16 needs the package onnxconverter-common "
+                                    "(pip install onnxconverter-common)")
     import onnx
     from onnxconverter_common import float16
 
