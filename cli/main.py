@@ -420,8 +420,14 @@ def curve(model: str, inputs: str, out: str, eps_list: str, png: str | None, as_
 
 @main.command(epilog=EXIT_CODES)
 @click.argument("results", type=click.Path(dir_okay=False))
-@click.option("--model", "models", multiple=True, required=True, type=click.Path(dir_okay=False),
-              help="Another ONNX model with the same labels (repeatable).")
+@click.option("--model", "models", multiple=True, required=True, metavar="FILE[:layout=nchw|nhwc,range=LO:HI]",
+              help="Another ONNX model (repeatable). Its input layout and range are inferred from its declared "
+                   "shape and input_range metadata, or stated after the path.")
+@click.option("--label-map", "label_map", type=click.Path(dir_okay=False),
+              help="JSON object: the reference's label names -> the other models' (labels with equal names "
+                   "match without it).")
+@click.option("--match-labels-by-position", "by_position", is_flag=True,
+              help="Match labels by index instead of by name (equal counts needed).")
 @click.option("--scores", type=click.Choice(SCORES_CHOICES), default="auto", show_default=True,
               help="How to read the other models' score outputs.")
 @click.option("--threshold", type=float, help="Their decision threshold (default 0 on logits, 0.5 on probabilities).")
@@ -430,24 +436,71 @@ def curve(model: str, inputs: str, out: str, eps_list: str, png: str | None, as_
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handle_errors
-def validate(results: str, models: tuple[str, ...], scores: str, threshold: float | None, top_k: int | None,
-             device: str, as_json: bool) -> None:
+def validate(results: str, models: tuple[str, ...], label_map: str | None, by_position: bool, scores: str,
+             threshold: float | None, top_k: int | None, device: str, as_json: bool) -> None:
     """Re-score the adversarial inputs of RESULTS on other models (transfer, cross-framework);
     store transfer/<model> groups in RESULTS and print per-model success and flip rates.
 
     Over the attacked rows: success = the other model's prediction on x_adv reaches the row's
-    target; flip = its prediction on x_adv differs from its own prediction on x."""
+    target (on the labels it shares with the reference); flip = its prediction on x_adv differs from
+    its own prediction on x. Each row is first mapped into the other model's input space (layout,
+    range, dtype); the mapping and the label matching used are printed and stored."""
+    from onnxattack.adapt import parse_model_arg
+    from onnxattack.labelmatch import read_label_map
     from onnxattack.transfer import ReadAs, run_transfer
 
     if top_k is not None and top_k < 1:
         raise ConfigError("top_k", f"must be an integer of at least 1, got {top_k}")
-    rates = run_transfer(results, list(models), device=device, read_as=ReadAs(scores, threshold, top_k))
+    read_as = ReadAs(scores, threshold, top_k, read_label_map(label_map), by_position)
+    rates = run_transfer(results, [parse_model_arg(model) for model in models], device=device, read_as=read_as)
     if as_json:
         click.echo(json.dumps(rates))
         return
     for name, rate in rates.items():
         click.echo(f"{name}: success {rate['success_rate']:.1%}, flip {rate['flip_rate']:.1%} "
                    f"over {rate['attacked']} attacked inputs")
+        click.echo(f"    input: {rate['input_mapping']}")
+        click.echo(f"    labels: {rate['label_match']}")
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("reference", metavar="REF.onnx[:layout=..,range=..]")
+@click.argument("inputs", type=click.Path())
+@click.option("--model", "models", multiple=True, metavar="FILE[:layout=nchw|nhwc,range=LO:HI]",
+              help="Another deployment of the model (repeatable); its input layout and range are inferred, or "
+                   "stated after the path.")
+@click.option("--variants", metavar="V1,V2,...", help="Variants of REF to make and check: int8 (static QDQ, "
+              "calibrated on INPUTS), int8-dynamic, fp16 (needs onnxconverter-common), ort-basic, ort-all.")
+@click.option("--keep-variants", "keep_variants", type=click.Path(file_okay=False),
+              help="Folder to keep the variant files in (default: made for the check, then removed).")
+@click.option("--label-map", "label_map", type=click.Path(dir_okay=False),
+              help="JSON object: REF's label names -> the other models' (equal names match without it).")
+@click.option("--match-labels-by-position", "by_position", is_flag=True,
+              help="Match labels by index instead of by name (equal counts needed).")
+@attack_options
+@handle_errors
+def crosscheck(reference: str, inputs: str, out: str, models: tuple[str, ...], variants: str | None,
+               keep_variants: str | None, label_map: str | None, by_position: bool, as_json: bool, quiet: bool,
+               **options) -> None:
+    """One model, every deployment of it, in one matrix: REF, its --variants and the other --model
+    files are each attacked on INPUTS (in REF's input format, mapped into each model's input), and
+    OUT (HDF5) holds the clean agreement matrix (share of inputs with equal predicted label sets on
+    shared labels; largest score difference) and the transfer matrix (row: adversarial inputs crafted
+    on that model; column: judged by onnxruntime on that model; diagonal: its own success).
+    --resume reuses every finished per-model run."""
+    from onnxattack.adapt import parse_model_arg
+    from onnxattack.crosscheck import format_crosscheck, run_crosscheck
+    from onnxattack.labelmatch import read_label_map
+    from onnxattack.transfer import ReadAs
+    from onnxattack.variants import parse_variants
+
+    config = _config_from(options)
+    read_as = ReadAs(config.scores, config.threshold, config.top_k, read_label_map(label_map), by_position)
+    announce = None if quiet or as_json else (lambda name: click.echo(f"attacking {name} ...", err=True))
+    summary = run_crosscheck(parse_model_arg(reference), inputs, out, config,
+                             [parse_model_arg(model) for model in models], parse_variants(variants), keep_variants,
+                             read_as, on_member=announce)
+    click.echo(json.dumps(summary) if as_json else format_crosscheck(summary))
 
 
 @main.command(epilog=EXIT_CODES)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .labelmatch import LabelMatch
 from .loader import LoadedModel
 from .runtime import to_input_dtype
 from .scores import Criterion
@@ -43,8 +44,20 @@ class TransferResult:
 
 
 def transfer(model: LoadedModel, criterion: Criterion, x: np.ndarray, x_adv: np.ndarray,
-             target: np.ndarray) -> TransferResult:
-    clean = ort_verdict(model, criterion, x, target)
-    adversarial = ort_verdict(model, criterion, x_adv, target)
-    flipped = np.any(clean.predicted != adversarial.predicted, axis=1)
-    return TransferResult(model.name, adversarial.scores, adversarial.predicted, adversarial.reached, flipped)
+             target: np.ndarray, match: LabelMatch | None = None) -> TransferResult:
+    """The other model's verdict on x_adv (already in its input space). With `match`, the target (in the
+    reference's labels) is judged on the shared labels only; scores_adv and y_adv come back in the
+    reference's label order, NaN / -1 where the other model lacks a label."""
+    if match is None or match.identity:
+        clean = ort_verdict(model, criterion, x, target)
+        adversarial = ort_verdict(model, criterion, x_adv, target)
+        flipped = np.any(clean.predicted != adversarial.predicted, axis=1)
+        return TransferResult(model.name, adversarial.scores, adversarial.predicted, adversarial.reached, flipped)
+    shared_target = match.reference_columns(target)
+    clean_scores = match.other_columns(model.ort_scores(x))
+    scores = match.other_columns(model.ort_scores(x_adv))
+    predicted = criterion.predict(scores)
+    flipped = np.any(criterion.predict(clean_scores) != predicted, axis=1)
+    return TransferResult(model.name, match.in_reference_space(scores, np.nan).astype(np.float32),
+                          match.in_reference_space(predicted.astype(np.int8), -1),
+                          criterion.reached(scores, shared_target), flipped)

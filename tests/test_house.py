@@ -40,7 +40,7 @@ def yeast(zoo_model, zoo_inputs, tmp_path_factory):
 
 
 def test_only_the_results_package_opens_result_files():
-    for module in ("report", "dataset", "merge", "curve", "transfer", "pipeline", "batch"):
+    for module in ("report", "dataset", "merge", "curve", "transfer", "pipeline", "batch", "crosscheck"):
         source = (ROOT / "onnxattack" / f"{module}.py").read_text()
         assert "h5py.File(" not in source and "import h5py" not in source, module
     assert "h5py.File(" not in (ROOT / "cli" / "main.py").read_text()

@@ -60,6 +60,9 @@ TRANSFER_COLUMNS: tuple[Column, ...] = (
     Column("success", "row", "bool", "the other model's prediction of x_adv reaches the target"),
 )
 EPS_GROUP = "eps"  # a curve file: eps/<value>, one run's layout each
+CHECK_KIND = "crosscheck"  # a crosscheck file's root attribute kind (results/check.py has its layout)
+MODELS_GROUP = "models"  # a crosscheck file: models/<name>, one model or variant each
+AGREEMENT_GROUP = "agreement"  # a crosscheck file: the clean agreement matrices
 
 # Attributes that must match for --resume to continue a file.
 RUN_IDENTITY = ("model_sha256", "method", "target", "params", "seed", "scores_kind", "threshold",

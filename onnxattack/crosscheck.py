@@ -1,0 +1,307 @@
+"""Crosscheck: one model, every deployment of it, in one matrix (`onnxattack crosscheck`).
+
+The members are the reference, its variants (variants.py: int8, int8-dynamic, fp16, ort-basic, ort-all)
+and other models the user names; each takes the reference's rows through its input mapping (adapt.py)
+and is matched to the reference's labels (labelmatch.py). Two matrices come out:
+- agreement (clean): for every pair, the share of inputs whose predicted label sets are equal on the
+  labels both share, and the largest score difference on them (raw scores: compare members that
+  read the same kind of scores);
+- transfer: the adversarial inputs of an ordinary `run_attack` run on member i (a part file each),
+  judged in onnxruntime on member j (`run_transfer`: success on the shared labels); the diagonal is each
+  member's own success. A member that cannot be attacked keeps an empty (NaN) row, with the reason.
+Part files live in OUT.parts/ until OUT is whole; a complete part (same model, method, target, seed) is
+reused by --resume (its settings are noted beside it as <name>.identity.json), so an interrupted check
+redoes at most one member's run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .adapt import Adapter, ModelArg
+from .attacks import METHODS
+from .config import AttackConfig
+from .errors import BadInputError, UnsupportedModelError, first_line
+from .inputs import check_rows, open_inputs
+from .labelmatch import LabelMatch
+from .loader import LoadedModel, LoadSettings, load, resolve_box
+from .model import ModelFile, choose_attack_input, open_model, read_labels
+from .pipeline import run_attack
+from .results import CheckWriter, ResultFile, check_output_path
+from .scores import criterion_for
+from .transfer import ReadAs, input_adapter, label_matching, run_transfer
+from .types import Task
+from .variants import make_variant
+
+__all__ = ["Member", "format_crosscheck", "run_crosscheck"]
+CHUNK = 256
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of the check: its name (group), file, role, input mapping and label matching."""
+
+    name: str
+    arg: ModelArg  # path, and its input's layout and range as resolved
+    role: str  # reference | variant | model
+    adapter: Adapter  # the reference's rows -> this model's input
+    match: LabelMatch  # this model's labels -> the reference's
+    sha256: str
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, count = name, 2
+    while candidate in taken or candidate in ("agreement", "transfer"):
+        candidate, count = f"{name}-{count}", count + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _prepare_parts(out: Path, config: AttackConfig) -> Path:
+    """OUT.parts/: refused when left by an interrupted check unless --resume (continue) or --overwrite."""
+    parts = out.with_name(out.name + ".parts")
+    if parts.exists() and not config.resume:
+        if not config.overwrite:
+            raise BadInputError(f"{parts} holds the runs of an interrupted crosscheck; pass --resume to continue it "
+                                f"or --overwrite to start over")
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    return parts
+
+
+def _variant_file(name: str, reference: ModelFile, folder: Path, x: np.ndarray, config: AttackConfig,
+                  kept: bool) -> Path:
+    path = folder / f"{reference.info.path.stem}.{name}.onnx"
+    if path.exists() and config.resume:
+        return path
+    if path.exists() and kept and not config.overwrite:
+        raise BadInputError(f"{path} exists; pass --overwrite to replace it or --resume to use it")
+    attacked = choose_attack_input(reference.info, config.attack_input)
+    return make_variant(name, Path(reference.info.path), path, x.astype(attacked.dtype), attacked.name)
+
+
+def _member(name: str, arg: ModelArg, role: str, reference: ModelArg, x: np.ndarray, box: tuple[float, float],
+            labels: list[str], read_as: ReadAs, task: Task) -> tuple[Member, LoadedModel]:
+    model_file = open_model(arg.path)
+    if len(model_file.info.inputs) != 1:
+        raise BadInputError(f"{arg.path}: crosscheck takes models with one input (this one has "
+                            f"{len(model_file.info.inputs)})")
+    adapter = input_adapter(model_file, arg, None, tuple(x.shape[1:]), x.dtype, box, reference,
+                            same_model=role != "model")
+    loaded = load(model_file, LoadSettings(convert=False, box=adapter.target, scores=read_as.scores,
+                                           threshold=read_as.threshold), probe=adapter(x[:4]))
+    match = label_matching(labels, loaded.labels, read_labels(model_file.info) is not None or role != "model",
+                           read_as, task, str(arg.path))
+    layout = arg.layout or (adapter.layouts[1] if adapter.axes is not None else reference.layout)
+    resolved = ModelArg(arg.path, layout, adapter.target)
+    return Member(name, resolved, role, adapter, match, model_file.info.sha256), loaded
+
+
+def _clean(member: Member, loaded: LoadedModel, x: np.ndarray, task: Task, top_k: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """onnxruntime's scores and predictions of the clean rows, in the reference's label order."""
+    criterion = criterion_for(task, loaded.reader, top_k)
+    scores = np.concatenate([loaded.ort_scores(member.adapter(x[start:start + CHUNK]))
+                             for start in range(0, len(x), CHUNK)])
+    shared = member.match.other_columns(scores)
+    return (member.match.in_reference_space(shared.astype(np.float32), np.nan),
+            member.match.in_reference_space(criterion.predict(shared).astype(np.int8), -1))
+
+
+def _identity(member: Member, config: AttackConfig, rows: int) -> str:
+    """What a finished part must have been run with to be reused: the model, the rows and every setting."""
+    settings = {key: value for key, value in asdict(config).items() if key not in ("resume", "overwrite")}
+    return json.dumps({"sha256": member.sha256, "rows": rows, **settings}, sort_keys=True, default=str)
+
+
+def _reusable(part: Path, identity: str) -> bool:
+    """A complete part whose identity note (written beside it once it was complete) matches."""
+    note = part.with_suffix(".identity.json")
+    if not (part.exists() and note.exists()) or note.read_text(encoding="utf-8") != identity:
+        return False
+    with ResultFile.open(part) as run:
+        return bool(run.attrs.get("complete"))
+
+
+def _attack(member: Member, x: np.ndarray, parts: Path, config: AttackConfig,
+            on_member: Callable[[str], None] | None) -> tuple[Path | None, str]:
+    """The member's own run (a part file), or None and why it could not be attacked."""
+    part = parts / f"{member.name}.h5"
+    own = replace(config, box=member.arg.range, key=None, limit=None, shard=None, target_file=None,
+                  resume=part.exists() and config.resume, overwrite=not config.resume,
+                  labels_file=config.labels_file if member.role != "model" else None)
+    identity = _identity(member, own, len(x))
+    if _reusable(part, identity):
+        return part, ""
+    inputs = parts / f"{member.name}.inputs.npy"
+    np.save(inputs, member.adapter(x))
+    if on_member:
+        on_member(member.name)
+    try:
+        run_attack(member.arg.path, inputs, part, own)
+    except UnsupportedModelError as exc:
+        part.unlink(missing_ok=True)
+        return None, first_line(exc)
+    part.with_suffix(".identity.json").write_text(identity, encoding="utf-8")
+    return part, ""
+
+
+def _pair_map(source: Member, judge: Member) -> dict[str, str]:
+    """Label names of `source` -> those of `judge`, through the reference's labels both match."""
+    source_names = dict(source.match.pairs)
+    judge_names = dict(judge.match.pairs)
+    return {source_names[name]: judge_names[name] for name in source_names if name in judge_names}
+
+
+def _agreement(clean: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    size = len(clean)
+    equal, diff = np.full((size, size), np.nan), np.full((size, size), np.nan)
+    for i, (scores_i, pred_i) in enumerate(clean):
+        for j, (scores_j, pred_j) in enumerate(clean):
+            shared = (pred_i[0] >= 0) & (pred_j[0] >= 0)
+            if not shared.any():
+                continue
+            equal[i, j] = float(np.all(pred_i[:, shared] == pred_j[:, shared], axis=1).mean())
+            diff[i, j] = float(np.abs(scores_i[:, shared].astype(np.float64) - scores_j[:, shared]).max())
+    return equal, diff
+
+
+def _members(reference: ModelArg, ref_file: ModelFile, x: np.ndarray, box: tuple[float, float],
+             config: AttackConfig, parts: Path, keep_variants: str | Path | None, variants: list[str],
+             models: list[ModelArg], read_as: ReadAs, task: Task, top_k: int
+             ) -> tuple[list[Member], list[tuple[np.ndarray, np.ndarray]]]:
+    """Every member (variants made), with its clean scores and predictions in the reference's labels."""
+    folder = Path(keep_variants) if keep_variants else parts
+    reference = ModelArg(reference.path, reference.layout, box)
+    labels = load(ref_file, LoadSettings(convert=False, box=box, labels_file=config.labels_file,
+                                         scores=read_as.scores, threshold=read_as.threshold),
+                  probe=x[:4]).labels
+    taken: set[str] = set()
+    entries = [(_unique(ref_file.info.path.stem, taken), reference, "reference")]
+    for name in variants:
+        path = _variant_file(name, ref_file, folder, x, config, keep_variants is not None)
+        entries.append((_unique(name, taken), ModelArg(str(path), reference.layout, box), "variant"))
+    entries += [(_unique(Path(arg.path).stem, taken), arg, "model") for arg in models]
+    built = [_member(name, arg, role, reference, x, box, labels, read_as, task) for name, arg, role in entries]
+    return [member for member, _ in built], [_clean(member, loaded, x, task, top_k) for member, loaded in built]
+
+
+def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, config: AttackConfig,
+                   models: list[ModelArg] | None = None, variants: list[str] | None = None,
+                   keep_variants: str | Path | None = None, read_as: ReadAs | None = None,
+                   on_member: Callable[[str], None] | None = None) -> dict:
+    """Build every member, attack each, judge every run on every member, write OUT; return the summary."""
+    out = Path(out)
+    check_output_path(out, resume=config.resume, overwrite=config.overwrite)
+    if config.target_file is not None or config.shard is not None:
+        raise BadInputError("crosscheck takes a --target strategy over the whole input set (no --target-file, "
+                            "no --shard)")
+    read_as = read_as or ReadAs(config.scores, config.threshold, config.top_k)
+    task = METHODS[config.method].task
+    top_k = config.top_k or 1
+    ref_file = open_model(reference.path)
+    box, _ = resolve_box(config.box or reference.range, ref_file.info)
+    source = open_inputs(inputs, config.key, config.image_layout, config.image_scale)
+    count = source.count if config.limit is None else min(source.count, config.limit)
+    if count == 0:
+        raise BadInputError(f"{Path(inputs).name} holds no inputs")
+    x = np.asarray(next(source.batches(0, count, count))[1])
+    check_rows(x, box, Path(inputs).name)
+    fresh = not (out.with_name(out.name + ".parts")).exists()
+    parts = _prepare_parts(out, config)
+    try:  # the members are built before any run: a refusal here leaves no parts folder behind
+        members, clean = _members(reference, ref_file, x, box, config, parts, keep_variants, variants or [],
+                                  models or [], read_as, task, top_k)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
+    runs = [_attack(member, x, parts, config, on_member) for member in members]
+    success = np.stack([_transfer_row(i, members, part, read_as, config.device) for i, (part, _) in enumerate(runs)])
+    equal, diff = _agreement(clean)
+    _write(out, x, config, members, clean, runs, (equal, diff, success), keep_variants is not None)
+    shutil.rmtree(parts)
+    return {"path": str(out), "models": [member.name for member in members],
+            "roles": [member.role for member in members], "inputs": len(x), "agreement": _listed(equal),
+            "max_score_diff": _listed(diff), "transfer": _listed(success),
+            "mappings": {member.name: member.adapter.describe() for member in members},
+            "labels": {member.name: member.match.describe() for member in members},
+            "not_attacked": {member.name: reason for member, (part, reason) in zip(members, runs, strict=True)
+                             if part is None}}
+
+
+def _transfer_row(i: int, members: list[Member], part: Path | None, read_as: ReadAs, device: str) -> np.ndarray:
+    """Row i of the transfer matrix: member i's own success, and its adversarial rows judged on every other
+    member (NaN throughout when it was not attacked or no row was)."""
+    row = np.full(len(members), np.nan)
+    if part is None:
+        return row
+    with ResultFile.open(part) as run:
+        attacked = run.attacked
+        if not attacked.any():
+            return row
+        row[i] = float(run.success.sum() / attacked.sum())
+    source = members[i]
+    for j, judge in enumerate(members):
+        if j != i:
+            pair = replace(read_as, label_map=_pair_map(source, judge), by_position=False, reference=source.arg)
+            row[j] = run_transfer(part, [judge.arg], device=device, read_as=pair,
+                                  names=[judge.name])[judge.name]["success_rate"]
+    return row
+
+
+def _write(out: Path, x: np.ndarray, config: AttackConfig, members: list[Member],
+           clean: list[tuple[np.ndarray, np.ndarray]], runs: list[tuple[Path | None, str]],
+           matrices: tuple[np.ndarray, np.ndarray, np.ndarray], kept: bool) -> None:
+    """OUT, through results/check.py: the clean inputs, every member with its run, the matrices."""
+    names = [member.name for member in members]
+    labels = [name for name, _ in members[0].match.pairs]  # the reference matched to itself: all its labels
+    writer = CheckWriter(out, x, {"models": json.dumps(names), "reference": names[0], "labels": json.dumps(labels),
+                                  "method": config.method, "target": config.target, "seed": config.seed,
+                                  "n_inputs": len(x)})
+    try:
+        for member, (scores, y_pred), (part, reason) in zip(members, clean, runs, strict=True):
+            writer.add_model(member.name, {"path": str(Path(member.arg.path).resolve()), "sha256": member.sha256,
+                                           "role": member.role, "input_mapping": member.adapter.to_json(),
+                                           "label_match": member.match.to_json(), "attacked": part is not None,
+                                           "reason": reason, "kept": kept or member.role != "variant"},
+                             scores, y_pred, part)
+        writer.write_matrices(*matrices)
+        writer.finish()
+    except BaseException:
+        writer.abandon()
+        raise
+
+
+def _listed(matrix: np.ndarray) -> list[list[float | None]]:
+    return [[None if np.isnan(value) else round(float(value), 6) for value in row] for row in matrix]
+
+
+def _table(title: str, names: list[str], matrix: list[list[float | None]], percent: bool) -> list[str]:
+    width = max(8, *(len(name) for name in names))
+    lines = [title, " " * width + " " + " ".join(f"{name:>{width}}" for name in names)]
+    for name, row in zip(names, matrix, strict=True):
+        cells = ["-" if v is None else (f"{v:.1%}" if percent else f"{v:.3g}") for v in row]
+        lines.append(f"{name:<{width}} " + " ".join(f"{cell:>{width}}" for cell in cells))
+    return lines
+
+
+def format_crosscheck(summary: dict) -> str:
+    """The summary as terminal tables: agreement, largest score difference, transfer."""
+    names = summary["models"]
+    lines = [f"crosscheck of {len(names)} models on {summary['inputs']} inputs -> {summary['path']}"]
+    for name in names:
+        lines.append(f"  {name}: input {summary['mappings'][name]}; labels: {summary['labels'][name]}")
+    for name, reason in summary["not_attacked"].items():
+        lines.append(f"  {name}: not attacked ({reason})")
+    lines += _table("clean agreement (equal predicted label sets on shared labels)", names, summary["agreement"], True)
+    lines += _table("largest clean score difference", names, summary["max_score_diff"], False)
+    lines += _table("transfer success (row: crafted on, column: judged on; diagonal: own success)", names,
+                    summary["transfer"], True)
+    return "\n".join(lines)
