@@ -107,6 +107,9 @@ def check_output(out: PathLike, inputs: Iterable[PathLike] = (), *, overwrite: b
     except FileNotFoundError:
         info = None
     except OSError as exc:  # a parent that is a file (ENOTDIR), a path too long, ...
+        blocker = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+        if blocker is not None:
+            raise BadInputError(f"cannot write the {what} {path}: {blocker} is a file, not a folder") from None
         raise BadInputError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
     if info is not None:
         if stat.S_ISLNK(info.st_mode) and not allow_link_replace:

@@ -148,12 +148,17 @@ def test_a_madmom_style_frame_model_declared_rank_one_and_squeezed(tmp_path):
         assert reached[handle["attacked"][:]].mean() >= 0.8
 
 
-def test_time_major_scores_are_refused_naming_the_batch_dim(tmp_path):
-    """ddddocr's OCR model: CTC scores [T, N, L] (batch second) declared as [1, 'seqlen']."""
+def test_time_major_scores_declared_wrongly_are_found_batch_second(tmp_path):
+    """ddddocr's OCR model: CTC scores [T, N, L] (batch second) declared as [1, 'seqlen']: the probe shows
+    which dim is the batch, and the scores fold over the frames."""
     nodes = [helper.make_node("Transpose", ["image"], ["time_major"], perm=[1, 0, 2])]
     path = _save(tmp_path, "ctc", nodes, [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 6, 5])],
                  [helper.make_tensor_value_info("time_major", TensorProto.FLOAT, [1, "seqlen"])], [])
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((3, 6, 5)).astype(np.float32))
-    result = invoke("attack", path, tmp_path / "x.npy", "-o", tmp_path / "r.h5", "--quiet")
-    assert result.exit_code == 3, result.output
-    assert "first dim is not the batch" in result.output and "Traceback" not in result.output
+    x = np.random.default_rng(0).random((3, 6, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = invoke("attack", path, tmp_path / "x.npy", "-o", tmp_path / "r.h5", "--quiet", "--json",
+                    "--method", "ml-deepfool", "--threshold", "0.5")
+    assert result.exit_code == 0, result.output
+    assert "time-major: its batch is dim 1" in result.output
+    with h5py.File(tmp_path / "r.h5", "r") as handle:
+        assert np.allclose(handle["scores"][:], x.max(axis=1))  # [T, N, L] -> [N, T, L] -> max over T
