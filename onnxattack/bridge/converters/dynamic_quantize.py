@@ -35,7 +35,6 @@ graph's float type: exact in float32 while |sums| < 2**24, float rounding beyond
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -46,6 +45,7 @@ from torch import nn
 
 from ._common import MS_DOMAIN, register
 from .contrib import Attention, attention_settings
+from .padding import torch_order, window_pads
 from .recurrent import Recurrent, parse_activations
 
 
@@ -115,13 +115,6 @@ class DynamicQuantizeMatMul(nn.Module, OnnxToTorchModule):
         return y if bias is None else y + bias.to(a.dtype)
 
 
-def same_pads(size: int, kernel: int, stride: int, dilation: int, upper: bool) -> tuple[int, int]:
-    """(begin, end) padding of one spatial dim for auto_pad SAME_UPPER / SAME_LOWER."""
-    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    small, large = total // 2, total - total // 2
-    return (small, large) if upper else (large, small)
-
-
 class ConvInteger(nn.Module, OnnxToTorchModule):
     def __init__(self, auto_pad: str, pads: list[int] | None, strides: list[int] | None,
                  dilations: list[int] | None, group: int) -> None:
@@ -133,18 +126,12 @@ class ConvInteger(nn.Module, OnnxToTorchModule):
         self.group = group
 
     def _padding(self, x: torch.Tensor, kernel: list[int]) -> list[int]:
-        """torch.nn.functional.pad's list (last dim first) of the ONNX begin/end pads."""
+        """torch.nn.functional.pad's list (last dim first) of the ONNX begin/end pads (padding.py's rules,
+        shared with Conv and the pools)."""
         rank = len(kernel)
-        strides = self.strides or [1] * rank
-        dilations = self.dilations or [1] * rank
-        if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            pairs = [same_pads(x.shape[2 + i], kernel[i], strides[i], dilations[i], self.auto_pad == "SAME_UPPER")
-                     for i in range(rank)]
-        elif self.auto_pad == "VALID" or not self.pads:
-            pairs = [(0, 0)] * rank
-        else:
-            pairs = [(self.pads[i], self.pads[i + rank]) for i in range(rank)]
-        return [value for pair in reversed(pairs) for value in pair]
+        pairs = window_pads(self.auto_pad, self.pads, list(x.shape[2:]), kernel, self.strides or [1] * rank,
+                            self.dilations or [1] * rank)
+        return torch_order(pairs)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, x_zero_point: torch.Tensor | None = None,
                 w_zero_point: torch.Tensor | None = None) -> torch.Tensor:
