@@ -50,6 +50,7 @@ from .runtime import (
 )
 from .scores import ScoreReader
 from .sources import EstimatedSource, GradientSource, TorchGraphSource
+from .tokens import token_source
 from .types import ScoresKind
 from .victim import Victim
 
@@ -74,6 +75,7 @@ class LoadSettings:
     max_queries: int | None = None  # estimated gradients: the per-input query budget
     reduce: str = "max"  # how score outputs [N, ..., L] fold to [N, L]
     attack_input: str | None = None  # the input perturbed (default: the only floating one)
+    tokens: bool = False  # the attacked input holds token ids (a discrete method: tokens.TokenSource)
     seed: int = 0
     convert: bool = True  # False: onnxruntime only (validate's other models)
 
@@ -393,7 +395,7 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
     torch_device = resolve_device(device)
     model_file = model if isinstance(model, ModelFile) else open_model(model)
     proto, info = model_file.proto, model_file.info
-    input_info = choose_attack_input(info, settings.attack_input)
+    input_info = choose_attack_input(info, settings.attack_input, tokens=settings.tokens)
     others = tuple(i for i in info.inputs if i.name != input_info.name)
     passthrough = PassThroughInputs(tuple(i.name for i in others))
     score_output = choose_score_output(info, output)
@@ -438,7 +440,7 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
         num_labels = int(probe_scores.shape[1])
         labels = _label_names(info, settings.labels_file, num_labels)
         torch_dtype = (torch.from_numpy(np.zeros(0, dtype=input_info.dtype)).dtype
-                       if input_info.is_float else torch.float32)
+                       if input_info.is_float else torch.int64 if settings.tokens else torch.float32)
         loaded = LoadedModel(info=info, input=input_info, score_output=score_output, reader=reader,
                              scorer=scorer, num_labels=num_labels, labels=labels, device=torch_device,
                              torch_dtype=torch_dtype, box=(float(box[0]), float(box[1])), notes=notes,
@@ -453,6 +455,13 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
                                                               passthrough)
             _estimated(loaded, kind, settings, why, logits)
 
+        if settings.tokens:  # token ids: the graph cut after its embedding lookup
+            logits = None if head is None else _logits_scorer(proto, input_info, tensor_name, score_output.name,
+                                                              torch_device.type, probe, per_sample, reduce,
+                                                              passthrough)
+            loaded.source = token_source(proto, input_info, others, passthrough, reader, scorer, logits, tensor_name,
+                                         score_output.name, probe, settings.tolerance, torch_device)
+            return loaded
         if gradients == "estimate":
             estimate("asked for with --gradients estimate")
             return loaded

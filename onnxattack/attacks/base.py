@@ -83,7 +83,8 @@ class Attack(ABC):
     `curve`, the pipeline's checks) is derived from the declarations: `task` (which targets and
     criterion), `budgeted` (it works within --eps / --norm), `needs_torch_gradients` (it refuses
     gradients estimated from onnxruntime queries), `learns_from_set` (it learns from the whole input
-    set before any row: no shards), and `options`: a help text per hyperparameter (merged down the
+    set before any row: no shards), `discrete` (it attacks an integer token-id input by substitution, cut
+    at the graph's embedding lookup), and `options`: a help text per hyperparameter (merged down the
     class hierarchy; hyperparameters without one are library-only)."""
 
     name: ClassVar[str]
@@ -92,6 +93,7 @@ class Attack(ABC):
     budgeted: ClassVar[bool] = False
     needs_torch_gradients: ClassVar[bool] = False
     learns_from_set: ClassVar[bool] = False
+    discrete: ClassVar[bool] = False  # it substitutes token ids (the victim is a tokens.TokenVictim)
     options: ClassVar[dict[str, Option]] = {}
 
     def __call__(self, victim: Victim, x: torch.Tensor, target: torch.Tensor, criterion: Criterion) -> AttackResult:
