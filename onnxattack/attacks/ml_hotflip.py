@@ -1,0 +1,208 @@
+"""ML-HotFlip: gradient-guided token substitution for multi-label text models (after HotFlip,
+Ebrahimi et al. 2018), with a beam search judged by onnxruntime.
+
+The loss is the multi-label hinge on the attack tensor z (theta the threshold in attack space,
+y*_l = +1 / -1 for a label that must end above / below it, kappa the criterion's margin):
+
+    L(x) = sum_l max(0, kappa - y*_l (z_l(x) - theta))
+
+Swapping token x_t for v moves the embedding e_t = E[x_t] to E[v]; to first order
+
+    L(x with x_t -> v) - L(x) ~ (E[v] - E[x_t]) . dL/de_t,
+
+so one backward pass through the graph cut after the embedding lookup scores every swap at once.
+Each step takes, for every state of the beam, its `candidates` best-scored swaps at positions not
+changed yet, runs them all in onnxruntime on the real model with the real token ids, and keeps the
+`beam_width` states of lowest real loss; a row stops as soon as a state reaches the criterion, or
+after `max_changes` steps (each step changes one more token). Departures from the paper: multi-label
+hinge loss instead of a class's cross-entropy; candidates re-scored on the real model rather than
+trusted to first order; positions are changed once.
+
+Never touched: tokens whose id is in `keep_ids` (default: the ids found in every row of the batch, e.g.
+[CLS], [SEP]; none with a single row), which are never introduced either, and positions the attention
+mask leaves out; ids outside `vocab` are never introduced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, UnsupportedModelError
+from ..scores import Criterion, ThresholdCriterion
+from ..tokens import TokenVictim, read_token_ids
+from ..types import Task
+from ._criteria import threshold_criterion
+from .base import Attack, AttackResult, Option, Victim
+
+_GAIN_ELEMENTS = 2**24  # first-order gains [states, T, vocab] are computed in chunks of at most this many
+
+
+def hinge_loss(values: torch.Tensor, target: torch.Tensor, criterion: ThresholdCriterion,
+               kappa: float) -> torch.Tensor:
+    """sum_l max(0, kappa - y*_l (z_l - theta)) per row."""
+    return (kappa - criterion.label_margins(values, target)).clamp_min(0).sum(dim=-1)
+
+
+class MLHotFlip(Attack):
+    name = "ml-hotflip"
+    task = Task.CLASSIFICATION
+    discrete = True
+    options = {
+        "kappa": Option(float, "confidence margin on the attack tensor (logits)"),
+        "max_changes": Option(int, "ml-hotflip: tokens changed per input at most"),
+        "beam_width": Option(int, "ml-hotflip: states kept per input after each step"),
+        "candidates": Option(int, "ml-hotflip: swaps per beam state re-scored in onnxruntime each step"),
+        "vocab": Option(str, "ml-hotflip: a .npy or .txt of the token ids substitutes may take (default: all)"),
+        "keep_ids": Option(str, "ml-hotflip: comma-separated token ids never changed nor introduced (default: "
+                                "ids found in every input of the batch: CLS, SEP, PAD)"),
+    }
+
+    def __init__(self, max_changes: int = 3, beam_width: int = 4, candidates: int = 8, kappa: float = 20.0,
+                 vocab: str | None = None, keep_ids: str | Sequence[int] | None = None) -> None:
+        for field, value in (("max_changes", max_changes), ("beam_width", beam_width), ("candidates", candidates)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(field, f"must be an integer of at least 1, got {value!r}")
+        if not isinstance(kappa, (int, float)) or not 0 <= kappa < float("inf"):
+            raise ConfigError("kappa", f"must be a finite number of at least 0, got {kappa!r}")
+        self.max_changes, self.beam_width, self.candidates = max_changes, beam_width, candidates
+        self.kappa = float(kappa)
+        self.vocab, self.keep_ids = vocab, keep_ids
+        self._vocab = None if vocab is None else read_token_ids(vocab)  # read once, here, not per batch
+        self._keep = _parse_ids(keep_ids)
+
+    def run(self, victim: Victim, x: torch.Tensor, target: torch.Tensor, criterion: Criterion) -> AttackResult:
+        if not isinstance(victim, TokenVictim):
+            raise UnsupportedModelError(f"{self.name} substitutes token ids through an embedding lookup; "
+                                        f"this victim has none")
+        rule = threshold_criterion(criterion, self.name)
+        x = x.long()
+        keep = self._keep.to(x.device) if self._keep is not None else _common_ids(x)
+        allowed = self._allowed(victim.embedding.shape[0], keep, x.device)
+        attended = victim.attended(len(x))
+        editable = ~torch.isin(x, keep) & (attended.to(x.device) if attended is not None else True)
+        search = _Beam(victim, rule, target, allowed, editable, self.beam_width, self.candidates,
+                       max(self.kappa, rule.margin))
+        best, success, steps = search.run(x, self.max_changes)
+        changed = (best != x).sum(dim=1).float()
+        return AttackResult(x_adv=best, success=success, iterations=steps, l2=changed, linf=changed,
+                            model_calls=search.calls)
+
+    def _allowed(self, vocab: int, keep: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """bool [vocab]: the ids a substitute may take."""
+        allowed = torch.ones(vocab, dtype=torch.bool, device=device)
+        if self._vocab is not None:
+            if self._vocab.size and int(self._vocab.max()) >= vocab:
+                raise ConfigError("vocab", f"--vocab names id {int(self._vocab.max())}, the vocabulary has {vocab}")
+            allowed[:] = False
+            allowed[torch.as_tensor(self._vocab, device=device)] = True
+        allowed[keep[keep < vocab]] = False
+        return allowed
+
+
+class _Beam:
+    """The search state of one batch: per row, up to `width` token sequences and their real losses."""
+
+    def __init__(self, victim: TokenVictim, rule: ThresholdCriterion, target: torch.Tensor, allowed: torch.Tensor,
+                 editable: torch.Tensor, width: int, candidates: int, kappa: float) -> None:
+        self.victim, self.rule, self.target, self.kappa = victim, rule, target, kappa
+        self.allowed, self.editable = allowed, editable
+        self.width, self.candidates = width, candidates
+        self.calls = torch.zeros(len(target), dtype=torch.long, device=target.device)
+
+    def run(self, x: torch.Tensor, max_changes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(best sequence per row, reached, steps taken)."""
+        n = len(x)
+        best, success = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
+        steps = torch.zeros(n, dtype=torch.int32, device=x.device)
+        states, owners = x.clone(), torch.arange(n, device=x.device)
+        for step in range(max_changes):
+            if len(states) == 0:
+                break
+            steps[torch.unique(owners)] += 1
+            proposals, proposers = self.propose(states, owners, x)
+            if len(proposals) == 0:
+                break
+            loss, reached = self.judge(proposals, proposers)
+            states, owners = self.keep(proposals, proposers, loss, reached, best, success)
+            self.victim.report((step + 1) / max_changes)
+        return best, success, steps
+
+    def propose(self, states: torch.Tensor, owners: torch.Tensor,
+                x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each state's best first-order swaps: min over (t, v) of (E[v] - E[s_t]) . dL/de_t."""
+        weight = self.victim.embedding
+        vectors = weight[states].detach().requires_grad_(True)
+        with self.victim.on_rows(owners):
+            values = self.victim.reader.attack_space(self.victim.embedded(vectors, states))
+        loss = hinge_loss(values, self.target[owners], self.rule, self.kappa)
+        (gradient,) = torch.autograd.grad(loss.sum(), vectors)
+        self.calls.index_add_(0, owners, torch.full_like(owners, 2))
+        open_positions = self.editable[owners] & (states == x[owners])  # a position is changed once
+        chunk = max(1, _GAIN_ELEMENTS // (states.shape[1] * len(weight)))
+        parts = [self.best_swaps(gradient[i:i + chunk], states[i:i + chunk], open_positions[i:i + chunk])
+                 for i in range(0, len(states), chunk)]
+        scores, flat = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        valid = torch.isfinite(scores)
+        state_index = torch.arange(len(states), device=x.device).unsqueeze(1).expand_as(flat)[valid]
+        position, token = flat[valid] // len(weight), flat[valid] % len(weight)
+        proposals = states[state_index].clone()
+        proposals[torch.arange(len(proposals), device=x.device), position] = token
+        return proposals, owners[state_index]
+
+    def best_swaps(self, gradient: torch.Tensor, states: torch.Tensor,
+                   open_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(first-order gains, flat t * vocab + v indices) of the `candidates` best swaps per state."""
+        weight = self.victim.embedding
+        gain = gradient @ weight.T - (gradient * weight[states]).sum(dim=-1, keepdim=True)  # [m, T, vocab]
+        other = torch.arange(len(weight), device=states.device) != states.unsqueeze(-1)
+        usable = open_positions.unsqueeze(-1) & self.allowed & other
+        gain = torch.where(usable, gain, torch.full_like(gain, float("inf"))).flatten(1)
+        return torch.topk(gain, min(self.candidates, gain.shape[1]), dim=1, largest=False)
+
+    def judge(self, proposals: torch.Tensor, proposers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """onnxruntime's loss and verdict on the real model, fed the proposed token ids."""
+        with self.victim.on_rows(proposers), torch.no_grad():
+            values = self.victim.reader.attack_space(self.victim.verdict(proposals).to(self.target.device))
+        self.calls.index_add_(0, proposers, torch.ones_like(proposers))
+        target = self.target[proposers]
+        return hinge_loss(values, target, self.rule, self.kappa), self.rule.reached_tensor(values, target)
+
+    def keep(self, proposals: torch.Tensor, proposers: torch.Tensor, loss: torch.Tensor, reached: torch.Tensor,
+             best: torch.Tensor, success: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows with a reached proposal stop with it (the lowest loss among them); the others keep their
+        `width` lowest-loss proposals, the first of which is their best so far."""
+        order = np.lexsort((loss.detach().cpu().numpy(), ~reached.cpu().numpy(), proposers.cpu().numpy()))
+        kept: list[int] = []
+        for row in np.unique(proposers.cpu().numpy()):
+            mine = order[proposers.cpu().numpy()[order] == row]
+            best[row] = proposals[mine[0]]
+            if bool(reached[mine[0]]):
+                success[row] = True
+                continue
+            kept.extend(int(i) for i in mine[: self.width])
+        index = torch.as_tensor(kept, dtype=torch.long, device=proposals.device)
+        return proposals[index], proposers[index]
+
+
+def _parse_ids(ids: str | Sequence[int] | None) -> torch.Tensor | None:
+    if ids is None:
+        return None
+    try:
+        values = [int(part) for part in ids.replace(",", " ").split()] if isinstance(ids, str) else \
+            [int(value) for value in ids]
+    except ValueError:
+        raise ConfigError("keep_ids", f"expected comma-separated token ids, got {ids!r}") from None
+    if any(value < 0 for value in values):
+        raise ConfigError("keep_ids", f"token ids are non-negative, got {ids!r}")
+    return torch.as_tensor(values, dtype=torch.long)
+
+
+def _common_ids(x: torch.Tensor) -> torch.Tensor:
+    """The ids found in every row (none with a single row): [CLS], [SEP], padding."""
+    if len(x) < 2:
+        return torch.zeros(0, dtype=torch.long, device=x.device)
+    common = torch.unique(x[0])
+    return common[torch.stack([torch.isin(common, row) for row in x]).all(dim=0)]
