@@ -507,11 +507,12 @@ def zoo() -> None:
 @zoo.command("inputs", epilog=EXIT_CODES)
 @click.argument("name")
 @click.option("--count", type=int, default=32, show_default=True, help="How many test inputs.")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The .npy to write.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="The .npy to write (.npz, keyed by input name, for a model with several inputs: topics-text).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @handle_errors
 def zoo_inputs(name: str, count: int, out: str, overwrite: bool) -> None:
-    """Write COUNT held-out test inputs of zoo model NAME to a .npy, ready for `attack`."""
+    """Write COUNT held-out test inputs of zoo model NAME to a .npy (.npz), ready for `attack`."""
     from onnxattack.zoo.sample_inputs import write_inputs
 
     path, rows = write_inputs(name, count, Path(out), overwrite)

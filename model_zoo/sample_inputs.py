@@ -11,29 +11,40 @@ import numpy as np
 from onnxattack.errors import BadInputError
 from onnxattack.results import check_output_path
 
-from . import data
+from . import data, text
 
 
-def test_inputs(name: str, count: int) -> np.ndarray:
-    """The first `count` held-out test inputs of zoo model `name` (never seen in training)."""
+def test_inputs(name: str, count: int) -> np.ndarray | dict[str, np.ndarray]:
+    """The first `count` held-out test inputs of zoo model `name` (never seen in training); a model with
+    several inputs gets one array per input name."""
+    if name == "topics-text":
+        split = text.topic_sentences()
+        return {"input_ids": split.ids_test[:count], "attention_mask": split.mask_test[:count]}
     if name == "digits-mosaic":
         return data.digit_mosaics().x_test[:count]
     if name == "digits-ranker":
         return data.digit_mosaics(digits_per_mosaic=(3, 3), seed=1).x_test[:count]
     if name in ("yeast-mlp", "yeast-mlp-int8", "yeast-forest"):
         return data.yeast().x_test[:count]
-    raise BadInputError(f"unknown zoo model {name!r} (known: digits-mosaic, digits-ranker, yeast-mlp, yeast-forest)")
+    raise BadInputError(f"unknown zoo model {name!r} (known: digits-mosaic, digits-ranker, yeast-mlp, yeast-forest, "
+                        f"topics-text)")
 
 
 def write_inputs(name: str, count: int, out: Path, overwrite: bool = False) -> tuple[Path, int]:
-    """Write test inputs of `name` to the .npy `out`; returns the path and the row count."""
+    """Write test inputs of `name` to the .npy `out` (a .npz keyed by input name for a model with several
+    inputs); returns the path and the row count."""
     if count < 1:
         raise BadInputError(f"--count must be at least 1, got {count}")
-    if out.suffix != ".npy":
-        raise BadInputError(f"{out}: write the inputs to a .npy file")
+    several = name == "topics-text"
+    suffix = ".npz" if several else ".npy"
+    if out.suffix != suffix:
+        raise BadInputError(f"{out}: write the inputs of {name} to a {suffix} file")
     check_output_path(out, resume=False, overwrite=overwrite)
     x = test_inputs(name, count)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(x, dict):
+        np.savez(out, **x)
+        return out, len(next(iter(x.values())))
     np.save(out, x)
     return out, len(x)
 
