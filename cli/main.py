@@ -32,7 +32,8 @@ from onnxattack.config import (
     option_flag,
 )
 from onnxattack.errors import BadInputError, ConfigError, OnnxAttackError, first_line
-from onnxattack.results import StoreWriteError, check_output_path
+from onnxattack.results import StoreWriteError, check_output_path, write_texts
+from onnxattack.tokenizer import load_decoder
 
 EXIT_CODES = ("Exit codes: 0 done (whatever the success rate), 1 internal error, 2 bad usage or input, "
               "3 the model cannot be handled, 130 interrupted (the file stays readable; --resume continues).")
@@ -362,8 +363,12 @@ class ProgressBar:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", type=click.Path())
 @attack_options
+@click.option("--tokenizer", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Token-id runs: a HuggingFace tokenizers JSON file; prints the changed texts and stores every "
+                   "row's text before and after in text/x, text/x_adv (needs the 'tokenizers' package).")
 @handle_errors
-def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, **options) -> None:
+def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, tokenizer: str | None,
+           **options) -> None:
     """Attack MODEL on INPUTS and write every result to OUT (HDF5).
 
     INPUTS is a .npy, .npz or .h5 file, or a folder of PNG/JPEG images, in the model's own
@@ -374,13 +379,18 @@ def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, **opti
     from onnxattack.report import format_summary, summarize
 
     config = _config_from(options)
+    decode = None if tokenizer is None else load_decoder(tokenizer)  # refused before any work
     progress = ProgressBar(silent=quiet or as_json)
     try:
         path = run_engine(model, inputs, out, config, progress=progress)
     finally:
         progress.close()
+    changed = [] if decode is None else write_texts(path, decode)
     summary = summarize(path)
     click.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
+    if not as_json:
+        for before, after in changed:
+            click.echo(f"  {before}\n-> {after}")
 
 
 @main.command(epilog=EXIT_CODES)

@@ -26,11 +26,12 @@ from .writer import (
     curve_writer,
     identity_mismatch,
     room_left,
+    write_texts,
 )
 
 __all__ = [
     "EPS_GROUP", "LEARNT_DATASET", "PASSTHROUGH_GROUP", "ROWS", "ROW_DATASETS", "RUN_IDENTITY", "TRANSFER_GROUP",
     "Column", "CurveFile", "ResultFile", "ResultWriter", "StoreWriteError", "TransferWriter", "check_output_path",
     "copy_run", "curve_writer", "identity_mismatch", "open_hdf5", "passthrough_dataset", "passthrough_name", "plain",
-    "room_left",
+    "room_left", "write_texts",
 ]

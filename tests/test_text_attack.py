@@ -1,0 +1,162 @@
+"""Token-id models: the zoo's topics-text (input_ids + attention_mask, an nn.Embedding first, torch's legacy
+exporter) attacked from the command line with ml-hotflip; success recomputed here from onnxruntime fed
+the result file alone, changed tokens counted from the file. Models without an embedding lookup are
+refused with one line, and other methods refuse token ids naming ml-hotflip."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from onnxattack.cli.main import main
+from onnxattack.zoo import text
+from onnxattack.zoo.build import build_topics_text
+from onnxattack.zoo.registry import MODELS
+from torch import nn
+
+warnings.filterwarnings("ignore")
+ROWS = 40
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    if result.exit_code == 1:
+        raise result.exception  # an internal error: show its traceback
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def topics(tmp_path_factory) -> tuple[Path, Path]:
+    """The zoo model, built here (a few seconds), and its test inputs written by `zoo inputs`."""
+    folder = tmp_path_factory.mktemp("text")
+    model = folder / "topics-text.onnx"
+    metrics = build_topics_text(MODELS["topics-text"], model)
+    assert metrics["exact_match"] >= 0.85
+    inputs = folder / "inputs.npz"
+    code, output = run("zoo", "inputs", "topics-text", "--count", str(ROWS), "-o", str(inputs))
+    assert code == 0, output
+    return model, inputs
+
+
+def hotflip(model: Path, inputs: Path, out: Path, *extra: str) -> dict:
+    code, output = run("attack", str(model), str(inputs), "-o", str(out), "--method", "ml-hotflip",
+                       "--attack-input", "input_ids", "--quiet", "--json", "--overwrite", *extra)
+    assert code == 0, output
+    return json.loads(output)
+
+
+def read(out: Path) -> dict[str, np.ndarray]:
+    with h5py.File(out, "r") as handle:
+        rows = {name: handle[name][:] for name in ("x", "x_adv", "y_target", "success", "attacked", "l2", "linf")}
+        rows["attention_mask"] = handle["inputs/attention_mask"][:]
+    return rows
+
+
+def test_hotflip_hides_a_topic_with_at_most_three_changed_tokens(topics, tmp_path):
+    model, inputs = topics
+    out = tmp_path / "r.h5"
+    summary = hotflip(model, inputs, out)
+    rows = read(out)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    scores = session.run(None, {"input_ids": rows["x_adv"], "attention_mask": rows["attention_mask"]})[0]
+    recomputed = ((scores > 0.5) == rows["y_target"].astype(bool)).all(axis=1) & rows["attacked"]
+    assert np.array_equal(recomputed, rows["success"])
+    assert rows["attacked"].all() and recomputed.mean() >= 0.8, summary
+    changed = (rows["x_adv"] != rows["x"]).sum(axis=1)
+    assert changed.max() <= 3 and changed[recomputed].min() >= 1
+    assert np.array_equal(rows["l2"], changed) and np.array_equal(rows["linf"], changed)  # l2, linf: tokens changed
+    assert rows["x_adv"].dtype == np.int64
+    special = np.isin(rows["x"], [text.CLS, text.SEP])
+    assert np.array_equal(rows["x_adv"][special], rows["x"][special])
+    assert not np.isin(rows["x_adv"][~special], [text.CLS, text.SEP]).any()  # never introduced either
+    masked = rows["attention_mask"] == 0
+    assert masked.any() and np.array_equal(rows["x_adv"][masked], rows["x"][masked])
+
+
+def test_vocab_and_keep_ids_are_respected(topics, tmp_path):
+    model, inputs = topics
+    vocabulary = text.vocabulary()
+    allowed = vocabulary.filler[::2]  # half the stop words
+    np.save(tmp_path / "vocab.npy", allowed)
+    kept = vocabulary.topics[0]  # africa's cities are never changed
+    (tmp_path / "keep.txt").write_text(",".join(map(str, kept)))
+    out = tmp_path / "r.h5"
+    hotflip(model, inputs, out, "--vocab", str(tmp_path / "vocab.npy"), "--keep-ids",
+            ",".join(map(str, [text.CLS, text.SEP, *kept])))
+    rows = read(out)
+    changed = rows["x_adv"] != rows["x"]
+    assert changed.any()
+    assert np.isin(rows["x_adv"][changed], allowed).all()
+    assert not np.isin(rows["x"][changed], kept).any()
+
+
+def test_bad_vocab_file_is_one_line_exit_2(topics, tmp_path):
+    model, inputs = topics
+    (tmp_path / "vocab.txt").write_text("3 4 five")
+    code, output = run("attack", str(model), str(inputs), "-o", str(tmp_path / "r.h5"), "--method", "ml-hotflip",
+                       "--attack-input", "input_ids", "--vocab", str(tmp_path / "vocab.txt"))
+    assert code == 2 and "--vocab" in output and len(output.strip().splitlines()) == 1, output
+
+
+def test_other_methods_refuse_token_ids_naming_ml_hotflip(topics, tmp_path):
+    model, inputs = topics
+    code, output = run("attack", str(model), str(inputs), "-o", str(tmp_path / "r.h5"), "--method", "ml-pgd",
+                       "--attack-input", "input_ids")
+    assert code == 3 and "ml-hotflip" in output and len(output.strip().splitlines()) == 1, output
+
+
+def export(*args, **kwargs) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(*args, **kwargs)
+
+
+class CountsTokens(nn.Module):
+    """Token ids used as numbers (a Cast, no embedding lookup) -> 3 sigmoid scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(6, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.linear(ids.float() / 10))
+
+
+def test_a_model_without_an_embedding_lookup_is_refused_with_one_line(tmp_path):
+    path = tmp_path / "counts.onnx"
+    export(CountsTokens().eval(), (torch.randint(0, 10, (2, 6)),), str(path), dynamo=False,
+                      opset_version=17, input_names=["ids"], output_names=["scores"],
+                      dynamic_axes={"ids": {0: "batch"}, "scores": {0: "batch"}})
+    np.save(tmp_path / "ids.npy", np.random.default_rng(0).integers(0, 10, (4, 6)))
+    code, output = run("attack", str(path), str(tmp_path / "ids.npy"), "-o", str(tmp_path / "r.h5"),
+                       "--method", "ml-hotflip")
+    assert code == 3 and "embedding lookup" in output and len(output.strip().splitlines()) == 1, output
+
+
+def test_hotflip_on_a_floating_input_is_exit_2(tmp_path):
+    path = tmp_path / "float.onnx"
+    export(nn.Linear(6, 3).eval(), (torch.rand(2, 6),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["scores"],
+                      dynamic_axes={"x": {0: "batch"}, "scores": {0: "batch"}})
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).uniform(0, 1, (4, 6)).astype(np.float32))
+    code, output = run("attack", str(path), str(tmp_path / "x.npy"), "-o", str(tmp_path / "r.h5"),
+                       "--method", "ml-hotflip")
+    assert code == 2 and "token ids" in output, output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tokenizers") is not None, reason="tokenizers is installed")
+def test_tokenizer_without_the_package_is_exit_2(topics, tmp_path):
+    model, inputs = topics
+    (tmp_path / "tokenizer.json").write_text("{}")
+    code, output = run("attack", str(model), str(inputs), "-o", str(tmp_path / "r.h5"), "--method", "ml-hotflip",
+                       "--attack-input", "input_ids", "--tokenizer", str(tmp_path / "tokenizer.json"))
+    assert code == 2 and "tokenizers" in output and not (tmp_path / "r.h5").exists(), output
