@@ -113,6 +113,52 @@ def test_other_methods_refuse_token_ids_naming_ml_hotflip(topics, tmp_path):
     assert code == 3 and "ml-hotflip" in output and len(output.strip().splitlines()) == 1, output
 
 
+class TinyBert(nn.Module):
+    """An untrained BERT-shaped tagger as optimum-style exports hold it: word + position + token-type
+    embeddings (the position ids come from the ids' Shape), a transformer layer with a padding mask."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16, labels: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.word, self.position, self.kind = nn.Embedding(vocab, dim), nn.Embedding(32, dim), nn.Embedding(2, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.layer = nn.TransformerEncoderLayer(dim, 2, 32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(dim, labels)
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
+        h = self.norm(self.word(input_ids) + self.position(positions) + self.kind(token_type_ids))
+        h = self.layer(h, src_key_padding_mask=attention_mask == 0)
+        weights = attention_mask.unsqueeze(-1).float()
+        return torch.sigmoid(self.head((h * weights).sum(1) / weights.sum(1)) * 4)
+
+
+def test_a_bert_shaped_export_is_cut_after_its_word_embedding(tmp_path):
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    path = tmp_path / "bert.onnx"
+    sample = (torch.randint(3, 50, (2, 12)), torch.ones(2, 12, dtype=torch.long), torch.zeros(2, 12, dtype=torch.long))
+    export(TinyBert().eval(), sample, str(path), dynamo=False, opset_version=17, input_names=names,
+           output_names=["scores"], dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
+                                                  "scores": {0: "batch"}})
+    rng = np.random.default_rng(0)
+    ids, mask = rng.integers(3, 50, (16, 12)), np.ones((16, 12), dtype=np.int64)
+    ids[:, 0] = 1
+    for row, length in enumerate(rng.integers(6, 11, 16)):
+        ids[row, length], ids[row, length + 1:], mask[row, length + 1:] = 2, 0, 0
+    np.savez(tmp_path / "inputs.npz", input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids))
+    out = tmp_path / "r.h5"
+    summary = hotflip(path, tmp_path / "inputs.npz", out)
+    assert summary["torch_agreement"] == 1.0 and summary["success_rate"] > 0, summary
+    with h5py.File(out, "r") as handle:
+        x, x_adv, success = handle["x"][:], handle["x_adv"][:], handle["success"][:]
+        target = handle["y_target"][:].astype(bool)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    scores = session.run(None, {"input_ids": x_adv, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+    assert np.array_equal(((scores > 0.5) == target).all(axis=1), success)
+    assert (x_adv != x).sum(axis=1).max() <= 3
+    assert np.array_equal(x_adv[mask == 0], x[mask == 0]) and np.array_equal(x_adv[:, 0], x[:, 0])
+
+
 def export(*args, **kwargs) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

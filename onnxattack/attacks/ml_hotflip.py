@@ -1,27 +1,30 @@
 """ML-HotFlip: gradient-guided token substitution for multi-label text models (after HotFlip,
 Ebrahimi et al. 2018), with a beam search judged by onnxruntime.
 
-The loss is the multi-label hinge on the attack tensor z (theta the threshold in attack space,
-y*_l = +1 / -1 for a label that must end above / below it, kappa a margin in attack units):
+The losses are multi-label hinges on the attack tensor z (theta the threshold in attack space,
+y*_l = +1 / -1 for a label that must end above / below it, m the criterion's float guard):
 
-    L(x) = sum_l max(0, kappa - y*_l (z_l(x) - theta))
-
-kappa (default 20, at least the criterion's float guard) is large on purpose: labels already on their
-side but within kappa of the threshold still pull on the gradient, so a swap that hides one topic by
-naming another ranks low. Success is the criterion's alone, whatever kappa. On the zoo's topics-text
-(200 inputs, hide-single, at most 3 tokens) kappa 0 reached 68.5% of the rows, kappa 20 94.5%.
+    L_k(x) = sum_l max(0, k - y*_l (z_l(x) - theta)),   L_m (the labels still wrong), L_kappa (wide)
 
 Swapping token x_t for v moves the embedding e_t = E[x_t] to E[v]; to first order
 
     L(x with x_t -> v) - L(x) ~ (E[v] - E[x_t]) . dL/de_t,
 
-so one backward pass through the graph cut after the embedding lookup scores every swap at once.
-Each step takes, for every state of the beam, its `candidates` best-scored swaps at positions not
-changed yet, runs them all in onnxruntime on the real model with the real token ids, and keeps the
-`beam_width` states of lowest real loss; a row stops as soon as a state reaches the criterion, or
-after `max_changes` steps (each step changes one more token). Departures from the paper: multi-label
-hinge loss instead of a class's cross-entropy; candidates re-scored on the real model rather than
-trusted to first order; positions are changed once.
+so a backward pass through the graph cut after the embedding lookup scores every swap at once. Each
+step takes, for every state of the beam, the `candidates` best swaps under L_m and as many under
+L_kappa, at positions not changed yet, runs them all in onnxruntime on the real model with the real
+token ids, and keeps the `beam_width` states of lowest L_m + 0.1 L_kappa there; a row stops as soon
+as a state reaches the criterion, or after `max_changes` steps (each changes one more token).
+
+Why two rankings: under L_m only the labels still wrong pull, and a swap that hides one topic by
+naming another looks best (on the zoo's topics-text most first-order candidates were such swaps);
+under L_kappa (kappa 20 by default) every label within kappa of the threshold pulls, which ranks those
+swaps low but, on a model whose labels move together (an untrained tiny BERT), pushes the labels that
+must stay up instead of the one to hide. Measured (hide-single, at most 3 tokens): topics-text, 200
+inputs: L_m alone 68.5%, L_kappa alone 94.5%, both 93.5%; the tiny BERT, 16 inputs: 25%, 6%, 25%.
+Success is the criterion's alone. Departures from the paper: multi-label hinges instead of a class's
+cross-entropy; candidates re-scored on the real model rather than trusted to first order; positions
+are changed once.
 
 Never touched: tokens whose id is in `keep_ids` (default: the ids found in every row of the batch, e.g.
 [CLS], [SEP]; none with a single row), which are never introduced either, and positions the attention
@@ -42,6 +45,7 @@ from ..types import Task
 from ._criteria import threshold_criterion
 from .base import Attack, AttackResult, Option, Victim
 
+WIDE_WEIGHT = 0.1  # weight of the kappa-wide hinge in the loss that ranks re-scored states
 _GAIN_ELEMENTS = 2**24  # first-order gains [states, T, vocab] are computed in chunks of at most this many
 
 
@@ -145,16 +149,19 @@ class _Beam:
         vectors = weight[states].detach().requires_grad_(True)
         with self.victim.on_rows(owners):
             values = self.victim.reader.attack_space(self.victim.embedded(vectors, states))
-        loss = hinge_loss(values, self.target[owners], self.rule, self.kappa)
-        (gradient,) = torch.autograd.grad(loss.sum(), vectors)
-        self.calls.index_add_(0, owners, torch.full_like(owners, 2))
+        target = self.target[owners]
+        losses = [hinge_loss(values, target, self.rule, kappa).sum() for kappa in (self.rule.margin, self.kappa)]
+        gradients = [torch.autograd.grad(loss, vectors, retain_graph=True)[0] for loss in losses]
+        self.calls.index_add_(0, owners, torch.full_like(owners, 3))
         open_positions = self.editable[owners] & (states == x[owners])  # a position is changed once
         chunk = max(1, _GAIN_ELEMENTS // (states.shape[1] * len(weight)))
         parts = [self.best_swaps(gradient[i:i + chunk], states[i:i + chunk], open_positions[i:i + chunk])
-                 for i in range(0, len(states), chunk)]
+                 for gradient in gradients for i in range(0, len(states), chunk)]
+        state_ids = torch.cat([torch.arange(i, min(i + chunk, len(states)), device=x.device) for _ in gradients
+                               for i in range(0, len(states), chunk)])
         scores, flat = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         valid = torch.isfinite(scores)
-        state_index = torch.arange(len(states), device=x.device).unsqueeze(1).expand_as(flat)[valid]
+        state_index = state_ids.unsqueeze(1).expand_as(flat)[valid]
         position, token = flat[valid] // len(weight), flat[valid] % len(weight)
         proposals = states[state_index].clone()
         proposals[torch.arange(len(proposals), device=x.device), position] = token
@@ -176,7 +183,9 @@ class _Beam:
             values = self.victim.reader.attack_space(self.victim.verdict(proposals).to(self.target.device))
         self.calls.index_add_(0, proposers, torch.ones_like(proposers))
         target = self.target[proposers]
-        return hinge_loss(values, target, self.rule, self.kappa), self.rule.reached_tensor(values, target)
+        loss = hinge_loss(values, target, self.rule, self.rule.margin) + \
+            WIDE_WEIGHT * hinge_loss(values, target, self.rule, self.kappa)
+        return loss, self.rule.reached_tensor(values, target)
 
     def keep(self, proposals: torch.Tensor, proposers: torch.Tensor, loss: torch.Tensor, reached: torch.Tensor,
              best: torch.Tensor, success: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
