@@ -33,7 +33,7 @@ mask leaves out; ids outside `vocab` are never introduced.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +46,8 @@ from ._criteria import threshold_criterion
 from .base import Attack, AttackResult, Option, Victim
 
 WIDE_WEIGHT = 0.1  # weight of the kappa-wide hinge in the loss that ranks re-scored states
-_GAIN_ELEMENTS = 2**24  # first-order gains [states, T, vocab] are computed in chunks of at most this many
+_GAIN_ELEMENTS = 2**24  # gains [states, T, vocab] are computed in chunks of at most this many
+Gain = Callable[[torch.Tensor, int], torch.Tensor]  # (states [m, T], first state's index) -> gains [m, T, vocab]
 
 
 def hinge_loss(values: torch.Tensor, target: torch.Tensor, criterion: ThresholdCriterion,
@@ -92,7 +93,7 @@ class MLHotFlip(Attack):
         rule = threshold_criterion(criterion, self.name)
         x = x.long()
         keep = self._keep.to(x.device) if self._keep is not None else _common_ids(x)
-        allowed = self._allowed(victim.embedding.shape[0], keep, x.device)
+        allowed = self._allowed(int(victim.box[1]) + 1, keep, x.device)  # the box is 0 .. vocab - 1
         attended = victim.attended(len(x))
         editable = ~torch.isin(x, keep) & (attended.to(x.device) if attended is not None else True)
         search = _Beam(victim, rule, target, allowed, editable, self.beam_width, self.candidates,
@@ -144,35 +145,56 @@ class _Beam:
 
     def propose(self, states: torch.Tensor, owners: torch.Tensor,
                 x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each state's best first-order swaps: min over (t, v) of (E[v] - E[s_t]) . dL/de_t."""
-        weight = self.victim.embedding
-        vectors = weight[states].detach().requires_grad_(True)
-        with self.victim.on_rows(owners):
-            values = self.victim.reader.attack_space(self.victim.embedded(vectors, states))
-        target = self.target[owners]
-        losses = [hinge_loss(values, target, self.rule, kappa).sum() for kappa in (self.rule.margin, self.kappa)]
-        gradients = [torch.autograd.grad(loss, vectors, retain_graph=True)[0] for loss in losses]
-        self.calls.index_add_(0, owners, torch.full_like(owners, 3))
+        """Each state's `candidates` best swaps under each ranking (first-order gains, or random keys when
+        the model has no embedding to differentiate), at open positions, to allowed ids."""
+        gains = self.first_order(states, owners) if self.victim.embedding is not None else \
+            [self.random_keys, self.random_keys]
         open_positions = self.editable[owners] & (states == x[owners])  # a position is changed once
-        chunk = max(1, _GAIN_ELEMENTS // (states.shape[1] * len(weight)))
-        parts = [self.best_swaps(gradient[i:i + chunk], states[i:i + chunk], open_positions[i:i + chunk])
-                 for gradient in gradients for i in range(0, len(states), chunk)]
-        state_ids = torch.cat([torch.arange(i, min(i + chunk, len(states)), device=x.device) for _ in gradients
-                               for i in range(0, len(states), chunk)])
+        vocab = len(self.allowed)
+        chunk = max(1, _GAIN_ELEMENTS // (states.shape[1] * vocab))
+        starts = range(0, len(states), chunk)
+        parts = [self.best_swaps(gain(states[i:i + chunk], i), states[i:i + chunk], open_positions[i:i + chunk])
+                 for gain in gains for i in starts]
+        state_ids = torch.cat([torch.arange(i, min(i + chunk, len(states)), device=x.device)
+                               for _ in gains for i in starts])
         scores, flat = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         valid = torch.isfinite(scores)
         state_index = state_ids.unsqueeze(1).expand_as(flat)[valid]
-        position, token = flat[valid] // len(weight), flat[valid] % len(weight)
+        position, token = flat[valid] // vocab, flat[valid] % vocab
         proposals = states[state_index].clone()
         proposals[torch.arange(len(proposals), device=x.device), position] = token
         return proposals, owners[state_index]
 
-    def best_swaps(self, gradient: torch.Tensor, states: torch.Tensor,
-                   open_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(first-order gains, flat t * vocab + v indices) of the `candidates` best swaps per state."""
+    def first_order(self, states: torch.Tensor, owners: torch.Tensor) -> list[Gain]:
+        """(E[v] - E[s_t]) . dL/de_t for L_m and L_kappa: one forward and two backward passes."""
         weight = self.victim.embedding
-        gain = gradient @ weight.T - (gradient * weight[states]).sum(dim=-1, keepdim=True)  # [m, T, vocab]
-        other = torch.arange(len(weight), device=states.device) != states.unsqueeze(-1)
+        embedded = self.victim.embedded
+        assert weight is not None and embedded is not None
+        vectors = weight[states].detach().requires_grad_(True)
+        with self.victim.on_rows(owners):
+            values = self.victim.reader.attack_space(embedded(vectors, states))
+        target = self.target[owners]
+        losses = [hinge_loss(values, target, self.rule, kappa).sum() for kappa in (self.rule.margin, self.kappa)]
+        gradients = [torch.autograd.grad(loss, vectors, retain_graph=True)[0] for loss in losses]
+        self.calls.index_add_(0, owners, torch.full_like(owners, 3))
+
+        def gain(gradient: torch.Tensor) -> Gain:
+            def rows(chunk: torch.Tensor, first: int) -> torch.Tensor:  # [m, T, vocab]
+                part = gradient[first:first + len(chunk)]
+                return part @ weight.T - (part * weight[chunk]).sum(dim=-1, keepdim=True)
+            return rows
+
+        return [gain(gradient) for gradient in gradients]
+
+    def random_keys(self, chunk: torch.Tensor, first: int) -> torch.Tensor:
+        """Uniform keys [m, T, vocab]: the smallest pick swaps at random (a model without an embedding)."""
+        del first
+        return torch.rand((*chunk.shape, len(self.allowed)), device=chunk.device)
+
+    def best_swaps(self, gain: torch.Tensor, states: torch.Tensor,
+                   open_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gains, flat t * vocab + v indices) of the `candidates` lowest-gain usable swaps per state."""
+        other = torch.arange(len(self.allowed), device=states.device) != states.unsqueeze(-1)
         usable = open_positions.unsqueeze(-1) & self.allowed & other
         gain = torch.where(usable, gain, torch.full_like(gain, float("inf"))).flatten(1)
         return torch.topk(gain, min(self.candidates, gain.shape[1]), dim=1, largest=False)
