@@ -116,7 +116,7 @@ def plan(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLi
     model_file = model_path if isinstance(model_path, ModelFile) else open_model(model_path)
     attacked, source, others = open_model_inputs(model_file, inputs_path, config.attack_input, config.key,
                                                  config.image_layout, config.image_scale, tokens=attack.discrete)
-    box, box_note = (vocabulary_box(model_file.proto, attacked) if attack.discrete
+    box, box_note = (vocabulary_box(model_file.proto, attacked, config.box) if attack.discrete
                      else resolve_box(config.box, model_file.info))
     source_name = Path(inputs_path).name
     count = source.count if config.limit is None else min(source.count, config.limit)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -77,9 +78,21 @@ def find_embedding(proto: onnx.ModelProto, ids: str) -> Embedding:
                                 f"scored without one")
 
 
-def vocabulary_box(proto: onnx.ModelProto, ids: str) -> tuple[tuple[float, float], str]:
-    """The valid range of the token ids: 0 .. vocab - 1 of the embedding they index, with a note."""
-    vocab = find_embedding(proto, ids).vocab
+def vocabulary_box(proto: onnx.ModelProto, ids: str,
+                   requested: tuple[float, float] | None = None) -> tuple[tuple[float, float], str]:
+    """The valid range of the token ids, with a note: 0 .. vocab - 1 of the embedding they index; without
+    an embedding lookup, the user's --range (substitutions are then sampled and scored by onnxruntime)."""
+    try:
+        vocab = find_embedding(proto, ids).vocab
+    except UnsupportedModelError as exc:
+        if requested is None:
+            raise UnsupportedModelError(f"{exc}; give the ids' range (--range 0 VOCAB-1) to sample substitutions "
+                                        f"scored by onnxruntime queries instead") from None
+        low, high = int(np.ceil(requested[0])), int(np.floor(requested[1]))
+        if low < 0 or high <= low:
+            raise BadInputError(f"--range {requested[0]:g} {requested[1]:g} holds no token ids (0 or more)") from None
+        return (float(low), float(high)), (f"input {ids!r} feeds no embedding lookup: substitutions are sampled "
+                                           f"from ids {low}..{high} (--range) and scored by onnxruntime queries")
     return (0.0, float(vocab - 1)), f"token ids of {ids!r} lie in 0..{vocab - 1} (the embedding's vocabulary)"
 
 
@@ -126,15 +139,16 @@ class EmbeddedGraph(torch.nn.Module):
 
 @dataclass(kw_only=True)
 class TokenVictim(Victim):
-    """A victim whose attacked input is token ids: `logits` takes ids; besides it, the embedding matrix
-    E [vocab, dim], `embedded(vectors, ids)` (the attack tensor from embeddings, differentiable),
-    `verdict(ids)` (onnxruntime's attack tensor on the real model) and `attended(m)` (bool [m, T]: the
-    positions the attention mask keeps, None without a mask; rows as `on_rows` selected them)."""
+    """A victim whose attacked input is token ids (its box: 0 .. vocab - 1): `logits` takes ids; besides
+    it, `verdict(ids)` (onnxruntime's attack tensor on the real model), `attended(m)` (bool [m, T]: the
+    positions the attention mask keeps, None without a mask; rows as `on_rows` selected them), and, when
+    the graph starts with an embedding lookup, its matrix E [vocab, dim] and `embedded(vectors, ids)` (the
+    attack tensor from embeddings, differentiable); None for a model without one."""
 
-    embedding: torch.Tensor
-    embedded: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     verdict: Callable[[torch.Tensor], torch.Tensor]
     attended: Callable[[int], torch.Tensor | None] = field(default=lambda m: None)
+    embedding: torch.Tensor | None = None
+    embedded: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 def mask_input(ids: TensorInfo, others: tuple[TensorInfo, ...]) -> str | None:
@@ -144,47 +158,88 @@ def mask_input(ids: TensorInfo, others: tuple[TensorInfo, ...]) -> str | None:
                  and len(info.shape) == len(ids.shape)), None)
 
 
+@dataclass(frozen=True)
+class TokenQueries:
+    """What both token sources ask onnxruntime: the attack tensor on real ids (`verdict`: the logits when
+    the graph ends in a head) and the attention mask among the pass-through rows (`mask`: its name)."""
+
+    verdict: Callable[[np.ndarray], np.ndarray]
+    passthrough: PassThroughInputs
+    mask: str | None
+
+    def victim(self, logits: Callable[[torch.Tensor], torch.Tensor], reader: ScoreReader, box: tuple[float, float],
+               passthrough: PassThroughInputs | None, **embedding: Any) -> TokenVictim:
+        def verdict(ids: torch.Tensor) -> torch.Tensor:
+            return torch.as_tensor(self.verdict(ids.detach().cpu().numpy()), device=ids.device)
+
+        def attended(m: int) -> torch.Tensor | None:
+            return None if self.mask is None else torch.as_tensor(self.passthrough.rows_for(m)[self.mask] != 0)
+
+        return TokenVictim(logits=logits, reader=reader, box=box,
+                           select=passthrough.select if passthrough is not None else None,
+                           verdict=verdict, attended=attended, **embedding)
+
+
 class TokenSource(TorchGraphSource):
     """Gradients through the graph cut after the embedding lookup; the victim is a TokenVictim."""
 
-    def __init__(self, graph: EmbeddedGraph, fidelity: float, verdict: Callable[[np.ndarray], np.ndarray],
-                 mask: str | None) -> None:
+    def __init__(self, graph: EmbeddedGraph, fidelity: float, queries: TokenQueries) -> None:
         super().__init__(graph, fidelity)
         self.embedded_graph = graph
-        self.verdict_scores = verdict  # onnxruntime's attack tensor (the logits when the graph ends in a head)
-        self.mask = mask
+        self.queries = queries
 
     def victim(self, reader: ScoreReader, box: tuple[float, float], passthrough: PassThroughInputs | None) -> Victim:
         graph = self.embedded_graph
+        return self.queries.victim(self.logits, reader, box, passthrough, embedding=graph.weight,
+                                   embedded=graph.embedded)
 
-        def verdict(ids: torch.Tensor) -> torch.Tensor:
-            return torch.as_tensor(self.verdict_scores(ids.detach().cpu().numpy()), device=ids.device)
 
-        def attended(m: int) -> torch.Tensor | None:
-            if self.mask is None:
-                return None
-            return torch.as_tensor(graph.passthrough.rows_for(m)[self.mask] != 0)
+class QueryTokenSource:
+    """A token-id model without an embedding lookup: no gradient; the attack tensor and every score come
+    from onnxruntime (substitutions are sampled and scored by queries)."""
 
-        return TokenVictim(logits=self.logits, reader=reader, box=box,
-                           select=passthrough.select if passthrough is not None else None,
-                           embedding=graph.weight, embedded=graph.embedded, verdict=verdict, attended=attended)
+    kind = "estimated"
+
+    def __init__(self, queries: TokenQueries, scores: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.queries = queries
+        self.score_fn = scores
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.queries.verdict(x.detach().cpu().numpy()), device=x.device)
+
+    def victim(self, reader: ScoreReader, box: tuple[float, float], passthrough: PassThroughInputs | None) -> Victim:
+        return self.queries.victim(self.logits, reader, box, passthrough)
+
+    def scores(self, x: torch.Tensor, reader: ScoreReader) -> torch.Tensor:
+        return torch.as_tensor(self.score_fn(x.detach().cpu().numpy()), device=x.device)
+
+    def queries_spent(self) -> np.ndarray | None:
+        return None
+
+    def stall_reasons(self) -> np.ndarray | None:
+        return None
 
 
 def token_source(proto: onnx.ModelProto, ids: TensorInfo, others: tuple[TensorInfo, ...],
                  passthrough: PassThroughInputs, reader: ScoreReader, scorer: OrtScorer,
                  logits: OrtScorer | None, tensor_name: str, score_output: str, probe: np.ndarray,
-                 tolerance: float, device: torch.device) -> TokenSource:
-    """The cut graph converted, checked against onnxruntime on the probe ids (fed whole to both), and the
-    onnxruntime verdict on the attack tensor (`logits`, else the real output when it is the attack tensor)."""
-    embedding = find_embedding(proto, ids.name)
+                 tolerance: float, device: torch.device) -> TokenSource | QueryTokenSource:
+    """The cut graph converted and checked against onnxruntime on the probe ids (fed whole to both), with
+    the onnxruntime verdict on the attack tensor (`logits`, else the real output when it is the attack
+    tensor); a QueryTokenSource when the ids feed no embedding lookup."""
+    if logits is None and reader.head is not None:
+        raise UnsupportedModelError(f"onnxruntime cannot run the graph cut before its final {reader.head}: "
+                                    f"ml-hotflip needs its logits to rank substitutions")
+    queries = TokenQueries(logits or scorer, passthrough, mask_input(ids, others))
+    try:
+        embedding = find_embedding(proto, ids.name)
+    except UnsupportedModelError:
+        return QueryTokenSource(queries, scorer)
     cut = cut_after_embedding(proto, embedding, tensor_name, score_output)
     order = tuple(value.name for value in graph_inputs(cut))
     graph = EmbeddedGraph(to_torch(cut), order, embedding, passthrough).to(device)
     fidelity = check_fidelity(graph, reader, scorer, probe, tolerance, torch.int64, device)
-    if logits is None and reader.head is not None:
-        raise UnsupportedModelError(f"onnxruntime cannot run the graph cut before its final {reader.head}: "
-                                    f"ml-hotflip needs its logits to rank substitutions")
-    return TokenSource(graph, fidelity, logits or scorer, mask_input(ids, others))
+    return TokenSource(graph, fidelity, queries)
 
 
 def read_token_ids(path: str | Path, flag: str = "--vocab") -> np.ndarray:
@@ -201,5 +256,5 @@ def read_token_ids(path: str | Path, flag: str = "--vocab") -> np.ndarray:
     return np.unique(values.astype(np.int64))
 
 
-__all__ = ["Embedding", "EmbeddedGraph", "TokenSource", "TokenVictim", "cut_after_embedding", "find_embedding",
-           "mask_input", "read_token_ids", "token_source", "vocabulary_box"]
+__all__ = ["Embedding", "EmbeddedGraph", "QueryTokenSource", "TokenQueries", "TokenSource", "TokenVictim",
+           "cut_after_embedding", "find_embedding", "mask_input", "read_token_ids", "token_source", "vocabulary_box"]

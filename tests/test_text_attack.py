@@ -1,7 +1,8 @@
 """Token-id models: the zoo's topics-text (input_ids + attention_mask, an nn.Embedding first, torch's legacy
 exporter) attacked from the command line with ml-hotflip; success recomputed here from onnxruntime fed
 the result file alone, changed tokens counted from the file. Models without an embedding lookup are
-refused with one line, and other methods refuse token ids naming ml-hotflip."""
+refused with one line, or searched by onnxruntime queries in the --range given; other methods refuse
+token ids naming ml-hotflip."""
 
 from __future__ import annotations
 
@@ -177,15 +178,29 @@ class CountsTokens(nn.Module):
         return torch.sigmoid(self.linear(ids.float() / 10))
 
 
-def test_a_model_without_an_embedding_lookup_is_refused_with_one_line(tmp_path):
+def test_a_model_without_an_embedding_lookup_is_refused_or_searched_by_queries_in_its_range(tmp_path):
     path = tmp_path / "counts.onnx"
     export(CountsTokens().eval(), (torch.randint(0, 10, (2, 6)),), str(path), dynamo=False,
-                      opset_version=17, input_names=["ids"], output_names=["scores"],
-                      dynamic_axes={"ids": {0: "batch"}, "scores": {0: "batch"}})
-    np.save(tmp_path / "ids.npy", np.random.default_rng(0).integers(0, 10, (4, 6)))
-    code, output = run("attack", str(path), str(tmp_path / "ids.npy"), "-o", str(tmp_path / "r.h5"),
-                       "--method", "ml-hotflip")
-    assert code == 3 and "embedding lookup" in output and len(output.strip().splitlines()) == 1, output
+           opset_version=17, input_names=["ids"], output_names=["scores"],
+           dynamic_axes={"ids": {0: "batch"}, "scores": {0: "batch"}})
+    ids = np.random.default_rng(0).integers(0, 10, (20, 6))
+    np.save(tmp_path / "ids.npy", ids)
+    out = tmp_path / "r.h5"
+    code, output = run("attack", str(path), str(tmp_path / "ids.npy"), "-o", str(out), "--method", "ml-hotflip")
+    assert code == 3 and "embedding lookup" in output and "--range" in output, output
+    assert len(output.strip().splitlines()) == 1 and not out.exists()
+    code, output = run("attack", str(path), str(tmp_path / "ids.npy"), "-o", str(out), "--method", "ml-hotflip",
+                       "--range", "0", "9", "--quiet", "--json")
+    assert code == 0, output
+    summary = json.loads(output)
+    assert summary["gradients"] == "estimated" and "sampled" in summary["notes"][-1], summary
+    with h5py.File(out, "r") as handle:
+        x_adv, success, attacked = handle["x_adv"][:], handle["success"][:], handle["attacked"][:]
+        target = handle["y_target"][:].astype(bool)
+    scores = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"ids": x_adv})[0]
+    assert np.array_equal(((scores > 0.5) == target).all(axis=1) & attacked, success)
+    assert attacked.sum() >= 5 and success[attacked].mean() >= 0.8
+    assert (x_adv != ids).sum(axis=1).max() <= 3 and x_adv.min() >= 0 and x_adv.max() <= 9
 
 
 def test_hotflip_on_a_floating_input_is_exit_2(tmp_path):

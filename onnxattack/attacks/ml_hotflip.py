@@ -26,6 +26,10 @@ Success is the criterion's alone. Departures from the paper: multi-label hinges 
 cross-entropy; candidates re-scored on the real model rather than trusted to first order; positions
 are changed once.
 
+A model whose ids feed no embedding lookup has no gradient to rank by: each state then draws
+2 x `candidates` swaps at random among the usable ones (the vocabulary: the --range given), and
+onnxruntime's re-scoring does the rest (a random-search beam).
+
 Never touched: tokens whose id is in `keep_ids` (default: the ids found in every row of the batch, e.g.
 [CLS], [SEP]; none with a single row), which are never introduced either, and positions the attention
 mask leaves out; ids outside `vocab` are never introduced.
