@@ -60,7 +60,9 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str], device
     read_as = read_as or ReadAs()
     with ResultFile.open(results_path) as results:
         attrs, rows, params = results.attrs, results.rows, results.params
-        probe = results.column("x", 0, 4).astype(np.float64)
+        stored = results.column("x", 0, 4)
+        tokens = stored.dtype.kind in "iu" and stored.dtype.itemsize >= 4  # token ids (ml-hotflip), not pixels
+        probe = stored.astype(np.float64)
         labels = results.json_attr("labels", [])
         stored_others = results.passthrough_names()
         probe_others = {name: results.passthrough(name, 0, 4) for name in stored_others}
@@ -70,19 +72,20 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str], device
     for model_path, key in zip(model_paths, keys, strict=True):
         model_file = open_model(model_path)
         rates[key] = _transfer_one(results_path, model_file, key, task, read_as, device, chunk, rows, params,
-                                   labels, stored_others, probe, probe_others, attrs.get("attack_input"))
+                                   labels, stored_others, probe, probe_others, attrs.get("attack_input"), tokens)
     return rates
 
 
 def _transfer_one(results_path: str | os.PathLike, model_file: ModelFile, key: str, task: Task, read_as: ReadAs,
                   device: str, chunk: int, rows: int, params: dict, labels: list, stored_others: list[str],
-                  probe: np.ndarray, probe_others: dict[str, np.ndarray], attacked: str | None) -> dict:
+                  probe: np.ndarray, probe_others: dict[str, np.ndarray], attacked: str | None,
+                  tokens: bool = False) -> dict:
     # the other model takes the stored pass-through inputs it has (by name), perhaps none of them
     takes = {value.name for value in model_file.info.inputs}
     fed = [name for name in stored_others if name in takes]
     settings = LoadSettings(device=device, convert=False, box=tuple(params.get("box", (0.0, 1.0))),
                             attack_input=attacked if attacked in takes else None, scores=read_as.scores,
-                            threshold=read_as.threshold)
+                            threshold=read_as.threshold, tokens=tokens)
     other = load(model_file, settings, probe=probe, probe_others={name: probe_others[name] for name in fed},
                  probe_name=f"{Path(results_path).name}:x")
     if other.num_labels != len(labels):

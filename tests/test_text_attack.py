@@ -80,6 +80,10 @@ def test_hotflip_hides_a_topic_with_at_most_three_changed_tokens(topics, tmp_pat
     assert not np.isin(rows["x_adv"][~special], [text.CLS, text.SEP]).any()  # never introduced either
     masked = rows["attention_mask"] == 0
     assert masked.any() and np.array_equal(rows["x_adv"][masked], rows["x"][masked])
+    code, output = run("validate", str(out), "--model", str(model), "--json")  # the file alone re-scores
+    assert code == 0, output
+    with h5py.File(out, "r") as handle:
+        assert np.array_equal(handle[f"transfer/{model.stem}/success"][:], rows["success"])
 
 
 def test_vocab_and_keep_ids_are_respected(topics, tmp_path):
