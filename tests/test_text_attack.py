@@ -13,6 +13,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -22,6 +23,9 @@ from onnxattack.zoo import text
 from onnxattack.zoo.build import build_topics_text
 from onnxattack.zoo.registry import MODELS
 from torch import nn
+
+from onnxattack.loader import load
+from onnxattack.tokens import TokenVictim, vocabulary_box
 
 warnings.filterwarnings("ignore")
 ROWS = 40
@@ -84,6 +88,30 @@ def test_hotflip_hides_a_topic_with_at_most_three_changed_tokens(topics, tmp_pat
     assert code == 0, output
     with h5py.File(out, "r") as handle:
         assert np.array_equal(handle[f"transfer/{model.stem}/success"][:], rows["success"])
+
+
+def test_the_cut_graph_matches_onnxruntime_and_its_gradient_finite_differences(topics):
+    model, inputs = topics
+    arrays = np.load(inputs)
+    ids, mask = arrays["input_ids"][:4], arrays["attention_mask"][:4]
+    box, _ = vocabulary_box(onnx.load(str(model)), "input_ids")
+    loaded = load(str(model), attack_input="input_ids", tokens=True, box=box, probe=ids,
+                  probe_others={"attention_mask": mask})
+    victim = loaded.victim()
+    assert isinstance(victim, TokenVictim) and victim.embedding is not None and victim.embedded is not None
+    embedded = victim.embedded
+    rows = torch.as_tensor(ids)
+    with loaded.bound({"attention_mask": mask}):
+        vectors = victim.embedding[rows].clone().requires_grad_(True)
+        logits = embedded(vectors, rows)
+        assert torch.allclose(logits, victim.verdict(rows).float(), atol=1e-4)  # the logits onnxruntime computes
+        (gradient,) = torch.autograd.grad(logits[:, 0].sum(), vectors)
+        direction = torch.randn_like(vectors, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            step = 1e-3
+            difference = (embedded(vectors + step * direction, rows)[:, 0].sum()
+                          - embedded(vectors - step * direction, rows)[:, 0].sum()) / (2 * step)
+    assert abs(float(difference) - float((gradient * direction).sum())) <= 1e-2 * max(1.0, abs(float(difference)))
 
 
 def test_vocab_and_keep_ids_are_respected(topics, tmp_path):
