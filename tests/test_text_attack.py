@@ -253,3 +253,27 @@ def test_tokenizer_without_the_package_is_exit_2(topics, tmp_path):
     code, output = run("attack", str(model), str(inputs), "-o", str(tmp_path / "r.h5"), "--method", "ml-hotflip",
                        "--attack-input", "input_ids", "--tokenizer", str(tmp_path / "tokenizer.json"))
     assert code == 2 and "tokenizers" in output and not (tmp_path / "r.h5").exists(), output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tokenizers") is None, reason="tokenizers is not installed")
+def test_tokenizer_stores_and_prints_the_texts(topics, tmp_path):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    words = text.vocabulary().words
+    tokenizer = Tokenizer(WordLevel({word: i for i, word in enumerate(words)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = WhitespaceSplit()
+    tokenizer.add_special_tokens(text.SPECIALS)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    model, inputs = topics
+    out = tmp_path / "r.h5"
+    code, output = run("attack", str(model), str(inputs), "-o", str(out), "--method", "ml-hotflip",
+                       "--attack-input", "input_ids", "--quiet", "--tokenizer", str(tmp_path / "tokenizer.json"))
+    assert code == 0 and "\n-> " in output, output
+    with h5py.File(out, "r") as handle:
+        x, x_adv = handle["x"][:], handle["x_adv"][:]
+        before = [value.decode() for value in handle["text/x"][:]]
+        after = [value.decode() for value in handle["text/x_adv"][:]]
+    assert before[0] == " ".join(words[i] for i in x[0] if i > 3)  # special tokens dropped
+    assert after[0] == " ".join(words[i] for i in x_adv[0] if i > 3)
