@@ -157,6 +157,9 @@ def inspect(model: str, output_name: str | None, labels_file: str | None, box: t
     if report["converts"] is None:
         click.echo(f"onnxattack: {report['reason']}", err=True)
         return
+    if report["attack_route"] == "ml-hotflip":
+        click.echo(f"onnxattack: {report['reason']}", err=True)
+        return
     if report["attack_route"] == "estimated":
         click.echo(f"onnxattack: no torch graph ({first_line(report['reason'] or 'it does not convert')}); "
                    f"`attack` estimates gradients from onnxruntime queries", err=True)
@@ -166,7 +169,8 @@ def inspect(model: str, output_name: str | None, labels_file: str | None, box: t
         _fail(reason, 3)
 
 
-_ROUTES = {"torch": "through the torch graph (--gradients auto)",
+_ROUTES = {"ml-hotflip": "token ids, by substitution: --method ml-hotflip --attack-input NAME",
+           "torch": "through the torch graph (--gradients auto)",
            "estimated": "with gradients estimated from onnxruntime queries (--gradients auto)"}
 
 

@@ -50,7 +50,7 @@ from .runtime import (
 )
 from .scores import ScoreReader
 from .sources import EstimatedSource, GradientSource, TorchGraphSource
-from .tokens import token_source
+from .tokens import token_route, token_source
 from .types import ScoresKind
 from .victim import Victim
 
@@ -585,7 +585,8 @@ def inspect_model(model: str | os.PathLike | ModelFile, *, output: str | None = 
     shape (the sample dims) or probe (real inputs) fix symbolic sample dims for the fidelity check;
     without either, a model with symbolic sample dims is reported as unchecked (converts None).
     `attack_route` says how `attack --gradients auto` would attack it: "torch", "estimated" (the graph
-    does not convert or is unfaithful: gradients from onnxruntime queries) or None (it cannot)."""
+    does not convert or is unfaithful: gradients from onnxruntime queries), "ml-hotflip" (token ids that
+    feed an embedding lookup: only that method attacks them) or None (it cannot)."""
     from .bridge.convert import blocking_ops
 
     model_file = model if isinstance(model, ModelFile) else open_model(model)
@@ -618,7 +619,7 @@ def inspect_model(model: str | os.PathLike | ModelFile, *, output: str | None = 
         report["reason"] = str(exc)
         return report
     if attacked is None:
-        report["reason"] = refusal
+        report.update(reason=refusal, attack_route=token_route(proto, info, attack_input))
         return report
     if probe is None:
         sample = _sample_shape(attacked, shape)

@@ -28,8 +28,8 @@ from .bridge.normalise import (
     inline_functions,
     prune_to,
 )
-from .errors import BadInputError, UnsupportedModelError
-from .model import TensorInfo, graph_inputs
+from .errors import BadInputError, OnnxAttackError, UnsupportedModelError
+from .model import ModelInfo, TensorInfo, choose_attack_input, graph_inputs
 from .passthrough import PassThroughInputs
 from .runtime import OrtScorer
 from .scores import ScoreReader
@@ -76,6 +76,19 @@ def find_embedding(proto: onnx.ModelProto, ids: str) -> Embedding:
     raise UnsupportedModelError(f"input {ids!r} feeds no embedding lookup (a Gather on a [vocab, dim] weight "
                                 f"matrix) for ml-hotflip to cut the graph at; its substitutions cannot be "
                                 f"scored without one")
+
+
+def token_route(proto: onnx.ModelProto, info: ModelInfo, name: str | None) -> str | None:
+    """'ml-hotflip' when the input `name` (else any int32 / int64 input) feeds an embedding lookup; None
+    otherwise (what `inspect` reports as the attack route of such a model)."""
+    names = [name] if name is not None else [i.name for i in info.inputs if np.dtype(i.dtype).kind in "iu"]
+    for candidate in names:
+        try:
+            find_embedding(proto, choose_attack_input(info, candidate, tokens=True).name)
+        except OnnxAttackError:
+            continue
+        return "ml-hotflip"
+    return None
 
 
 def vocabulary_box(proto: onnx.ModelProto, ids: str,
@@ -257,4 +270,5 @@ def read_token_ids(path: str | Path, flag: str = "--vocab") -> np.ndarray:
 
 
 __all__ = ["Embedding", "EmbeddedGraph", "QueryTokenSource", "TokenQueries", "TokenSource", "TokenVictim",
-           "cut_after_embedding", "find_embedding", "mask_input", "read_token_ids", "token_source", "vocabulary_box"]
+           "cut_after_embedding", "find_embedding", "mask_input", "read_token_ids", "token_route", "token_source",
+           "vocabulary_box"]

@@ -141,6 +141,8 @@ def test_bad_vocab_file_is_one_line_exit_2(topics, tmp_path):
 
 def test_other_methods_refuse_token_ids_naming_ml_hotflip(topics, tmp_path):
     model, inputs = topics
+    code, output = run("inspect", str(model), "--json")
+    assert code == 0 and json.loads(output[:output.rindex("}") + 1])["attack_route"] == "ml-hotflip", output
     code, output = run("attack", str(model), str(inputs), "-o", str(tmp_path / "r.h5"), "--method", "ml-pgd",
                        "--attack-input", "input_ids")
     assert code == 3 and "ml-hotflip" in output and len(output.strip().splitlines()) == 1, output
