@@ -92,8 +92,8 @@ class MLHotFlip(Attack):
 
     def run(self, victim: Victim, x: torch.Tensor, target: torch.Tensor, criterion: Criterion) -> AttackResult:
         if not isinstance(victim, TokenVictim):
-            raise UnsupportedModelError(f"{self.name} substitutes token ids through an embedding lookup; "
-                                        f"this victim has none")
+            raise UnsupportedModelError(f"{self.name} substitutes token ids: the victim must be a TokenVictim "
+                                        f"(load the model with tokens=True)")
         rule = threshold_criterion(criterion, self.name)
         x = x.long()
         keep = self._keep.to(x.device) if self._keep is not None else _common_ids(x)
@@ -167,7 +167,8 @@ class _Beam:
         position, token = flat[valid] // vocab, flat[valid] % vocab
         proposals = states[state_index].clone()
         proposals[torch.arange(len(proposals), device=x.device), position] = token
-        return proposals, owners[state_index]
+        unique = torch.unique(torch.cat([owners[state_index].unsqueeze(1), proposals], dim=1), dim=0)  # no repeats
+        return unique[:, 1:], unique[:, 0]
 
     def first_order(self, states: torch.Tensor, owners: torch.Tensor) -> list[Gain]:
         """(E[v] - E[s_t]) . dL/de_t for L_m and L_kappa: one forward and two backward passes."""
@@ -217,10 +218,11 @@ class _Beam:
              best: torch.Tensor, success: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows with a reached proposal stop with it (the lowest loss among them); the others keep their
         `width` lowest-loss proposals, the first of which is their best so far."""
-        order = np.lexsort((loss.detach().cpu().numpy(), ~reached.cpu().numpy(), proposers.cpu().numpy()))
+        rows = proposers.cpu().numpy()
+        order = np.lexsort((loss.detach().cpu().numpy(), ~reached.cpu().numpy(), rows))
         kept: list[int] = []
-        for row in np.unique(proposers.cpu().numpy()):
-            mine = order[proposers.cpu().numpy()[order] == row]
+        for row in np.unique(rows):
+            mine = order[rows[order] == row]
             best[row] = proposals[mine[0]]
             if bool(reached[mine[0]]):
                 success[row] = True
