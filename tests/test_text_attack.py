@@ -24,6 +24,7 @@ from onnxattack.zoo.build import build_topics_text
 from onnxattack.zoo.registry import MODELS
 from torch import nn
 
+import onnxattack as oa
 from onnxattack.loader import load
 from onnxattack.tokens import TokenVictim, vocabulary_box
 
@@ -112,6 +113,18 @@ def test_the_cut_graph_matches_onnxruntime_and_its_gradient_finite_differences(t
             difference = (embedded(vectors + step * direction, rows)[:, 0].sum()
                           - embedded(vectors - step * direction, rows)[:, 0].sum()) / (2 * step)
     assert abs(float(difference) - float((gradient * direction).sum())) <= 1e-2 * max(1.0, abs(float(difference)))
+
+
+def test_the_python_api_attacks_token_ids_as_the_readme_shows(topics):
+    model, inputs = topics
+    arrays = np.load(inputs)
+    ids, mask = arrays["input_ids"][:12], arrays["attention_mask"][:12]
+    box, _ = vocabulary_box(onnx.load(str(model)), "input_ids")
+    loaded = oa.load(str(model), attack_input="input_ids", tokens=True, box=box, probe=ids[:4],
+                     probe_others={"attention_mask": mask[:4]})
+    result = oa.attack_arrays(loaded, ids, oa.MLHotFlip(max_changes=3), other_inputs={"attention_mask": mask})
+    assert result.x_adv.dtype == np.int64 and result.success_rate >= 0.75
+    assert np.array_equal(result.l2, (result.x_adv != ids).sum(axis=1))
 
 
 def test_vocab_and_keep_ids_are_respected(topics, tmp_path):
