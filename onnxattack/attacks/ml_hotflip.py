@@ -66,11 +66,11 @@ class MLHotFlip(Attack):
     discrete = True
     options = {
         "kappa": Option(float, "confidence margin on the attack tensor (logits)"),
-        "max_changes": Option(int, "ml-hotflip: tokens changed per input at most"),
-        "beam_width": Option(int, "ml-hotflip: states kept per input after each step"),
-        "candidates": Option(int, "ml-hotflip: swaps per beam state re-scored in onnxruntime each step"),
-        "vocab": Option(str, "ml-hotflip: a .npy or .txt of the token ids substitutes may take (default: all)"),
-        "keep_ids": Option(str, "ml-hotflip: comma-separated token ids never changed nor introduced (default: "
+        "max_changes": Option(int, "tokens changed per input at most"),
+        "beam_width": Option(int, "states kept per input after each step"),
+        "candidates": Option(int, "swaps per beam state re-scored in onnxruntime each step"),
+        "vocab": Option(str, "a .npy or .txt of the token ids substitutes may take (default: all)"),
+        "keep_ids": Option(str, "comma-separated token ids never changed nor introduced (default: "
                                 "ids found in every input of the batch: CLS, SEP, PAD)"),
     }
 
