@@ -45,6 +45,7 @@ RUNS: list[Run] = [
     ("digits-mosaic", "universal", "hide-single", {"eps": 0.2}),
     ("yeast-mlp", "universal", "-0", {"eps": 0.3}),
     ("digits-ranker", "universal-topk", "hide-all", {"top_k": 1, "eps": 0.3}),
+    ("topics-text", "ml-hotflip", "hide-single", {}),  # token ids: L2 and Linf count changed tokens
 ] + [  # black boxes: onnxruntime queries only (ml-square: scores; ml-hsj: labels), --max-queries 20,000
     ("yeast-forest", "ml-square", "hide-single", {"eps": 0.1}),
     ("digits-mosaic", "ml-square", "hide-single", {"eps": 0.1}),
@@ -71,15 +72,21 @@ def main(count: int, out: str | None, methods: tuple[str, ...]) -> None:
             if methods and method not in methods:
                 continue
             model_path = build(model_name).path
-            inputs = Path(folder) / f"{model_name}.npy"
-            np.save(inputs, test_inputs(model_name, count))
+            rows = test_inputs(model_name, count)
+            inputs = Path(folder) / f"{model_name}.{'npz' if isinstance(rows, dict) else 'npy'}"
+            if isinstance(rows, dict):  # several inputs (topics-text): the token ids are attacked
+                np.savez(inputs, **rows)
+            else:
+                np.save(inputs, rows)
+            attack_input = "input_ids" if isinstance(rows, dict) else None
             box = (-1.0, 1.0) if model_name.startswith("yeast") else (0.0, 1.0)
             result = Path(folder) / f"{model_name}-{method}-{target.replace(':', '_')}-{len(lines)}.h5"
             top_k = options.get("top_k")
             attack_options = {name: value for name, value in options.items() if name != "top_k"}
             started = time.monotonic()
             run_attack(model_path, inputs, result, AttackConfig(method=method, target=target, box=box, device="cpu",
-                                                                top_k=top_k, attack_options=attack_options))
+                                                                top_k=top_k, attack_options=attack_options,
+                                                                attack_input=attack_input))
             s = summarize(result)
             l2 = "-" if s["l2_mean"] is None else f"{s['l2_mean']:.3f}"
             linf = "-" if s["linf_mean"] is None else f"{s['linf_mean']:.3f}"

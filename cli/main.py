@@ -32,8 +32,9 @@ from onnxattack.config import (
     option_flag,
 )
 from onnxattack.errors import BadInputError, ConfigError, OnnxAttackError, first_line
-from onnxattack.results import StoreWriteError
+from onnxattack.results import StoreWriteError, write_texts
 from onnxattack.safety import check_image_output
+from onnxattack.tokenizer import load_decoder
 
 EXIT_CODES = ("Exit codes: 0 done (whatever the success rate), 1 internal error, 2 bad usage or input, "
               "3 the model cannot be handled, 130 interrupted (the file stays readable; --resume continues).")
@@ -157,7 +158,7 @@ def inspect(model: str, output_name: str | None, labels_file: str | None, box: t
     if report["converts"] is None:
         click.echo(f"onnxattack: {report['reason']}", err=True)
         return
-    if report["attack_route"] == "labels":
+    if report["attack_route"] in ("labels", "ml-hotflip"):
         click.echo(f"onnxattack: {report['reason']}", err=True)
         return
     if report["attack_route"] == "estimated":
@@ -172,7 +173,8 @@ def inspect(model: str, output_name: str | None, labels_file: str | None, box: t
 _ROUTES = {"torch": "through the torch graph (--gradients auto)",
            "estimated": "no torch graph: budgeted methods run as ml-square (a black box), minimal-norm ones on "
                         "gradients estimated from onnxruntime queries (--gradients auto)",
-           "labels": "label output only: --method ml-hsj (decision-based, onnxruntime's labels)"}
+           "labels": "label output only: --method ml-hsj (decision-based, onnxruntime's labels)",
+           "ml-hotflip": "token ids, by substitution: --method ml-hotflip --attack-input NAME"}
 
 
 def _converts_text(converts: bool | None) -> str:
@@ -370,8 +372,12 @@ class ProgressBar:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", type=click.Path())
 @attack_options
+@click.option("--tokenizer", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Token-id runs: a HuggingFace tokenizers JSON file; prints the changed texts and stores every "
+                   "row's text before and after in text/x, text/x_adv (needs the 'tokenizers' package).")
 @handle_errors
-def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, **options) -> None:
+def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, tokenizer: str | None,
+           **options) -> None:
     """Attack MODEL on INPUTS and write every result to OUT (HDF5).
 
     INPUTS is a .npy, .npz or .h5 file, or a folder of PNG/JPEG images, in the model's own
@@ -382,13 +388,18 @@ def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, **opti
     from onnxattack.report import format_summary, summarize
 
     config = _config_from(options)
+    decode = None if tokenizer is None else load_decoder(tokenizer)  # refused before any work
     progress = ProgressBar(silent=quiet or as_json)
     try:
         path = run_engine(model, inputs, out, config, progress=progress)
     finally:
         progress.close()
+    changed = [] if decode is None else write_texts(path, decode)
     summary = summarize(path)
     click.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
+    if not as_json:
+        for before, after in changed:
+            click.echo(f"  {before}\n-> {after}")
 
 
 @main.command(epilog=EXIT_CODES)
@@ -567,11 +578,12 @@ def zoo() -> None:
 @zoo.command("inputs", epilog=EXIT_CODES)
 @click.argument("name")
 @click.option("--count", type=int, default=32, show_default=True, help="How many test inputs.")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The .npy to write.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="The .npy to write (.npz, keyed by input name, for a model with several inputs: topics-text).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @handle_errors
 def zoo_inputs(name: str, count: int, out: str, overwrite: bool) -> None:
-    """Write COUNT held-out test inputs of zoo model NAME to a .npy, ready for `attack`."""
+    """Write COUNT held-out test inputs of zoo model NAME to a .npy (.npz), ready for `attack`."""
     from onnxattack.zoo.sample_inputs import write_inputs
 
     path, rows = write_inputs(name, count, Path(out), overwrite)

@@ -17,8 +17,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from . import data
-from .models import CellMaxCNN, MosaicCNN, TabularMLP, pairwise_ranking_loss
+from . import data, text
+from .models import CellMaxCNN, MosaicCNN, TabularMLP, TopicTagger, pairwise_ranking_loss
 from .registry import MODELS, ZooModel, model_path, zoo_dir
 
 
@@ -28,18 +28,20 @@ class Built:
     metrics: dict[str, float]
 
 
-def train(net: nn.Module, x: np.ndarray, y: np.ndarray, loss_fn: Callable, epochs: int,
+def train(net: nn.Module, x: np.ndarray | tuple[np.ndarray, ...], y: np.ndarray, loss_fn: Callable, epochs: int,
           lr: float = 2e-3, batch_size: int = 64, seed: int = 0) -> nn.Module:
+    """Adam on shuffled mini-batches; x is one array or a tuple of arrays (the net's inputs, row-aligned)."""
     generator = torch.Generator().manual_seed(seed)
-    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y).float()
+    inputs = tuple(torch.from_numpy(a) for a in (x if isinstance(x, tuple) else (x,)))
+    y_t = torch.from_numpy(y).float()
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()
     for _ in range(epochs):
-        order = torch.randperm(len(x_t), generator=generator)
+        order = torch.randperm(len(y_t), generator=generator)
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             optimiser.zero_grad()
-            loss_fn(net(x_t[index]), y_t[index]).backward()
+            loss_fn(net(*(tensor[index] for tensor in inputs)), y_t[index]).backward()
             optimiser.step()
     return net.eval()
 
@@ -193,6 +195,32 @@ def build_yeast_forest(spec: ZooModel, path: Path) -> dict:
     return classifier_metrics(_scores(path, split.x_test), split.y_test, 0.5)
 
 
+def build_topics_text(spec: ZooModel, path: Path) -> dict:
+    """Topic tagger on sentences made from shipped word lists (model_zoo.text): input_ids + attention_mask
+    (int64), an nn.Embedding first; torch's legacy exporter, as optimum and most text exports are."""
+    split = text.topic_sentences()
+    torch.manual_seed(0)
+    net = TopicTagger(len(text.vocabulary().words), len(split.labels))
+    with _torch_threads(1):
+        train(net, (split.ids_train, split.mask_train), split.y_train, nn.BCEWithLogitsLoss(), epochs=15, lr=5e-3)
+    names = ["input_ids", "attention_mask"]
+    example = (torch.from_numpy(split.ids_test[:2]), torch.from_numpy(split.mask_test[:2]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, example, str(tmp), dynamo=False, opset_version=17, input_names=names,
+                          output_names=["scores"], dynamic_axes={name: {0: "batch"} for name in [*names, "scores"]})
+    model = onnx.load(str(tmp))
+    onnx.helper.set_model_props(model, {"labels": json.dumps(split.labels), "onnxattack.zoo": spec.name,
+                                        "task": spec.task, "vocabulary": json.dumps(text.vocabulary().words)})
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    scores = session.run(None, {"input_ids": split.ids_test, "attention_mask": split.mask_test})[0]
+    return classifier_metrics(scores, split.y_test, 0.5)
+
+
 def _keep_outputs(model: onnx.ModelProto, names: set[str]) -> None:
     """Drop the label output skl2onnx adds next to the probabilities (the zoo's files have one output)."""
     kept = [output for output in model.graph.output if output.name in names]
@@ -206,6 +234,7 @@ BUILDERS: dict[str, Callable[[ZooModel, Path], dict]] = {
     "yeast-mlp": build_yeast_mlp,
     "yeast-mlp-int8": build_yeast_mlp_int8,
     "yeast-forest": build_yeast_forest,
+    "topics-text": build_topics_text,
 }
 
 

@@ -73,3 +73,19 @@ def pairwise_ranking_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.T
     pairs = positive.unsqueeze(2) & ~positive.unsqueeze(1)  # i relevant, j irrelevant
     losses = nn.functional.softplus(differences)[pairs]
     return losses.mean()
+
+
+class TopicTagger(nn.Module):
+    """Token ids + attention mask -> per-topic probabilities: an embedding, the mean over the attended
+    positions, a hidden layer, a sigmoid head (in eval mode; logits while training)."""
+
+    def __init__(self, vocab: int, num_labels: int, dim: int = 32, hidden: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, num_labels))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        weights = attention_mask.unsqueeze(-1).to(torch.float32)
+        pooled = (self.embed(input_ids) * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        logits = self.body(pooled)
+        return logits if self.training else torch.sigmoid(logits)

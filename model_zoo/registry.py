@@ -36,6 +36,10 @@ MODELS: dict[str, ZooModel] = {
         ZooModel("yeast-forest", "Random forests on Yeast, one per label (scikit-learn OneVsRest, 14 labels, "
                  "probabilities; skl2onnx, ai.onnx.ml TreeEnsembleClassifier): no torch graph, so attacks use "
                  "gradients estimated from onnxruntime queries", "classifier", (-1.0, 1.0)),
+        ZooModel("topics-text", "Topic tagger on sentences made from shipped word lists (tzdata's city names by "
+                 "region, Pillow's colour names, scikit-learn's stop words): input_ids + attention_mask int64 "
+                 "[N, 20], an embedding first, 6 labels, sigmoid probabilities; legacy exporter, opset 17; "
+                 "attack it with --method ml-hotflip --attack-input input_ids", "classifier", (0.0, 1.0)),
     )
 }
 

@@ -21,6 +21,7 @@ from .attacks import (  # noqa: E402
     AttackResult,
     MLCarliniWagner,
     MLDeepFool,
+    MLHotFlip,
     RankI,
     RankII,
     TkMLTargeted,
@@ -46,7 +47,7 @@ from .results import ResultFile  # noqa: E402
 
 __all__ = [
     "METHODS", "Attack", "AttackConfig", "AttackResult", "BadInputError", "BatchResult", "ConfigError",
-    "ConversionError", "FidelityError", "LoadedModel", "MLALP", "MLCarliniWagner", "MLDeepFool", "MLPGD",
+    "ConversionError", "FidelityError", "LoadedModel", "MLALP", "MLCarliniWagner", "MLDeepFool", "MLHotFlip", "MLPGD",
     "OnnxAttackError", "RankI", "RankII", "ResultFile", "TkMLTargeted", "TkMLUntargeted", "UniversalPerturbation",
     "UnsupportedModelError", "Victim", "attack_arrays", "load", "open_dataset", "run_attack", "run_curve",
 ]

@@ -181,6 +181,8 @@ def attack_arrays(model: LoadedModel, x: np.ndarray, attack: Attack,
         verdict = ort_verdict(model, criterion, x_adv, goal)
         torch_verdict = torch_reached(model, criterion, x_adv, goal)
         delta = (x_adv.astype(np.float64) - x.astype(np.float64)).reshape(len(x), -1)
+        if attack.discrete:  # token ids: l2 and linf both hold the count of changed tokens
+            delta = (delta != 0).sum(axis=1, keepdims=True).astype(np.float64)
         return BatchResult(
             x=x, x_adv=x_adv, scores=clean.astype(np.float32), scores_adv=verdict.scores.astype(np.float32),
             y_pred=predicted, y_target=goal, y_adv=verdict.predicted, success=verdict.reached & attacked,

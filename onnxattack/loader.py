@@ -53,6 +53,7 @@ from .runtime import (
 )
 from .scores import ScoreReader
 from .sources import EstimatedSource, GradientSource, ScoresOnlySource, TorchGraphSource
+from .tokens import token_route, token_source
 from .types import ScoresKind
 from .victim import Victim
 
@@ -80,6 +81,7 @@ class LoadSettings:
     batch_axes: Mapping[str, int] = field(default_factory=dict)  # output name -> its batch dim (--batch-axis)
     ctc: bool = False  # CTC frame logits: per label, the best per-frame log-probability
     attack_input: str | None = None  # the input perturbed (default: the only floating one)
+    tokens: bool = False  # the attacked input holds token ids (a discrete method: tokens.TokenSource)
     seed: int = 0
     convert: bool = True  # False: onnxruntime only (validate's other models)
 
@@ -423,7 +425,7 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
     torch_device = resolve_device(device)
     model_file = model if isinstance(model, ModelFile) else open_model(model)
     proto, info = model_file.proto, model_file.info
-    input_info = choose_attack_input(info, settings.attack_input)
+    input_info = choose_attack_input(info, settings.attack_input, tokens=settings.tokens)
     others = tuple(i for i in info.inputs if i.name != input_info.name)
     passthrough = PassThroughInputs(tuple(i.name for i in others))
     score_output = choose_score_output(info, output)
@@ -485,7 +487,7 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
         num_labels = int(probe_scores.shape[1])
         labels = _label_names(info, settings.labels_file, num_labels)
         torch_dtype = (torch.from_numpy(np.zeros(0, dtype=input_info.dtype)).dtype
-                       if input_info.is_float else torch.float32)
+                       if input_info.is_float else torch.int64 if settings.tokens else torch.float32)
         loaded = LoadedModel(info=info, input=input_info, score_output=score_output, reader=reader,
                              scorer=scorer, num_labels=num_labels, labels=labels, device=torch_device,
                              torch_dtype=torch_dtype, box=(float(box[0]), float(box[1])), notes=notes,
@@ -504,6 +506,13 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
                                                               passthrough)
             _estimated(loaded, kind, settings, why, logits)
 
+        if settings.tokens:  # token ids: the graph cut after its embedding lookup
+            logits = None if head is None else _logits_scorer(proto, input_info, tensor_name, score_output.name,
+                                                              torch_device.type, probe, per_sample, layout,
+                                                              passthrough)
+            loaded.source = token_source(proto, input_info, others, passthrough, reader, scorer, logits, tensor_name,
+                                         score_output.name, probe, settings.tolerance, torch_device)
+            return loaded
         if gradients == "estimate":
             estimate("asked for with --gradients estimate")
             return loaded
@@ -659,7 +668,8 @@ def inspect_model(model: str | os.PathLike | ModelFile, *, output: str | None = 
     without either, a model with symbolic sample dims is reported as unchecked (converts None).
     `attack_route` says how `attack --gradients auto` would attack it: "torch", "estimated" (the graph
     does not convert or is unfaithful: gradients from onnxruntime queries), "labels" (its score output
-    holds labels only: the label-only method) or None (it cannot)."""
+    holds labels only: the label-only method), "ml-hotflip" (token ids that feed an embedding lookup:
+    only that method attacks them) or None (it cannot)."""
     from .bridge.convert import blocking_ops
 
     model_file = model if isinstance(model, ModelFile) else open_model(model)
@@ -695,7 +705,7 @@ def inspect_model(model: str | os.PathLike | ModelFile, *, output: str | None = 
         report["reason"] = str(exc)
         return report
     if attacked is None:
-        report["reason"] = refusal
+        report.update(reason=refusal, attack_route=token_route(proto, info, attack_input))
         return report
     if probe is None:
         sample = _sample_shape(attacked, shape)

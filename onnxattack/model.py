@@ -391,12 +391,14 @@ def _foreign_float(dtype: np.dtype) -> bool:
     return dtype.kind != "f" and (dtype.name == "bfloat16" or dtype.name.startswith("float"))
 
 
-def choose_attack_input(info: ModelInfo, name: str | None = None) -> TensorInfo:
+def choose_attack_input(info: ModelInfo, name: str | None = None, tokens: bool = False) -> TensorInfo:
     """The input the attack perturbs: named by the user, else the only floating (or uint8 pixel) input.
     Other integer inputs (token ids, byte values, category codes) cannot be perturbed by small steps
-    along a gradient."""
+    along a gradient; a discrete method (`tokens`: ml-hotflip) takes an integer input instead."""
     if not info.inputs:
         raise UnsupportedModelError("the model has no inputs: there is nothing to perturb")
+    if tokens:
+        return _token_input(info, name)
     if name is not None:
         chosen = next((i for i in info.inputs if i.name == name), None)
         if chosen is None:
@@ -415,8 +417,23 @@ def choose_attack_input(info: ModelInfo, name: str | None = None) -> TensorInfo:
         described = ", ".join(f"{i.name} {i.dtype}" for i in info.inputs)
         raise UnsupportedModelError(
             f"input {chosen.name!r} is {chosen.dtype}: integer inputs (token ids, byte values, category codes) have "
-            f"no gradient and no small perturbation; onnxattack perturbs floating inputs and uint8 pixels "
-            f"(inputs: {described})")
+            f"no gradient and no small perturbation; onnxattack perturbs floating inputs and uint8 pixels, and "
+            f"token ids with --method ml-hotflip (inputs: {described})")
+    return chosen
+
+
+def _token_input(info: ModelInfo, name: str | None) -> TensorInfo:
+    """The token-id input: named by the user, else the only integer one."""
+    integers = [i for i in info.inputs if np.dtype(i.dtype).kind in "iu" and np.dtype(i.dtype).itemsize >= 4]
+    if name is None and len(integers) != 1:
+        raise BadInputError(f"the model has {len(integers)} integer inputs; name the token ids with "
+                            f"--attack-input NAME (inputs: {', '.join(i.name for i in info.inputs)})")
+    chosen = integers[0] if name is None else next((i for i in info.inputs if i.name == name), None)
+    if chosen is None:
+        raise BadInputError(f"model has no input named {name!r} (inputs: {', '.join(i.name for i in info.inputs)})")
+    if chosen not in integers:
+        raise BadInputError(f"input {chosen.name!r} is {chosen.dtype}: the method attacks token ids "
+                            f"(int32 / int64 inputs)")
     return chosen
 
 

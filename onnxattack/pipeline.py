@@ -25,6 +25,7 @@ from .results import ResultFile, ResultWriter, check_output_path, replacement_pa
 from .runtime import to_input_dtype
 from .scores import Criterion, TopKExclusionCriterion
 from .targets import TargetSpec, check_target_file
+from .tokens import vocabulary_box
 
 __all__ = ["AttackConfig", "RunPlan", "plan", "run_attack", "run_local", "versions"]
 
@@ -89,12 +90,12 @@ def shard_rows(count: int, batch_size: int, shard: tuple[int, int] | None) -> tu
 
 def open_model_inputs(model: ModelFile, inputs_path: str | os.PathLike, attack_input: str | None,
                       key: str | None, image_layout: str = "chw", image_scale: float = 1 / 255,
-                      ) -> tuple[str, InputSource, dict[str, InputSource]]:
+                      tokens: bool = False) -> tuple[str, InputSource, dict[str, InputSource]]:
     """(the attacked input's name, its rows, the other inputs' rows by name). A multi-input model's
     inputs come from one .npz / .h5 file keyed by input name (--key names the attacked array if it is
-    stored under another name)."""
+    stored under another name). tokens: the attacked input holds token ids (a discrete method)."""
     info = model.info
-    attacked = choose_attack_input(info, attack_input)
+    attacked = choose_attack_input(info, attack_input, tokens=tokens)
     other_names = [i.name for i in info.inputs if i.name != attacked.name]
     chosen_key = key if key is not None or not other_names else attacked.name
     source = open_inputs(inputs_path, chosen_key, image_layout, image_scale)
@@ -113,16 +114,17 @@ def plan(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLi
     resolve targets."""
     attack = config.build_attack()
     model_file = model_path if isinstance(model_path, ModelFile) else open_model(model_path)
-    box, box_note = resolve_box(config.box, model_file.info)
     attacked, source, others = open_model_inputs(model_file, inputs_path, config.attack_input, config.key,
-                                                 config.image_layout, config.image_scale)
+                                                 config.image_layout, config.image_scale, tokens=attack.discrete)
+    box, box_note = (vocabulary_box(model_file.proto, attacked, config.box) if attack.discrete
+                     else resolve_box(config.box, model_file.info))
     source_name = Path(inputs_path).name
     count = source.count if config.limit is None else min(source.count, config.limit)
     scan_inputs(source, count, box, source_name)
     check_passthrough_sources(others, source.count, count, source_name)
     probe, probe_others = first_rows(source, others, min(count, 4))
     settings = LoadSettings.from_config(config, box=box, attack_input=attacked, batch_axes=config.batch_axes(),
-                                        queries_only=attack.queries_only)
+                                        queries_only=attack.queries_only, tokens=attack.discrete)
     model = load(model_file, settings, probe=probe, probe_name=source_name, probe_others=probe_others)
     if box_note:
         model.notes.insert(0, box_note)

@@ -74,7 +74,9 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str] | list[
     model_paths = [arg.path for arg in args]
     with ResultFile.open(results_path) as results:
         attrs, rows, params = results.attrs, results.rows, results.params
-        probe = results.column("x", 0, 4).astype(np.float64)
+        stored = results.column("x", 0, 4)
+        tokens = stored.dtype.kind in "iu" and stored.dtype.itemsize >= 4  # token ids (ml-hotflip), not pixels
+        probe = stored.astype(np.float64)
         labels = results.labels
         stored_others = results.passthrough_names()
         probe_others = {name: results.passthrough(name, 0, 4) for name in stored_others}
@@ -85,7 +87,7 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str] | list[
         model_file = open_model(arg.path)
         rates[key] = _transfer_one(results_path, model_file, arg, key, task, read_as, device, chunk, rows, params,
                                    labels, stored_others, probe, probe_others, attrs.get("attack_input"),
-                                   str(attrs.get("model_sha256", "")))
+                                   str(attrs.get("model_sha256", "")), tokens)
     return rates
 
 
@@ -124,7 +126,7 @@ def _transfer_one(results_path: str | os.PathLike, model_file: ModelFile, arg: M
                   read_as: ReadAs,
                   device: str, chunk: int, rows: int, params: dict, labels: list, stored_others: list[str],
                   probe: np.ndarray, probe_others: dict[str, np.ndarray], attacked: str | None,
-                  reference_sha: str) -> dict:
+                  reference_sha: str, tokens: bool = False) -> dict:
     # the other model takes the stored pass-through inputs it has (by name), perhaps none of them
     takes = {value.name for value in model_file.info.inputs}
     fed = [name for name in stored_others if name in takes]
@@ -133,7 +135,7 @@ def _transfer_one(results_path: str | os.PathLike, model_file: ModelFile, arg: M
                             read_as.reference, model_file.info.sha256 == reference_sha)
     settings = LoadSettings(device=device, convert=False, box=adapter.target,
                             attack_input=attacked if attacked in takes else None, scores=read_as.scores,
-                            threshold=read_as.threshold)
+                            threshold=read_as.threshold, tokens=tokens)
     other = load(model_file, settings, probe=adapter(probe), probe_name=f"{Path(results_path).name}:x",
                  probe_others={name: probe_others[name] for name in fed})
     match = label_matching(labels, other.labels, read_labels(model_file.info) is not None, read_as, task,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .base import Attack, AttackResult, Option, SetAttack, Victim
 from .ml_cw import MLCarliniWagner
 from .ml_deepfool import MLDeepFool
+from .ml_hotflip import MLHotFlip
 from .ml_hsj import MLHopSkipJump
 from .ml_pgd import MLPGD
 from .ml_square import MLSquare
@@ -31,9 +32,10 @@ METHODS: dict[str, type[Attack]] = {
     TkMLTargeted.name: TkMLTargeted,
     UniversalPerturbation.name: UniversalPerturbation,
     UniversalTopK.name: UniversalTopK,
+    MLHotFlip.name: MLHotFlip,
 }
 
 __all__ = ["Attack", "AttackResult", "Option", "SetAttack", "Victim", "METHODS",
             "MLCarliniWagner", "MLDeepFool", "RankI",
            "RankII", "MLPGD", "MLALP", "MLSquare", "MLHopSkipJump",
-           "TkMLUntargeted", "TkMLTargeted", "UniversalPerturbation", "UniversalTopK"]
+           "TkMLUntargeted", "TkMLTargeted", "UniversalPerturbation", "UniversalTopK", "MLHotFlip"]

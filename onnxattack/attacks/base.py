@@ -84,9 +84,10 @@ class Attack(ABC):
     criterion), `budgeted` (it works within --eps / --norm), `needs_torch_gradients` (it refuses
     gradients estimated from onnxruntime queries), `queries_only` (a black box: it sees onnxruntime's
     scores through a query-counting victim, never a torch graph, even where one exists),
-    `learns_from_set` (it learns from the whole input set before any row: no shards), and `options`: a
-    help text per hyperparameter (merged down the class hierarchy; hyperparameters without one are
-    library-only)."""
+    `learns_from_set` (it learns from the whole input set before any row: no shards), `discrete` (it
+    attacks an integer token-id input by substitution, cut at the graph's embedding lookup), and
+    `options`: a help text per hyperparameter (merged down the class hierarchy; hyperparameters without
+    one are library-only)."""
 
     name: ClassVar[str]
     task: ClassVar[Task]
@@ -95,6 +96,7 @@ class Attack(ABC):
     needs_torch_gradients: ClassVar[bool] = False
     queries_only: ClassVar[bool] = False
     learns_from_set: ClassVar[bool] = False
+    discrete: ClassVar[bool] = False  # it substitutes token ids (the victim is a tokens.TokenVictim)
     options: ClassVar[dict[str, Option]] = {}
 
     def __call__(self, victim: Victim, x: torch.Tensor, target: torch.Tensor, criterion: Criterion) -> AttackResult:

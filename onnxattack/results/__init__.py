@@ -28,6 +28,7 @@ from .writer import (
     identity_mismatch,
     replacement_path,
     room_left,
+    write_texts,
 )
 
 __all__ = [
@@ -35,5 +36,5 @@ __all__ = [
     "CheckFile", "CheckWriter",
     "Column", "CurveFile", "ResultFile", "ResultWriter", "StoreWriteError", "TransferWriter", "check_output_path",
     "copy_run", "curve_writer", "identity_mismatch", "open_hdf5", "passthrough_dataset", "passthrough_name", "plain",
-    "replacement_path", "room_left",
+    "replacement_path", "room_left", "write_texts",
 ]

@@ -14,7 +14,7 @@ import json
 import os
 import resource
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -321,3 +321,21 @@ def copy_run(handle: h5py.File, part: Path, name: str) -> None:
     """Copy a whole result file into the curve file as eps/<name>."""
     with open_hdf5(part) as source:
         source.copy(source["/"], handle[EPS_GROUP], name=name)
+
+
+TEXT_GROUP = "text"  # text/x, text/x_adv: a token-id run's rows decoded (attack --tokenizer)
+
+
+def write_texts(path: str | os.PathLike, decode: Callable[[np.ndarray], list[str]]) -> list[tuple[str, str]]:
+    """Decode a finished run's x and x_adv into text/x and text/x_adv (UTF-8 strings, one per row);
+    returns (before, after) for the rows whose tokens changed."""
+    with h5py.File(path, "a") as handle:
+        x, x_adv = handle["x"][:], handle["x_adv"][:]
+        before, after = decode(x), decode(x_adv)
+        for name, texts in (("x", before), ("x_adv", after)):
+            key = f"{TEXT_GROUP}/{name}"
+            if key in handle:
+                del handle[key]
+            handle.create_dataset(key, data=np.array(texts, dtype=object), dtype=h5py.string_dtype())
+    changed = (x != x_adv).reshape(len(x), -1).any(axis=1)
+    return [(before[i], after[i]) for i in np.flatnonzero(changed)]
