@@ -93,13 +93,13 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str] | list[
 
 def input_adapter(model_file: ModelFile, arg: ModelArg, attacked: str | None, sample_shape: tuple[int, ...],
                   dtype: np.dtype, box: tuple[float, float], reference: ModelArg | None = None,
-                  same_model: bool = False) -> Adapter:
+                  same_model: bool = False, tokens: bool = False) -> Adapter:
     """The mapping of the reference's rows (sample_shape, dtype, box) into this model's attacked input. Its
     range: the stated one, else its `input_range` metadata (not for the run's own model: its rows are in
     the run's --range already), else the reference's."""
     info = model_file.info
     takes = {value.name for value in info.inputs}
-    chosen = choose_attack_input(info, attacked if attacked in takes else None)
+    chosen = choose_attack_input(info, attacked if attacked in takes else None, tokens=tokens)
     target_box = arg.range or (None if same_model else declared_range(info)) or box
     source_box = reference.range if reference is not None and reference.range else box
     source = Side(sample_shape, source_box, np.dtype(dtype), reference.layout if reference else None)
@@ -132,7 +132,7 @@ def _transfer_one(results_path: str | os.PathLike, model_file: ModelFile, arg: M
     fed = [name for name in stored_others if name in takes]
     box = tuple(params.get("box", (0.0, 1.0)))
     adapter = input_adapter(model_file, arg, attacked, tuple(probe.shape[1:]), probe.dtype, (box[0], box[1]),
-                            read_as.reference, model_file.info.sha256 == reference_sha)
+                            read_as.reference, model_file.info.sha256 == reference_sha, tokens)
     settings = LoadSettings(device=device, convert=False, box=adapter.target,
                             attack_input=attacked if attacked in takes else None, scores=read_as.scores,
                             threshold=read_as.threshold, tokens=tokens)
