@@ -144,7 +144,7 @@ def run_mutant(base: Base, seed: int, index: int, folder: Path) -> Outcome:
         for _ in range(rng.randint(1, 3)):
             try:
                 recipe.append(rng.choice(MUTATORS)(rng, handle))
-            except (ValueError, KeyError, TypeError):  # an edit that clashes with an earlier one: skipped
+            except (ValueError, KeyError, TypeError, IndexError):  # clashes with an earlier edit: skipped
                 recipe.append("skipped")
     before = hashlib.sha256(target.read_bytes()).hexdigest()
     args: list[object] = {
