@@ -45,7 +45,7 @@ from torch import nn
 
 from ._common import MS_DOMAIN, register
 from .contrib import Attention, attention_settings
-from .padding import torch_order, window_pads
+from .conv import Conv
 from .recurrent import Recurrent, parse_activations
 
 
@@ -115,23 +115,9 @@ class DynamicQuantizeMatMul(nn.Module, OnnxToTorchModule):
         return y if bias is None else y + bias.to(a.dtype)
 
 
-class ConvInteger(nn.Module, OnnxToTorchModule):
-    def __init__(self, auto_pad: str, pads: list[int] | None, strides: list[int] | None,
-                 dilations: list[int] | None, group: int) -> None:
-        super().__init__()
-        self.auto_pad = auto_pad
-        self.pads = pads
-        self.strides = strides
-        self.dilations = dilations
-        self.group = group
-
-    def _padding(self, x: torch.Tensor, kernel: list[int]) -> list[int]:
-        """torch.nn.functional.pad's list (last dim first) of the ONNX begin/end pads (padding.py's rules,
-        shared with Conv and the pools)."""
-        rank = len(kernel)
-        pairs = window_pads(self.auto_pad, self.pads, list(x.shape[2:]), kernel, self.strides or [1] * rank,
-                            self.dilations or [1] * rank)
-        return torch_order(pairs)
+class ConvInteger(Conv):
+    """Conv of the zero-point-shifted integers (as floats): padding with 0 after the shift is padding the
+    raw input with its zero point, as onnxruntime does. Pads and the convolution are Conv's."""
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, x_zero_point: torch.Tensor | None = None,
                 w_zero_point: torch.Tensor | None = None) -> torch.Tensor:
@@ -142,10 +128,7 @@ class ConvInteger(nn.Module, OnnxToTorchModule):
         if w_zero_point is not None:
             zp = w_zero_point.to(dtype)
             w = w - (zp.reshape([-1] + [1] * (w.dim() - 1)) if zp.numel() > 1 else zp.reshape(()))
-        kernel = list(w.shape[2:])
-        x = nn.functional.pad(x, self._padding(x, kernel))
-        convolve = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[len(kernel)]
-        return convolve(x, w, stride=self.strides or 1, dilation=self.dilations or 1, groups=self.group)
+        return super().forward(x, w)
 
 
 class DynamicQuantizeLSTM(Recurrent):
