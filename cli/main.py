@@ -517,20 +517,44 @@ def crosscheck(reference: str, inputs: str, out: str, models: tuple[str, ...], v
 @main.command(epilog=EXIT_CODES)
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--png", type=click.Path(dir_okay=False), help="Write a figure: examples and the norm histogram.")
+@click.option("--html", type=click.Path(dir_okay=False),
+              help="Write one self-contained HTML page (.html; no script, nothing fetched): for a crosscheck file "
+                   "its matrices as heatmaps, examples judged on every model, mappings, label matching, settings; "
+                   "for a result file its summary, examples and settings.")
+@click.option("--examples", type=click.IntRange(1, 100), default=4, show_default=True,
+              help="Examples in --png / --html (per attacked model of a crosscheck file).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handle_errors
-def report(results: str, png: str | None, as_json: bool) -> None:
-    """Print the summary of RESULTS again, from the file alone."""
+def report(results: str, png: str | None, html: str | None, examples: int, as_json: bool) -> None:
+    """Print the summary of RESULTS again, from the file alone (a result file or a crosscheck file)."""
     from onnxattack.report import figure_path, format_summary, summarize, write_figure
+    from onnxattack.report_html import check_html_output, write_html
+    from onnxattack.report_views import is_crosscheck, read_check, summarize_check
 
+    crosscheck = is_crosscheck(results)
+    if png and crosscheck:
+        raise BadInputError("--png draws an attack result file; a crosscheck file's report is --html PAGE.html")
     if png:
         png = str(check_image_output(figure_path(png), inputs=(results,), overwrite=True))  # before any work
-    summary = summarize(results)
+    if html:
+        html = str(check_html_output(html, inputs=(results,)))
+    if crosscheck:
+        from onnxattack.crosscheck import format_crosscheck
+
+        summary = summarize_check(read_check(results, 0))
+        text = format_crosscheck(summary)
+    else:
+        summary = summarize(results)
+        text = format_summary(summary)
     if png:
-        summary["png"] = str(write_figure(results, png))
-    click.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
+        summary["png"] = str(write_figure(results, png, examples))
+    if html:
+        summary["html"] = str(write_html(results, html, examples))
+    click.echo(json.dumps(summary, default=str) if as_json else text)
     if png and not as_json:
         click.echo(f"figure: {summary['png']}")
+    if html and not as_json:
+        click.echo(f"page: {summary['html']}")
 
 
 @main.command(epilog=EXIT_CODES)

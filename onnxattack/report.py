@@ -180,7 +180,7 @@ def _read_run(path: str | os.PathLike, examples: int) -> _Run:
                 int(success.sum()), int(attacked.sum()))
 
 
-def _as_image(sample: np.ndarray) -> np.ndarray | None:
+def as_image(sample: np.ndarray) -> np.ndarray | None:
     """HxW or HxWxC for display; None when the sample is not image-like."""
     if sample.ndim == 2:
         return sample
@@ -217,7 +217,7 @@ def _draw_images(figure, cells, example: _Example) -> None:
     delta = x_adv - x
     scale = float(np.abs(delta).max()) or 1.0
     low, high = min(x.min(), x_adv.min()), max(x.max(), x_adv.max())
-    clean, adversarial, change = _as_image(x), _as_image(x_adv), _as_image(delta)
+    clean, adversarial, change = as_image(x), as_image(x_adv), as_image(delta)
     assert clean is not None and adversarial is not None and change is not None  # callers check image-likeness
     panels: list[tuple[Any, ...]]
     if clean.ndim == 2:
@@ -340,7 +340,7 @@ def write_figure(path: str | os.PathLike, png: str | os.PathLike, examples: int 
     except ImportError:
         raise BadInputError("--png needs matplotlib: pip install 'onnxattack[report]'") from None
     run = _read_run(path, examples)
-    image_like = bool(run.examples) and _as_image(run.examples[0].x.astype(np.float64)) is not None
+    image_like = bool(run.examples) and as_image(run.examples[0].x.astype(np.float64)) is not None
     rows = len(run.examples)
     figure = plt.figure(figsize=(14, 2.9 * rows + 2.6), layout="constrained")
     figure.suptitle(run.title, fontsize=11, fontweight="bold")
