@@ -27,7 +27,8 @@ def summarize_run(results: ResultFile) -> dict:
     attacked, success = results.attacked, results.success
     agrees = results.column("torch_agrees").astype(bool)
     l2, linf = results.column("l2"), results.column("linf")
-    queries, calls = results.column("queries"), results.column("model_calls")
+    # counts as floats, NaN as 0: a hand-edited file may hold them as floats (int() of NaN would raise)
+    queries, calls = (np.nan_to_num(results.column(name).astype(np.float64)) for name in ("queries", "model_calls"))
     nonfinite = np.zeros(rows, dtype=bool)
     hamming = np.zeros(rows)
     # untargeted top-k: y_target marks the labels that must leave the top k; count those still in it

@@ -118,6 +118,16 @@ def _settings(attrs: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
+def _flags(values: np.ndarray) -> np.ndarray:
+    """A label row (1 on, 0 off, -1 not known) as int8 whatever it was stored as (NaN and junk: -1)."""
+    numbers = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=-1.0, posinf=1.0, neginf=-1.0)
+    return np.clip(np.rint(numbers), -1, 1).astype(np.int8)
+
+
+def _floats(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)  # a ValueError for text: read_* turn it into one line
+
+
 def pick_rows(attacked: np.ndarray, success: np.ndarray, carried: np.ndarray | None, count: int) -> list[int]:
     """Successes first, and among them those that carried over to the fewest other models (the pairs that
     differ are the interesting ones); then failures; skipped rows are never shown."""
@@ -139,29 +149,36 @@ def read_run(run: ResultFile, name: str, count: int, judges: list[str] | None = 
     l2, linf = run.column("l2").astype(np.float64), run.column("linf").astype(np.float64)
     examples = []
     for row in pick_rows(attacked, success, carried, count):
-        own_clean = (run.take("scores", row).astype(np.float64), run.take("y_pred", row))
-        verdicts = [Verdict(name, run.take("scores_adv", row).astype(np.float64), run.take("y_adv", row),
+        own_clean = (_floats(run.take("scores", row)), _flags(run.take("y_pred", row)))
+        verdicts = [Verdict(name, _floats(run.take("scores_adv", row)), _flags(run.take("y_adv", row)),
                             bool(success[row]), *own_clean)]
         for judge in judges:
-            adv_scores = np.asarray(run.dataset(f"{TRANSFER_GROUP}/{judge}/scores_adv")[row], dtype=np.float64)
-            adv_pred = np.asarray(run.dataset(f"{TRANSFER_GROUP}/{judge}/y_adv")[row])
+            adv_scores = _floats(run.dataset(f"{TRANSFER_GROUP}/{judge}/scores_adv")[row])
+            adv_pred = _flags(run.dataset(f"{TRANSFER_GROUP}/{judge}/y_adv")[row])
             clean = clean_of(judge, row) if clean_of else None
             verdicts.append(Verdict(judge, adv_scores, adv_pred, bool(reached[judge][row]),
                                     *(clean if clean is not None else (None, None))))
-        examples.append(Example(row, run.take("x", row), run.take("x_adv", row), run.take("y_target", row),
-                                float(l2[row]), float(linf[row]), verdicts))
+        examples.append(Example(row, _floats(run.take("x", row)), _floats(run.take("x_adv", row)),
+                                _flags(run.take("y_target", row)), float(l2[row]), float(linf[row]), verdicts))
     return RunView(name, run.labels, summarize_run(run), _settings(run.attrs), examples, l2[success])
+
+
+# What h5py and numpy raise on a group or dataset that is not what the layout says (a file edited by hand).
+_DAMAGE = (KeyError, ValueError, TypeError, IndexError, OSError)
+
+
+def _unreadable(path: str | os.PathLike, what: str, exc: Exception) -> BadInputError:
+    detail = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return BadInputError(f"{path} cannot be read as a {what} ({detail})")
 
 
 def read_result(path: str | os.PathLike, count: int) -> RunView:
     """An ordinary result file's view."""
     with ResultFile.open(path) as run:
-        return read_run(run, str(run.attrs.get("model_name") or Path(path).stem), count)
-
-
-def _unreadable(path: str | os.PathLike, exc: Exception) -> BadInputError:
-    detail = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return BadInputError(f"{path} cannot be read as a crosscheck file ({detail})")
+        try:
+            return read_run(run, str(run.attrs.get("model_name") or Path(path).stem), count)
+        except _DAMAGE as exc:
+            raise _unreadable(path, "result file", exc) from None
 
 
 def read_check(path: str | os.PathLike, count: int) -> CheckView:
@@ -171,8 +188,8 @@ def read_check(path: str | os.PathLike, count: int) -> CheckView:
             return _check_view(check, count)
         except BadInputError:
             raise
-        except (KeyError, ValueError, TypeError, IndexError, OSError) as exc:  # h5py's complaints about a group
-            raise _unreadable(path, exc) from None
+        except _DAMAGE as exc:
+            raise _unreadable(path, "crosscheck file", exc) from None
 
 
 def _names(check: CheckFile) -> tuple[list[str], list[str]]:
@@ -226,7 +243,7 @@ def _check_view(check: CheckFile, count: int) -> CheckView:
                 scores, pred = clean[judge]
                 if row >= len(scores):
                     return None
-                return _to_run_order(scores[row].astype(np.float64), pred[row], labels, run_labels, pairs)
+                return _to_run_order(_floats(scores[row]), _flags(pred[row]), labels, run_labels, pairs)
 
             judges = [other for other in models if other != name]
             run_view = read_run(run, name, count, judges, clean_of)
@@ -250,10 +267,14 @@ def _listed(matrix: np.ndarray) -> list[list[float | None]]:
     return [[None if not np.isfinite(value) else round(float(value), 6) for value in row] for row in matrix]
 
 
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def summarize_check(view: CheckView) -> dict[str, Any]:
     """The summary `crosscheck` printed when it wrote the file (format_crosscheck prints it again)."""
     return {"path": view.path, "models": [member.name for member in view.members],
-            "roles": [member.role for member in view.members], "inputs": int(view.attrs.get("n_inputs", 0) or 0),
+            "roles": [member.role for member in view.members], "inputs": _count(view.attrs.get("n_inputs")),
             "agreement": _listed(view.agreement), "max_score_diff": _listed(view.max_score_diff),
             "transfer": _listed(view.transfer),
             "mappings": {member.name: str(member.mapping.get("description", "?")) for member in view.members},

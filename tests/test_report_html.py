@@ -8,6 +8,7 @@ import base64
 import importlib.util
 import io
 import json
+import random
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -250,6 +251,57 @@ def test_a_damaged_crosscheck_file_is_one_line_and_no_page(check, tmp_path, edit
     result = CliRunner().invoke(main, ["report", str(copy), "--html", str(tmp_path / "p.html")])
     assert result.exit_code == 2 and words in result.output and len(result.output.splitlines()) == 1, result.output
     assert not (tmp_path / "p.html").exists() and not list(tmp_path.glob(".p.html*"))
+
+
+JUNK = ["", "{", "[1, 2]", "null", 7, -1, "nan", '{"a": 1}', '["x"]', 1.5, True, '[["a"]]', '{"pairs": 3}']
+
+
+def mutate(path: Path, rng: random.Random) -> str:
+    """One hand edit: an object deleted, an attribute set to junk, or a dataset replaced by one of another
+    shape or type (NaN labels, text, one row)."""
+    with h5py.File(path, "r+") as handle:
+        names: list[str] = []
+        handle.visit(names.append)
+        kind = rng.randrange(4)
+        if kind == 0:
+            target = rng.choice(names)
+            del handle[target]
+            return f"del {target}"
+        if kind == 1:
+            owner = handle[rng.choice(names)] if rng.random() < 0.7 else handle
+            if len(owner.attrs):
+                key, value = rng.choice(sorted(owner.attrs)), rng.choice(JUNK)
+                owner.attrs[key] = value
+                return f"{owner.name}.{key} = {value!r}"
+        if kind == 2:
+            target = rng.choice([name for name in names if isinstance(handle[name], h5py.Dataset)])
+            shape = handle[target].shape
+            del handle[target]
+            data = rng.choice([np.zeros(1), np.full(shape, np.nan), np.array([b"x", b"y"]),
+                               np.zeros(shape[:1] + (3,) * (len(shape) - 1))])
+            handle.create_dataset(target, data=data)
+            return f"{target} replaced by {data.dtype} {list(data.shape)}"
+        key, value = rng.choice(["models", "labels", "reference", "n_inputs", "kind"]), rng.choice(JUNK)
+        handle.attrs[key] = value
+        return f"/.{key} = {value!r}"
+
+
+def test_hand_edited_files_give_a_page_or_one_line(check, validated, tmp_path):
+    """A bounded fuzz: every edit ends in a page (exit 0) or one line (exit 2), never a traceback, and a
+    refusal leaves no page."""
+    outcomes = []
+    for index in range(40):
+        rng = random.Random(index)
+        copy = tmp_path / f"m{index}.h5"
+        shutil.copy(check if index % 4 else validated, copy)
+        recipe = [mutate(copy, rng) for _ in range(rng.randrange(1, 3))]
+        html = tmp_path / f"m{index}.html"
+        result = CliRunner().invoke(main, ["report", str(copy), "--html", str(html)])
+        outcomes.append(result.exit_code)
+        crashed = result.exception is not None and not isinstance(result.exception, SystemExit)
+        assert not crashed and result.exit_code in (0, 2), (recipe, result.output, result.exception)
+        assert result.exit_code == 0 or (len(result.output.splitlines()) == 1 and not html.exists()), recipe
+    assert outcomes.count(2) >= 8 and outcomes.count(0) >= 8  # the edits reach the checks, and not all are fatal
 
 
 def test_the_page_path_is_checked_before_any_work(check, tmp_path):
