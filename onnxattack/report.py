@@ -11,6 +11,7 @@ import numpy as np
 
 from .errors import BadInputError
 from .results import ResultFile
+from .safety import atomic_write
 
 _CHUNK = 4096
 
@@ -362,6 +363,9 @@ def write_figure(path: str | os.PathLike, png: str | os.PathLike, examples: int 
     legend_axis.legend(handles=_legend_handles(run), loc="center", ncol=3, fontsize=8, frameon=False)
     png = figure_path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png, dpi=100)
-    plt.close(figure)
+    try:
+        with atomic_write(png) as temp:  # an earlier figure stays whole until this one is
+            figure.savefig(temp, dpi=100, format="png")
+    finally:
+        plt.close(figure)
     return png

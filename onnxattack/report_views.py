@@ -201,7 +201,8 @@ def _names(check: CheckFile) -> tuple[list[str], list[str]]:
 
 
 def _square(check: CheckFile, size: int) -> dict[str, np.ndarray]:
-    matrices = check.matrices()
+    matrices = {key: matrix for key, matrix in check.matrices().items()  # later additions are not drawn here
+                if key in ("agreement", "max_score_diff", "transfer")}
     for key, matrix in matrices.items():
         if matrix.shape != (size, size) or matrix.dtype.kind not in "fiu":
             raise BadInputError(f"{check.path}: the {key} matrix has shape {list(matrix.shape)}, not "
