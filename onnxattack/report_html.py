@@ -258,6 +258,8 @@ def _findings(view: CheckView) -> list[str]:
     low = _off_diagonal(view.agreement, "min")
     if low is None:
         lines.append("One model only: nothing to compare.")
+    elif low[2] >= 1.0:
+        lines.append("On clean inputs every pair of models predicts equal label sets on every input.")
     else:
         i, j, value = low
         lines.append(f"On clean inputs the least agreeing pair is <b>{_e(names[i])}</b> and <b>{_e(names[j])}</b>: "
@@ -268,7 +270,9 @@ def _findings(view: CheckView) -> list[str]:
         lines.append(f"The largest clean score difference is {value:.3g} (<b>{_e(names[i])}</b> vs "
                      f"<b>{_e(names[j])}</b>).")
     weak, strong = _off_diagonal(view.transfer, "min"), _off_diagonal(view.transfer, "max")
-    if weak is not None and strong is not None:
+    if weak is not None and weak[2] >= 1.0:
+        lines.append("Every adversarial input reaches its target on every other model as well.")
+    elif weak is not None and strong is not None:
         i, j, value = weak
         own = view.transfer[i, i]
         lines.append(f"Adversarial inputs crafted on <b>{_e(names[i])}</b> reach their target on "

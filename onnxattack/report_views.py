@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,6 @@ class CheckView:
     agreement: np.ndarray
     max_score_diff: np.ndarray
     transfer: np.ndarray
-    notes: list[str] = field(default_factory=list)
 
 
 def is_crosscheck(path: str | os.PathLike) -> bool:
