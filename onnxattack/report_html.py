@@ -176,7 +176,8 @@ def _score(value: float, on: int) -> str:
     return f'<b class="on">{text}</b>' if on == 1 else text
 
 
-def _verdict_row(verdict: Verdict, example: Example, labels: list[str], focus: list[int], crafted: bool) -> list[str]:
+def _verdict_row(verdict: Verdict, example: Example, labels: list[str], focus: list[int], crafted: bool,
+                 per_label: bool) -> list[str]:
     name = _e(verdict.model) + (' <span class="muted">(crafted on)</span>' if crafted else "")
     reached = '<td class="hit">yes</td>' if verdict.reached else '<td class="miss">no</td>'
     cells = [name, reached, _label_set(labels, verdict.clean_pred), _label_set(labels, verdict.adv_pred)]
@@ -185,20 +186,25 @@ def _verdict_row(verdict: Verdict, example: Example, labels: list[str], focus: l
         clean = "" if verdict.clean_scores is None or verdict.clean_pred is None else \
             _score(float(verdict.clean_scores[k]), int(verdict.clean_pred[k])) + " \u2192 "
         adv = _score(float(verdict.adv_scores[k]), adv_on) if k < len(verdict.adv_scores) else "\u2013"
-        css = "" if adv_on < 0 else (' class="hit"' if adv_on == int(example.target[k]) else ' class="miss"')
+        css = "" if adv_on < 0 or not per_label else \
+            (' class="hit"' if adv_on == int(example.target[k]) else ' class="miss"')
         cells.append(f"<td{css}>{clean}{adv}</td>")
     return cells
 
 
-def _label_head(labels: list[str], example: Example, k: int) -> str:
+def _label_head(labels: list[str], example: Example, k: int, per_label: bool) -> str:
+    name = labels[k] if k < len(labels) else str(k)
+    if not per_label:
+        return _e(name)
     own = example.verdicts[0]
     want, had = int(example.target[k]), int(own.clean_pred[k]) if own.clean_pred is not None else -1
     mark = " \u25b2" if want == 1 and had == 0 else (" \u25bc" if want == 0 and had == 1 else "")
-    name = labels[k] if k < len(labels) else str(k)
     return _e(name) + (f' <span title="the target turns it {"on" if want else "off"}">{mark}</span>' if mark else "")
 
 
-def _example(example: Example, labels: list[str]) -> str:
+def _example(example: Example, labels: list[str], per_label: bool) -> str:
+    """per_label: a classification target (a label vector, compared label by label); a ranking target is a
+    set for the top k, judged as a whole."""
     panels = image_panels(example.x, example.x_adv)
     if panels is not None:
         pictures = "".join(f'<figure><img src="{uri}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption>'
@@ -207,14 +213,16 @@ def _example(example: Example, labels: list[str]) -> str:
         pictures = f"<figure>{vector_plot(example.x, example.x_adv)}</figure>"
     focus = _focus(example, len(labels))
     header = ["model", "target reached", "clean prediction", "adversarial prediction",
-              *(_label_head(labels, example, k) for k in focus)]
-    rows = [_verdict_row(verdict, example, labels, focus, i == 0) for i, verdict in enumerate(example.verdicts)]
+              *(_label_head(labels, example, k, per_label) for k in focus)]
+    rows = [_verdict_row(verdict, example, labels, focus, i == 0, per_label)
+            for i, verdict in enumerate(example.verdicts)]
+    legend = ("green: as the target wants, red: not; \u25b2 / \u25bc: the target turns the label on / off"
+              if per_label else "a ranking target: a label set for the top k, judged as a whole")
     shown = "" if len(focus) == len(labels) else f" (showing {len(focus)} of {len(labels)} labels)"
     return (f'<div class="example"><h3>input #{example.index}: target {_label_set(labels, example.target)}, '
             f"L2 {example.l2:.4g}, L\u221e {example.linf:.4g}</h3>"
             f'<div class="panels">{pictures}</div>'
-            f"<p class=\"muted\">scores clean \u2192 adversarial{shown}; bold: predicted on; green: as the target "
-            f"wants, red: not; \u25b2 / \u25bc: the target turns the label on / off.</p>"
+            f"<p class=\"muted\">scores clean \u2192 adversarial{shown}; bold: predicted on; {legend}.</p>"
             + _table(header, rows) + "</div>")
 
 
@@ -234,7 +242,8 @@ def _run_line(run: RunView) -> str:
 def _examples(run: RunView) -> str:
     if not run.examples:
         return '<p class="muted">no attacked inputs to show</p>'
-    return "\n".join(_example(example, run.labels) for example in run.examples)
+    per_label = run.settings.get("task", "classification") == "classification"
+    return "\n".join(_example(example, run.labels, per_label) for example in run.examples)
 
 
 # --- a crosscheck file ----------------------------------------------------------------------------
