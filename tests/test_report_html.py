@@ -237,11 +237,22 @@ def test_a_result_file_gets_a_page_with_its_summary_plots_and_validations(valida
     assert len(examples) == min(2, attacked) and all(len(rows) == 3 for rows in examples)  # own + validated model
 
 
+def _scores_kept_in_another_file(handle: h5py.File, name: str) -> None:
+    """Replace a dataset by one whose values live in a file beside it (HDF5 external raw storage)."""
+    shape, dtype = handle[name].shape, handle[name].dtype
+    secret = Path(handle.filename).with_name("secret.bin")
+    secret.write_bytes(np.full(shape, 7, dtype).tobytes())
+    del handle[name]
+    handle.create_dataset(name, shape=shape, dtype=dtype, external=[(secret.name, 0, secret.stat().st_size)])
+
+
 @pytest.mark.parametrize("edit,words", [
     (lambda handle: handle.attrs.__setitem__("models", "not json"), "models"),
     (lambda handle: (handle.__delitem__("transfer/success"),
                      handle.create_dataset("transfer/success", data=np.zeros((3, 3)))), "[2, 2]"),
-    (lambda handle: handle.__delitem__("models/int8/scores"), "crosscheck file"),
+    (lambda handle: handle.__delitem__("models/int8/scores"), "models/int8/scores is not a dataset"),
+    (lambda handle: _scores_kept_in_another_file(handle, "models/int8/scores"), "other files"),
+    (lambda handle: _scores_kept_in_another_file(handle, "transfer/success"), "other files"),
 ])
 def test_a_damaged_crosscheck_file_is_one_line_and_no_page(check, tmp_path, edit, words):
     copy = tmp_path / "damaged.h5"

@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 from ..errors import BadInputError
+from ..inputs import checked_hdf5_dataset
 from .reader import ResultFile, open_hdf5, plain
 from .schema import AGREEMENT_GROUP, CHECK_KIND, MODELS_GROUP, TRANSFER_GROUP
 
@@ -103,17 +104,27 @@ class CheckFile:
     def model_attrs(self, name: str) -> dict[str, Any]:
         return {key: plain(value) for key, value in self.handle[f"{MODELS_GROUP}/{name}"].attrs.items()}
 
+    def _array(self, name: str) -> np.ndarray:
+        """A dataset's values, once it is checked to be plain data stored in this file (as ResultFile.open
+        checks its rows): a hostile check file must not pull another file's bytes into a report."""
+        return np.asarray(checked_hdf5_dataset(self.handle, name, str(self.path)))
+
     def clean(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(scores, y_pred) of the clean inputs, in the reference's label order."""
-        group = self.handle[f"{MODELS_GROUP}/{name}"]
-        return np.asarray(group["scores"]), np.asarray(group["y_pred"])
+        group = f"{MODELS_GROUP}/{name}"
+        return self._array(f"{group}/scores"), self._array(f"{group}/y_pred")
 
     def run(self, name: str) -> ResultFile | None:
         """The model's own attack (None when it could not be attacked)."""
         key = f"{MODELS_GROUP}/{name}/run"
-        return ResultFile(self.handle[key], self.path) if key in self.handle else None
+        if key not in self.handle:
+            return None
+        results = ResultFile(self.handle[key], self.path)
+        for dataset in (*results.row_datasets(), *results.transfer_datasets()):
+            checked_hdf5_dataset(self.handle, f"{key}/{dataset}", str(self.path))
+        return results
 
     def matrices(self) -> dict[str, np.ndarray]:
-        return {"agreement": np.asarray(self.handle[f"{AGREEMENT_GROUP}/equal"]),
-                "max_score_diff": np.asarray(self.handle[f"{AGREEMENT_GROUP}/max_score_diff"]),
-                "transfer": np.asarray(self.handle[f"{TRANSFER_GROUP}/success"])}
+        return {"agreement": self._array(f"{AGREEMENT_GROUP}/equal"),
+                "max_score_diff": self._array(f"{AGREEMENT_GROUP}/max_score_diff"),
+                "transfer": self._array(f"{TRANSFER_GROUP}/success")}
