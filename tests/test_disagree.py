@@ -175,3 +175,19 @@ def test_a_pair_that_already_disagrees_is_left_where_it_is():
     x = torch.full((3, 2), 0.5)
     result = Disagree(max_iter=20, binary_steps=2)(pair, x)
     assert result.success.all() and torch.allclose(result.l2, torch.zeros(3), atol=1e-5)
+
+
+def test_members_without_a_torch_graph_are_searched_with_estimated_gradients(digits, tmp_path):  # noqa: F811
+    reference, _, folder = digits
+    out, kept = tmp_path / "check.h5", tmp_path / "variants"
+    config = AttackConfig(method="ml-deepfool", max_iter=5, limit=4, gradients="estimate")
+    summary = run_crosscheck(ModelArg(str(reference)), folder / "x.npy", out, config, [], ["int8"], kept,
+                             pairs=["nchw:int8"], pair_method=Disagree())
+    pair = summary["disagree"]["nchw:int8"]
+    print(pair)
+    assert pair["gradients_a"] == pair["gradients_b"] == "estimated" and pair["success_rate"] >= 0.5, pair
+    with h5py.File(out, "r") as handle:
+        x, x_adv = handle["x"][:], handle["disagree/nchw:int8/x_adv"][:]
+        success = handle["disagree/nchw:int8/success"][:]
+    split = ((ort_scores(reference, x_adv) > 0) != (ort_scores(kept / "nchw.int8.onnx", x_adv) > 0)).any(axis=1)
+    assert np.array_equal(success, split) and x_adv.shape == x.shape
