@@ -42,7 +42,6 @@ from .types import Task
 from .variants import make_variant
 
 __all__ = ["Member", "format_crosscheck", "run_crosscheck"]
-CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -103,12 +102,6 @@ def _member(name: str, arg: ModelArg, role: str, reference: ModelArg, x: np.ndar
     layout = arg.layout or (adapter.layouts[1] if adapter.axes is not None else reference.layout)
     resolved = ModelArg(arg.path, layout, adapter.target)
     return Member(name, resolved, role, adapter, match, model_file.info.sha256), loaded
-
-
-def _clean(member: Member, loaded: LoadedModel, x: np.ndarray, task: Task, top_k: int
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """onnxruntime's scores and predictions of the clean rows, in the reference's label order."""
-    return member_decisions(member, loaded, x, task, top_k)
 
 
 def _identity(member: Member, config: AttackConfig, rows: int) -> str:
@@ -186,7 +179,8 @@ def _members(reference: ModelArg, ref_file: ModelFile, x: np.ndarray, box: tuple
         entries.append((_unique(name, taken), ModelArg(str(path), reference.layout, box), "variant"))
     entries += [(_unique(Path(arg.path).stem, taken), arg, "model") for arg in models]
     built = [_member(name, arg, role, reference, x, box, labels, read_as, task) for name, arg, role in entries]
-    return [member for member, _ in built], [_clean(member, loaded, x, task, top_k) for member, loaded in built]
+    members = [member for member, _ in built]
+    return members, [member_decisions(member, loaded, x, task, top_k) for member, loaded in built]
 
 
 def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, config: AttackConfig,

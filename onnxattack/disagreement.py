@@ -114,9 +114,8 @@ def _columns(member: Member, labels: list[str]) -> torch.Tensor:
 
 def _load(member: Member, x: np.ndarray, config: AttackConfig, read_as: ReadAs) -> LoadedModel:
     """The member with a gradient source: its torch graph, else estimated gradients (unless --gradients torch)."""
-    gradients = "auto" if config.gradients == "auto" else config.gradients
     settings = LoadSettings(device=config.device, box=member.adapter.target, scores=read_as.scores,
-                            threshold=read_as.threshold, gradients=gradients, tolerance=config.tolerance,
+                            threshold=read_as.threshold, gradients=config.gradients, tolerance=config.tolerance,
                             max_queries=config.max_queries, seed=config.seed,
                             labels_file=config.labels_file if member.role != "model" else None)
     return load(open_model(member.arg.path), settings, probe=member.adapter(x[:4]))
