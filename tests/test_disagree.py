@@ -9,6 +9,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -20,6 +21,7 @@ from onnxattack.attacks import Disagree, PairVictim
 from onnxattack.config import AttackConfig
 from onnxattack.crosscheck import run_crosscheck
 from onnxattack.errors import ConfigError
+from onnxattack.model import detect_scores_kind
 from onnxattack.scores import DisagreementCriterion, ScoreReader
 from onnxattack.transfer import ReadAs
 from onnxattack.types import ScoresKind
@@ -63,6 +65,8 @@ def test_disagree_splits_a_float_zoo_model_and_its_int8_build_closer_than_ml_cw_
         attrs = dict(group.attrs)
         rows = {name: group[name][:] for name in ("x_adv", "l2", "linf", "success", "clean_disagree", "y_a", "y_b")}
         run = {name: handle[f"models/digits-mosaic/run/{name}"][:] for name in ("l2", "success", "attacked")}
+    int8 = onnx.load(str(kept / "digits-mosaic.int8.onnx"))  # Sigmoid -> QuantizeLinear -> DequantizeLinear
+    assert detect_scores_kind(int8, int8.graph.output[0].name) is ScoresKind.PROBABILITIES
     x_adv = rows["x_adv"]
     assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1
     predicted_a = (ort_scores(reference, x_adv) > 0.5).astype(np.int8)
