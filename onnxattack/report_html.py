@@ -327,6 +327,23 @@ def _label_details(member: MemberView, labels: list[str]) -> str:
     return "".join(parts)
 
 
+def _disagreement(view: CheckView) -> list[str]:
+    """The pairs' disagreement searches: how close the nearest input is on which two builds differ."""
+    if not view.pairs:
+        return []
+    rows = []
+    for pair in view.pairs:
+        mean = f"{pair.l2.mean():.4f}" if pair.l2.size else "n/a"
+        median = f"{np.median(pair.l2):.4f}" if pair.l2.size else "n/a"
+        rows.append([_e(pair.name), f"{pair.split}/{pair.searched}", mean, median,
+                     _e(pair.attrs.get("gradients_a", "")) + " / " + _e(pair.attrs.get("gradients_b", "")),
+                     _e(pair.attrs.get("reason", ""))])
+    return ["<h2>Disagreement search</h2>",
+            "<p>For each pair A:B, per input, the smallest change (L2) after which A and B predict different "
+            "label sets, confirmed in onnxruntime on both files.</p>",
+            _table(["pair", "split", "mean L2", "median L2", "gradients (A / B)", "note"], rows)]
+
+
 def render_check(view: CheckView) -> str:
     attrs = view.attrs
     names = [member.name for member in view.members]
@@ -350,7 +367,8 @@ def render_check(view: CheckView) -> str:
             "<p>Row: the model the adversarial inputs were crafted on; column: the model that judged them in "
             "onnxruntime; cell: the share of the attacked inputs whose target that model also reaches. The "
             "diagonal is each model's own success.</p>",
-            _heatmap(names, view.transfer, True, "adversarial inputs reaching their target")]
+            _heatmap(names, view.transfer, True, "adversarial inputs reaching their target"),
+            *_disagreement(view)]
     for member in view.members:
         if member.run is None:
             continue

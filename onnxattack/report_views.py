@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,17 @@ class MemberView:
 
 
 @dataclass(frozen=True)
+class PairView:
+    """One pair's disagreement search (crosscheck --disagree A:B), as its rows say."""
+
+    name: str
+    attrs: dict[str, Any]
+    searched: int  # rows the search ran on
+    split: int  # rows onnxruntime found split (A and B predict different label sets)
+    l2: np.ndarray  # L2 of the split rows
+
+
+@dataclass(frozen=True)
 class CheckView:
     path: str
     attrs: dict[str, Any]
@@ -88,6 +99,7 @@ class CheckView:
     agreement: np.ndarray
     max_score_diff: np.ndarray
     transfer: np.ndarray
+    pairs: list[PairView] = field(default_factory=list)
 
 
 def is_crosscheck(path: str | os.PathLike) -> bool:
@@ -252,7 +264,19 @@ def _check_view(check: CheckFile, count: int) -> CheckView:
                                   str(attrs.get("reason", "")), _json(attrs.get("input_mapping"), dict, {}),
                                   match, run_view))
     return CheckView(str(check.path), dict(check.attrs), labels, members, matrices["agreement"],
-                     matrices["max_score_diff"], matrices["transfer"])
+                     matrices["max_score_diff"], matrices["transfer"], _pairs(check))
+
+
+def _pairs(check: CheckFile) -> list[PairView]:
+    views = []
+    for name in _json(check.attrs.get("pairs"), list, []):
+        attrs, rows = check.pair(str(name))
+        split = _flags(rows.get("success", np.zeros(0, bool))) == 1
+        l2 = _floats(rows.get("l2", np.zeros(0)))
+        if len(l2) != len(split):
+            raise BadInputError(f"{check.path}: disagree/{name} has {len(split)} success rows but {len(l2)} L2 rows")
+        views.append(PairView(str(name), attrs, len(split), int(split.sum()), l2[split]))
+    return views
 
 
 def describe_match(match: dict[str, Any]) -> str:

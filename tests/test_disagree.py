@@ -87,6 +87,12 @@ def test_disagree_splits_a_float_zoo_model_and_its_int8_build_closer_than_ml_cw_
     own = run["success"].astype(bool) & run["attacked"].astype(bool)
     assert attrs["method_l2_a"] == pytest.approx(run["l2"][own].mean())
     assert pair["method_l2_a"] == pytest.approx(attrs["method_l2_a"], abs=1e-6)  # the summary rounds to 6 places
+    page = tmp_path / "check.html"
+    result = CliRunner().invoke(main, ["report", str(out), "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert "Disagreement search" in html
+    assert f"<td>{PAIR}</td><td>{int(split.sum())}/{len(split)}</td><td>{rows['l2'][split].mean():.4f}</td>" in html
 
 
 def test_the_same_network_in_another_layout_is_never_split_and_a_search_in_progress_resumes(digits,  # noqa: F811

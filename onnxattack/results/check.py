@@ -117,7 +117,9 @@ def read_pair_part(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 def _read_pair(group: h5py.Group) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     attrs = {key: plain(value) for key, value in group.attrs.items()}
-    return attrs, {name: np.asarray(group[name]) for name in PAIR_ROWS if name in group}
+    where = str(group.file.filename)
+    return attrs, {name: np.asarray(checked_hdf5_dataset(group.file, f"{group.name}/{name}", where))
+                   for name in PAIR_ROWS if name in group}
 
 
 class CheckFile:
