@@ -39,7 +39,8 @@ from onnxattack.tokenizer import load_decoder
 EXIT_CODES = ("Exit codes: 0 done (whatever the success rate), 1 internal error, 2 bad usage or input, "
               "3 the model cannot be handled, 130 interrupted (the file stays readable; --resume continues).")
 # Config fields whose flag is not "--" + the field name with dashes.
-FIELD_FLAGS = {"box": "--range", "output": "--output", "labels_file": "--labels", "max_iter": "--max-iter"}
+FIELD_FLAGS = {"box": "--range", "output": "--output", "labels_file": "--labels", "max_iter": "--max-iter",
+               "set_values": "--set"}
 
 
 def declared_options() -> dict[str, Option]:
@@ -298,6 +299,11 @@ def run_options(command: Callable, curve: bool = False) -> Callable:
         _config_option("reduce", type=click.Choice(REDUCE_CHOICES)),
         _config_option("batch_axis", multiple=True, metavar="NAME=AXIS"),
         _config_option("ctc", is_flag=True),
+        _config_option("set_values", "--set", multiple=True, metavar="NAME=VALUE"),
+        _config_option("broadcast", multiple=True, metavar="NAME"),
+        _config_option("state", multiple=True, metavar="OUT=IN"),
+        _config_option("chunk", type=int),
+        _config_option("per_chunk", is_flag=True),
         _config_option("gradients", type=click.Choice(GRADIENT_CHOICES)),
         _config_option("max_queries", type=int),
         _config_option("resume", is_flag=True),

@@ -80,7 +80,22 @@ class AttackConfig:
         "Score outputs [N, ..., L] (frame-level taggers): fold the middle dims by max or mean."))
     batch_axis: tuple[str, ...] = field(default=(), metadata=_help(
         "NAME=AXIS: the batch dim of a score output that is not batch-first (time-major CTC scores [T, N, L]: "
-        "NAME=1). Inferred when exactly one dim matches the batch size."))
+        "NAME=1; inferred when exactly one dim matches the batch size), or of a pass-through input (a state "
+        "[2, N, 128]: NAME=1; inferred when one dim is named like the attacked input's batch)."))
+    set_values: tuple[str, ...] = field(default=(), metadata=_help(
+        "NAME=VALUE: an input given once, passed to every call unchanged: a number or a JSON list "
+        "(silero-vad: sr=16000); its dtype is the model's."))
+    broadcast: tuple[str, ...] = field(default=(), metadata=_help(
+        "NAME: the inputs file's array NAME is that input whole, given once (not one row per sample) and "
+        "passed to every call unchanged."))
+    state: tuple[str, ...] = field(default=(), metadata=_help(
+        "OUT=IN: a streaming model: the state output OUT feeds input IN on the next call. Each row of the "
+        "attacked input is then a whole sequence, run chunk by chunk with the state carried (zeros first, or "
+        "--set IN=...); the scores of every chunk fold by --reduce, or see --per-chunk."))
+    chunk: int | None = field(default=None, metadata=_help(
+        "Streaming (--state): samples per call along the sequence dim (default: the model's input shape)."))
+    per_chunk: bool = field(default=False, metadata=_help(
+        "Streaming (--state): one label per (chunk, label) pair instead of folding the chunks by --reduce."))
     ctc: bool = field(default=False, metadata=_help(
         "CTC recognisers: per symbol, the best per-frame log-probability is the score; a symbol appears when it "
         "exceeds log 0.5."))
@@ -128,6 +143,11 @@ class AttackConfig:
             raise ConfigError("resume", "resume and overwrite exclude each other")
         self.shard = _check_shard(self.shard)
         self.batch_axes()  # NAME=AXIS, checked
+        self.states()  # OUT=IN, checked
+        _at_least("chunk", self.chunk, 1)
+        if (self.chunk is not None or self.per_chunk) and not self.state:
+            raise ConfigError("chunk" if self.chunk is not None else "per_chunk", "applies to streaming models only "
+                              "(--state OUT=IN)")
         self._check_engine()
         self.build_attack()  # the method checks its own hyperparameters
         if METHODS[self.method].learns_from_set and (self.shard is not None or self.engine != "local"):
@@ -149,6 +169,18 @@ class AttackConfig:
             if axes[name] < 0:
                 raise ConfigError("batch_axis", f"the axis must be 0 or more, got {entry!r}")
         return axes
+
+    def states(self) -> dict[str, str]:
+        """--state OUT=IN entries as a mapping output -> input."""
+        pairs: dict[str, str] = {}
+        for entry in self.state:
+            output, equals, feeds = str(entry).partition("=")
+            if not (equals and output and feeds):
+                raise ConfigError("state", f"expected OUT=IN (e.g. stateN=state), got {entry!r}")
+            if output in pairs or feeds in pairs.values():
+                raise ConfigError("state", f"{entry!r}: each state output feeds one input, each input one output")
+            pairs[output] = feeds
+        return pairs
 
     def build_attack(self) -> Attack:
         """The configured attack; refuses options the method does not take."""

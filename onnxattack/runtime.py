@@ -154,9 +154,8 @@ class OrtScorer:
         return list(self.session.get_providers())
 
     def _run(self, x: np.ndarray, others: dict[str, np.ndarray]) -> np.ndarray:
-        feeds = {**others, self.input_name: x}
-        if self.per_sample:  # one row, fed without its batch dim
-            feeds = {name: rows[0] for name, rows in feeds.items()}
+        feeds = self.passthrough.model_layout(others, self.per_sample)
+        feeds[self.input_name] = x[0] if self.per_sample else x  # per_sample: one row, fed without its batch dim
         try:
             (scores,) = self.session.run([self.output_name], feeds)
         except Exception as exc:  # onnxruntime's own exception types
