@@ -299,6 +299,7 @@ def run_options(command: Callable, curve: bool = False) -> Callable:
         _config_option("reduce", type=click.Choice(REDUCE_CHOICES)),
         _config_option("batch_axis", multiple=True, metavar="NAME=AXIS"),
         _config_option("ctc", is_flag=True),
+        _config_option("ctc_blank", type=int, metavar="N"),
         _config_option("set_values", "--set", multiple=True, metavar="NAME=VALUE"),
         _config_option("broadcast", multiple=True, metavar="NAME"),
         _config_option("state", multiple=True, metavar="OUT=IN"),
@@ -402,10 +403,31 @@ def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, tokeni
         progress.close()
     changed = [] if decode is None else write_texts(path, decode)
     summary = summarize(path)
+    if config.ctc:
+        summary["decoded"] = _decoded_strings(model, path, config)
     click.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
+    if config.ctc and not as_json:
+        decoded = summary["decoded"]
+        click.echo(f"decoded (greedy CTC, blank {decoded['blank']}: {decoded['blank_source']}; every row in "
+                   f"decoded/x, decoded/x_adv):")
+        for example in decoded["examples"]:
+            click.echo(f"  row {example['row']}: {example['x']!r} -> {example['x_adv']!r}")
     if not as_json:
         for before, after in changed:
             click.echo(f"  {before}\n-> {after}")
+
+
+def _decoded_strings(model: str, path: Path, config: AttackConfig) -> dict:
+    """A CTC run: every row's greedy decode stored in the file; the blank used and a few rows to show."""
+    from onnxattack.ctc import decode_run
+    from onnxattack.results import ResultFile
+
+    examples = decode_run(model, path, config)
+    with ResultFile.open(path) as results:
+        stored = results.decoded()
+    attrs = stored[2] if stored else {}
+    return {"blank": attrs.get("blank"), "blank_source": attrs.get("blank_source"),
+            "examples": [{"row": row, "x": before, "x_adv": after} for row, before, after in examples]}
 
 
 @main.command(epilog=EXIT_CODES)

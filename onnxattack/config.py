@@ -82,6 +82,9 @@ class AttackConfig:
         "NAME=AXIS: the batch dim of a score output that is not batch-first (time-major CTC scores [T, N, L]: "
         "NAME=1; inferred when exactly one dim matches the batch size), or of a pass-through input (a state "
         "[2, N, 128]: NAME=1; inferred when one dim is named like the attacked input's batch)."))
+    ctc_blank: int | None = field(default=None, metadata=_help(
+        "CTC recognisers (--ctc): the blank symbol's index for the greedy decoding of the strings before and "
+        "after, stored in decoded/x, decoded/x_adv (default: the model's metadata ctc_blank, else 0)."))
     set_values: tuple[str, ...] = field(default=(), metadata=_help(
         "NAME=VALUE: an input given once, passed to every call unchanged: a number or a JSON list "
         "(silero-vad: sr=16000); its dtype is the model's."))
@@ -143,8 +146,11 @@ class AttackConfig:
             raise ConfigError("resume", "resume and overwrite exclude each other")
         self.shard = _check_shard(self.shard)
         self.batch_axes()  # NAME=AXIS, checked
-        self.states()  # OUT=IN, checked
+        self.state_pairs()  # OUT=IN, checked
         _at_least("chunk", self.chunk, 1)
+        _at_least("ctc_blank", self.ctc_blank, 0)
+        if self.ctc_blank is not None and not self.ctc:
+            raise ConfigError("ctc_blank", "applies to CTC recognisers only (--ctc)")
         if (self.chunk is not None or self.per_chunk) and not self.state:
             raise ConfigError("chunk" if self.chunk is not None else "per_chunk", "applies to streaming models only "
                               "(--state OUT=IN)")
@@ -170,7 +176,7 @@ class AttackConfig:
                 raise ConfigError("batch_axis", f"the axis must be 0 or more, got {entry!r}")
         return axes
 
-    def states(self) -> dict[str, str]:
+    def state_pairs(self) -> dict[str, str]:
         """--state OUT=IN entries as a mapping output -> input."""
         pairs: dict[str, str] = {}
         for entry in self.state:

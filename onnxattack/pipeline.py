@@ -125,7 +125,7 @@ def plan(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLi
     resolve targets."""
     attack = config.build_attack()
     model_file = model_path if isinstance(model_path, ModelFile) else open_model(model_path)
-    constants, states = inputs_given_once(model_file, inputs_path, config), config.states()
+    constants, states = inputs_given_once(model_file, inputs_path, config), config.state_pairs()
     attacked, source, others = open_model_inputs(model_file, inputs_path, config.attack_input, config.key,
                                                  config.image_layout, config.image_scale, tokens=attack.discrete,
                                                  given=frozenset([*constants, *states.values()]),
@@ -193,7 +193,7 @@ def _identity(run: RunPlan, config: AttackConfig) -> dict:
               **({"ctc": True} if config.ctc else {}),
               **({"set": sorted(config.set_values)} if config.set_values else {}),
               **({"broadcast": sorted(config.broadcast)} if config.broadcast else {}),
-              **({"state": config.states(), "chunk": config.chunk, "per_chunk": config.per_chunk}
+              **({"state": config.state_pairs(), "chunk": config.chunk, "per_chunk": config.per_chunk}
                  if config.state else {}),
               **({"attack_input": model.input.name} if model.passthrough_inputs else {})}
     return {

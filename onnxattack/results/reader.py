@@ -24,6 +24,7 @@ from ..errors import BadInputError
 from ..inputs import checked_hdf5_dataset
 from ..types import Task
 from .schema import (
+    DECODED_GROUP,
     EPS_GROUP,
     LEARNT_DATASET,
     PASSTHROUGH_GROUP,
@@ -246,6 +247,16 @@ class ResultFile:
     @property
     def params(self) -> dict[str, Any]:
         return self.json_attr("params", {})
+
+    def decoded(self) -> tuple[list[str], list[str], dict[str, Any]] | None:
+        """A CTC run's greedy decodes (decoded/x, decoded/x_adv) and what they were decoded with; None
+        when the file has none."""
+        group = self.group.get(DECODED_GROUP)
+        if not isinstance(group, h5py.Group) or not {"x", "x_adv"} <= set(group):
+            return None
+        texts = [[value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+                  for value in group[name][:]] for name in ("x", "x_adv")]
+        return texts[0], texts[1], {key: plain(value) for key, value in group.attrs.items()}
 
     def passthrough_names(self) -> list[str]:
         """The input names stored under inputs/ (a multi-input model's other inputs)."""

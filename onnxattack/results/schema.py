@@ -59,6 +59,7 @@ TRANSFER_COLUMNS: tuple[Column, ...] = (
     Column("y_adv", "labels", "int8", "the other model's prediction of x_adv"),
     Column("success", "row", "bool", "the other model's prediction of x_adv reaches the target"),
 )
+DECODED_GROUP = "decoded"  # decoded/x, decoded/x_adv: a CTC run's greedy decodes, UTF-8 strings (attrs blank, labels)
 EPS_GROUP = "eps"  # a curve file: eps/<value>, one run's layout each
 CHECK_KIND = "crosscheck"  # a crosscheck file's root attribute kind (results/check.py has its layout)
 MODELS_GROUP = "models"  # a crosscheck file: models/<name>, one model or variant each

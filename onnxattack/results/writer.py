@@ -28,6 +28,7 @@ from ..inputs import InputSource
 from ..safety import check_output
 from .reader import ResultFile, open_hdf5, plain
 from .schema import (
+    DECODED_GROUP,
     EPS_GROUP,
     LAYOUT_VERSION,
     LEARNT_DATASET,
@@ -324,6 +325,22 @@ def copy_run(handle: h5py.File, part: Path, name: str) -> None:
 
 
 TEXT_GROUP = "text"  # text/x, text/x_adv: a token-id run's rows decoded (attack --tokenizer)
+
+
+def write_decoded(path: str | os.PathLike, clean: list[str], adversarial: list[str], **attrs: Any) -> None:
+    """A CTC run's greedy decodes of x and x_adv into decoded/x and decoded/x_adv (UTF-8 strings, one per
+    row), with what they were decoded with (`attrs`: the blank index and where it came from)."""
+    try:
+        with h5py.File(path, "a") as handle:
+            if DECODED_GROUP in handle:
+                del handle[DECODED_GROUP]
+            group = handle.create_group(DECODED_GROUP)
+            for name, texts in (("x", clean), ("x_adv", adversarial)):
+                group.create_dataset(name, data=np.array(texts, dtype=object), dtype=h5py.string_dtype())
+            for key, value in attrs.items():
+                group.attrs[key] = value
+    except (OSError, RuntimeError) as exc:
+        raise StoreWriteError(f"writing the decoded strings into {path} failed ({_reason(exc)})") from None
 
 
 def write_texts(path: str | os.PathLike, decode: Callable[[np.ndarray], list[str]]) -> list[tuple[str, str]]:
