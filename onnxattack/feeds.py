@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -116,3 +117,22 @@ def given_once(info: ModelInfo, set_values: Mapping[str, str], broadcast: Mappin
         raw = literal(set_values[name], name) if name in set_values else broadcast[name]
         values[name] = check_given_once(inputs[name], raw, f"{flag} {name}")
     return values
+
+
+
+def replayed(info: ModelInfo, params: Mapping[str, Any]) -> dict[str, Any]:
+    """LoadSettings overrides that feed `info` as a run's `params` record it was fed (validate re-scoring a
+    result file): the --set values of the inputs it takes, the batch dims of those inputs, and a streaming
+    run's state pairs, chunk and folding when the model has every state named. Arrays given with
+    --broadcast are not stored, so they cannot be replayed."""
+    takes = {i.name for i in info.inputs}
+    given = parse_set([str(entry) for entry in params.get("set") or []])
+    overrides: dict[str, Any] = {
+        "constants": given_once(info, {name: value for name, value in given.items() if name in takes}, {}),
+        "batch_axes": {name: int(axis) for name, axis in (params.get("batch_axes") or {}).items() if name in takes}}
+    states: dict[str, str] = dict(params.get("state") or {})
+    outputs = {o.name for o in info.outputs}
+    if states and all(output in outputs and feeds in takes for output, feeds in states.items()):
+        overrides.update(states=states, chunk=params.get("chunk"), per_chunk=bool(params.get("per_chunk")),
+                         reduce=params.get("reduce") or "max")
+    return overrides

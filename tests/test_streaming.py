@@ -289,3 +289,16 @@ def test_silero_vad_is_attacked_over_a_sequence_of_chunks(tmp_path):
         assert np.array_equal((adv[:, 0] > 0.5) & handle["attacked"][:], handle["success"][:])
         assert handle["attacked"][:].all()
     assert summary["success_rate"] == 1.0
+
+
+def test_validate_replays_the_chunk_loop_and_the_values_given_once(streaming, tmp_path):
+    """validate re-scores a streaming run from the file: the state pairs, the chunk and --set come from its
+    params; the same model gives the same verdict row by row."""
+    path, inputs, _ = streaming
+    out = tmp_path / "r.h5"
+    attack_stream(path, inputs, out, "--method", "ml-deepfool", "--target", "random", "--limit", "4")
+    code, output = run("validate", str(out), "--model", str(path), "--json")
+    assert code == 0, output
+    with h5py.File(out, "r") as handle:
+        assert np.array_equal(handle[f"transfer/{path.stem}/success"][:], handle["success"][:])
+        np.testing.assert_allclose(handle[f"transfer/{path.stem}/scores_adv"][:], handle["scores_adv"][:], atol=1e-6)
