@@ -587,7 +587,7 @@ def _torch_source(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int 
 
     def bind(graph: torch.nn.Module) -> torch.nn.Module:
         graph = PerSampleGraph(graph) if loaded.per_sample else graph
-        if loaded.passthrough_inputs:
+        if loaded.passthrough:  # rows of the other inputs, or inputs given once
             return BoundGraph(graph, order, loaded.input.name, loaded.passthrough)
         return graph
 

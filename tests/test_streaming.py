@@ -154,6 +154,41 @@ def test_inputs_given_wrongly_are_refused_in_one_line(any_shape, flags, message)
     assert not (folder / "refused.h5").exists()
 
 
+class WithRateOnly(nn.Module):
+    """x [N, 6] + sr int64 scalar -> logits [N, 4]: the only other input is given once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.body = nn.Linear(FEATURES, LABELS)
+
+    def forward(self, x, sr):
+        return 6 * self.body(x * (sr.to(torch.float32) / 16000.0) - 0.5)
+
+
+def test_a_model_whose_only_other_input_is_given_once_converts_and_is_attacked(any_shape):
+    folder, arrays = any_shape
+    path = folder / "rate_only.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(WithRateOnly().eval(), (torch.rand(2, FEATURES), torch.tensor(16000)), str(path),
+                          dynamo=False, opset_version=17, input_names=["x", "sr"], output_names=["scores"],
+                          dynamic_axes={"x": {0: "batch"}, "scores": {0: "batch"}})
+    np.save(folder / "x.npy", arrays["x"])
+    out = folder / "rate_only.h5"
+    code, output = run("attack", str(path), str(folder / "x.npy"), "-o", str(out), "--quiet", "--json",
+                       "--set", "sr=16000", "--method", "ml-deepfool", "--max-iter", "200")
+    assert code == 0, output
+    summary = json.loads(output)
+    assert summary["gradients"] == "torch" and summary["success_rate"] >= 0.8
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with h5py.File(out, "r") as handle:
+        assert "inputs" not in handle  # nothing per row to store besides x
+        scores = session.run(None, {"x": handle["x_adv"][:], "sr": np.array(16000)})[0]
+        reached = ((scores > 0) == handle["y_target"][:].astype(bool)).all(axis=1) & handle["attacked"][:]
+        assert np.array_equal(reached, handle["success"][:])
+
+
 @pytest.fixture(scope="module")
 def streaming(tmp_path_factory) -> tuple[Path, Path, np.ndarray]:
     folder = tmp_path_factory.mktemp("streaming")
