@@ -304,6 +304,7 @@ def run_options(command: Callable, curve: bool = False) -> Callable:
         _config_option("broadcast", multiple=True, metavar="NAME"),
         _config_option("state", multiple=True, metavar="OUT=IN"),
         _config_option("chunk", type=int),
+        _config_option("context", type=int),
         _config_option("per_chunk", is_flag=True),
         _config_option("gradients", type=click.Choice(GRADIENT_CHOICES)),
         _config_option("max_queries", type=int),

@@ -97,6 +97,9 @@ class AttackConfig:
         "--set IN=...); the scores of every chunk fold by --reduce, or see --per-chunk."))
     chunk: int | None = field(default=None, metadata=_help(
         "Streaming (--state): samples per call along the sequence dim (default: the model's input shape)."))
+    context: int = field(default=0, metadata=_help(
+        "Streaming (--state): each call starts with the previous call's last N samples (zeros before the first), "
+        "so a row advances by chunk - N per call (silero-vad's own wrapper: --chunk 576 --context 64)."))
     per_chunk: bool = field(default=False, metadata=_help(
         "Streaming (--state): one label per (chunk, label) pair instead of folding the chunks by --reduce."))
     ctc: bool = field(default=False, metadata=_help(
@@ -151,9 +154,10 @@ class AttackConfig:
         _at_least("ctc_blank", self.ctc_blank, 0)
         if self.ctc_blank is not None and not self.ctc:
             raise ConfigError("ctc_blank", "applies to CTC recognisers only (--ctc)")
-        if (self.chunk is not None or self.per_chunk) and not self.state:
-            raise ConfigError("chunk" if self.chunk is not None else "per_chunk", "applies to streaming models only "
-                              "(--state OUT=IN)")
+        _at_least("context", self.context, 0)
+        streaming_only = [name for name in ("chunk", "per_chunk", "context") if getattr(self, name)]
+        if streaming_only and not self.state:
+            raise ConfigError(streaming_only[0], "applies to streaming models only (--state OUT=IN)")
         self._check_engine()
         self.build_attack()  # the method checks its own hyperparameters
         if METHODS[self.method].learns_from_set and (self.shard is not None or self.engine != "local"):

@@ -134,5 +134,5 @@ def replayed(info: ModelInfo, params: Mapping[str, Any]) -> dict[str, Any]:
     outputs = {o.name for o in info.outputs}
     if states and all(output in outputs and feeds in takes for output, feeds in states.items()):
         overrides.update(states=states, chunk=params.get("chunk"), per_chunk=bool(params.get("per_chunk")),
-                         reduce=params.get("reduce") or "max")
+                         context=int(params.get("context") or 0), reduce=params.get("reduce") or "max")
     return overrides

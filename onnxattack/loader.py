@@ -84,6 +84,7 @@ class LoadSettings:
     states: Mapping[str, str] = field(default_factory=dict)  # streaming: state output -> the input it feeds
     chunk: int | None = None  # streaming: samples per call (default: the model's input shape)
     per_chunk: bool = False  # streaming: a label per (chunk, label) instead of folding the chunks
+    context: int = 0  # streaming: samples of the previous call repeated at the start of each call
     ctc: bool = False  # CTC frame logits: per label, the best per-frame log-probability
     attack_input: str | None = None  # the input perturbed (default: the only floating one)
     tokens: bool = False  # the attacked input holds token ids (a discrete method: tokens.TokenSource)

@@ -193,8 +193,8 @@ def _identity(run: RunPlan, config: AttackConfig) -> dict:
               **({"ctc": True} if config.ctc else {}),
               **({"set": sorted(config.set_values)} if config.set_values else {}),
               **({"broadcast": sorted(config.broadcast)} if config.broadcast else {}),
-              **({"state": config.state_pairs(), "chunk": config.chunk, "per_chunk": config.per_chunk}
-                 if config.state else {}),
+              **({"state": config.state_pairs(), "chunk": config.chunk, "per_chunk": config.per_chunk,
+                  "context": config.context} if config.state else {}),
               **({"attack_input": model.input.name} if model.passthrough_inputs else {})}
     return {
         "model_sha256": model.info.sha256, "model_name": model.name, "method": attack.name,

@@ -63,6 +63,7 @@ class Stream:
     initial: Mapping[str, np.ndarray]  # state input -> its value for a batch of one (batch dim kept)
     reduce: str = "max"
     per_chunk: bool = False
+    context: int = 0  # samples of the previous call each call starts with (silero-vad's wrapper: 64)
 
     @property
     def outputs(self) -> list[str]:
@@ -72,11 +73,17 @@ class Stream:
     def inputs(self) -> list[str]:
         return [feeds for _, feeds in self.states]
 
+    @property
+    def step(self) -> int:
+        """New samples per call: the chunk less the context it repeats."""
+        return self.chunk - self.context
+
     def count(self, length: int) -> int:
-        if length % self.chunk or not length:
-            raise BadInputError(f"a sequence of {length} samples is not a whole number of chunks of {self.chunk} "
-                                f"(--chunk)")
-        return length // self.chunk
+        if length % self.step or not length:
+            what = f"chunks of {self.chunk}" if not self.context else \
+                f"steps of {self.step} (--chunk {self.chunk} less --context {self.context})"
+            raise BadInputError(f"a sequence of {length} samples is not a whole number of {what}")
+        return length // self.step
 
     def first_states(self, rows: int) -> dict[str, np.ndarray]:
         return {name: np.repeat(value, rows, axis=self.state_axes[name]) if value.shape[self.state_axes[name]] == 1
@@ -104,9 +111,14 @@ class StreamingScorer(OrtScorer):
         chunks = self.stream.count(x.shape[1])
         given = self.passthrough.feeds_for(len(x))
         state = self.stream.first_states(len(x))
+        step, context = self.stream.step, self.stream.context
+        tail = np.zeros((len(x), context, *x.shape[2:]), dtype=x.dtype)
         scores = []
         for index in range(chunks):
-            piece = x[:, index * self.stream.chunk:(index + 1) * self.stream.chunk]
+            piece = x[:, index * step:(index + 1) * step]
+            if context:  # each call repeats the end of the previous one, zeros before the first
+                piece = np.concatenate([tail, piece], axis=1)
+                tail = piece[:, step:]
             try:
                 first, *carried = self.session.run([self.output_name, *self.stream.outputs],
                                                    {**given, **state, self.input_name: piece})
@@ -141,13 +153,18 @@ class StreamingGraph(torch.nn.Module):
         self.passthrough = passthrough
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows, chunk = x.shape[0], self.stream.chunk
+        rows, step, context = x.shape[0], self.stream.step, self.stream.context
         given = self.passthrough.tensors_for(rows, x.device)
         state = {name: torch.from_numpy(np.ascontiguousarray(value)).to(x.device)
                  for name, value in self.stream.first_states(rows).items()}
+        tail = x.new_zeros((rows, context, *x.shape[2:]))
         scores = []
         for index in range(self.stream.count(x.shape[1])):
-            feeds = {**given, **state, self.attacked: x[:, index * chunk:(index + 1) * chunk]}
+            piece = x[:, index * step:(index + 1) * step]
+            if context:
+                piece = torch.cat([tail, piece], dim=1)
+                tail = piece[:, step:]
+            feeds = {**given, **state, self.attacked: piece}
             first, *carried = self.graph(*(feeds[name] for name in self.order))
             state = dict(zip(self.stream.inputs, carried, strict=True))
             frames = first.reshape(rows, -1, first.shape[-1])
@@ -239,8 +256,11 @@ def load_streaming(model_file: ModelFile, settings: LoadSettings, device: torch.
     infos = tuple(inputs[name] for _, name in pairs)
     explicit = {name: axis for name, axis in settings.batch_axes.items() if name in state_inputs}
     axes, notes = input_batch_axes(infos, attacked, explicit)
-    stream = Stream(_chunk_length(attacked, settings.chunk), pairs, axes,
-                    _initial_states(infos, axes, settings.constants), settings.reduce, settings.per_chunk)
+    chunk = _chunk_length(attacked, settings.chunk)
+    if not 0 <= settings.context < chunk:
+        raise BadInputError(f"--context {settings.context}: must be less than the chunk ({chunk} samples)")
+    stream = Stream(chunk, pairs, axes, _initial_states(infos, axes, settings.constants), settings.reduce,
+                    settings.per_chunk, settings.context)
     score_info = replace(info, outputs=tuple(o for o in info.outputs if o.name not in stream.outputs))
     score_output = choose_score_output(score_info, settings.output)
     detected = detect_scores_kind(proto, score_output.name)
@@ -262,7 +282,7 @@ def load_streaming(model_file: ModelFile, settings: LoadSettings, device: torch.
             raise BadInputError(f"input {attacked.name!r} has shape {list(attacked.shape)}: pass a probe of real "
                                 f"sequences")
         probe = np.random.default_rng(settings.seed).uniform(
-            box[0], box[1], (PROBE_SIZE, 2 * stream.chunk, *(int(d) for d in rest if isinstance(d, int))))
+            box[0], box[1], (PROBE_SIZE, 2 * stream.step, *(int(d) for d in rest if isinstance(d, int))))
     probe = np.asarray(probe)
     check_rows(probe, box, probe_name)
     if probe.ndim != len(attacked.shape):
@@ -279,10 +299,11 @@ def load_streaming(model_file: ModelFile, settings: LoadSettings, device: torch.
                        for name in stream.inputs)
     fold = (f"one label per chunk and label ({chunks} chunks)" if stream.per_chunk
             else f"the chunks' scores folded by {stream.reduce} (--reduce)")
-    notes.append(f"streaming: each row of {attacked.name!r} is a whole sequence, run in chunks of {stream.chunk} with "
-                 f"{', '.join(f'{o} -> {i}' for o, i in pairs)} carried ({starts}){given}; {fold}")
+    overlap = f" (each repeating the previous call's last {stream.context})" if stream.context else ""
+    notes.append(f"streaming: each row of {attacked.name!r} is a whole sequence, run in chunks of {stream.chunk}"
+                 f"{overlap} with {', '.join(f'{o} -> {i}' for o, i in pairs)} carried ({starts}){given}; {fold}")
     torch_dtype = torch.from_numpy(np.zeros(0, dtype=attacked.dtype)).dtype if attacked.is_float else torch.float32
-    sequence = TensorInfo(attacked.name, attacked.dtype, (attacked.shape[0], f"{stream.chunk}*chunks",
+    sequence = TensorInfo(attacked.name, attacked.dtype, (attacked.shape[0], "sequence",
                                                           *attacked.shape[2:]))
     loaded = LoadedModel(info=info, input=sequence, score_output=score_output, reader=reader, scorer=scorer,
                          num_labels=len(labels), labels=labels, device=device, torch_dtype=torch_dtype, box=box,

@@ -266,7 +266,9 @@ def test_per_chunk_labels_and_estimated_gradients_over_the_chunk_loop(streaming,
     (["--state", "stateN=state", "--set", "sr=16000", "--chunk", "12"], "--chunk 12: input 'chunk' takes chunks of 16"),
     (["--state", "stateN=state", "--set", "sr=16000", "--chunk", "16"], None),
     (["--state", "stateN=state"], "input 'sr' is a scalar"),
-], ids=["no-output", "wrong-chunk", "chunk-fits", "scalar-missing"])
+    (["--state", "stateN=state", "--set", "sr=16000", "--context", "16"], "--context 16: must be less than the chunk"),
+    (["--set", "sr=16000", "--context", "4"], "applies to streaming models only (--state OUT=IN)"),
+], ids=["no-output", "wrong-chunk", "chunk-fits", "scalar-missing", "context-too-long", "context-alone"])
 def test_streaming_refusals(streaming, tmp_path, flags, message):
     path, inputs, _ = streaming
     if message is None:  # the declared chunk length, repeated, is accepted
@@ -296,30 +298,38 @@ def silero_model() -> Path:
 
 def test_silero_vad_is_attacked_over_a_sequence_of_chunks(tmp_path):
     """silero-vad's shipped model (input [batch, sequence], state [2, batch, 128], sr int64 scalar) converts
-    (its LSTMs sit in If branches on sr) and is attacked over 3 chunks of 576 samples: speech is made to
-    appear in noise at eps 0.05; onnxruntime's own chunk loop, run here, confirms it."""
+    (its LSTMs sit in If branches on sr) and is attacked over 3 steps of 512 samples, framed as silero's own
+    wrapper frames them (each call 576 samples: the previous call's last 64, then 512 new): speech is made to
+    appear in noisy tones at eps 0.05. silero's own streaming wrapper (OnnxWrapper: state and context
+    carried) re-scores the stored sequences here."""
     model = silero_model()
-    t = np.arange(3 * 576) / 16000
+    from silero_vad.utils_vad import OnnxWrapper
+
+    t = np.arange(3 * 512) / 16000
     rng = np.random.default_rng(0)
     x = np.stack([0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) * np.sin(2 * np.pi * 3 * t)
                   + 0.05 * rng.normal(size=t.size) for i in range(3)]).astype(np.float32)
     np.save(tmp_path / "audio.npy", x)
     out = tmp_path / "r.h5"
     code, output = run("attack", str(model), str(tmp_path / "audio.npy"), "-o", str(out), "--quiet", "--json",
-                       "--state", "stateN=state", "--set", "sr=16000", "--chunk", "576", "--range", "-1", "1",
-                       "--scores", "probabilities", "--method", "ml-pgd", "--eps", "0.05", "--target", "+0")
+                       "--state", "stateN=state", "--set", "sr=16000", "--chunk", "576", "--context", "64",
+                       "--range", "-1", "1", "--scores", "probabilities", "--method", "ml-pgd", "--eps", "0.05",
+                       "--target", "+0")
     assert code == 0, output
     summary = json.loads(output)
     assert summary["gradients"] == "torch"
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapper = OnnxWrapper(str(model), force_onnx_cpu=True)
+
+    def speech(rows: np.ndarray) -> np.ndarray:
+        wrapper.reset_states(len(rows))
+        return np.max([wrapper(torch.from_numpy(rows[:, start:start + 512]), 16000).numpy()
+                       for start in range(0, rows.shape[1], 512)], axis=0)
+
     with h5py.File(out, "r") as handle:
-        state = np.zeros((2, 3, 128), dtype=np.float32)
-        speech = []
-        for start in range(0, 3 * 576, 576):
-            probs, state = session.run(None, {"input": handle["x_adv"][:, start:start + 576], "state": state,
-                                              "sr": np.array(16000)})
-            speech.append(probs)
-        adv = np.max(np.stack(speech, axis=1), axis=1)
+        np.testing.assert_allclose(handle["scores"][:], speech(handle["x"][:]), atol=1e-5)
+        adv = speech(handle["x_adv"][:])
         np.testing.assert_allclose(handle["scores_adv"][:], adv, atol=1e-5)
         assert np.array_equal((adv[:, 0] > 0.5) & handle["attacked"][:], handle["success"][:])
         assert handle["attacked"][:].all()
