@@ -120,15 +120,17 @@ def given_once(info: ModelInfo, set_values: Mapping[str, str], broadcast: Mappin
 
 
 
-def replayed(info: ModelInfo, params: Mapping[str, Any]) -> dict[str, Any]:
-    """LoadSettings overrides that feed `info` as a run's `params` record it was fed (validate re-scoring a
-    result file): the --set values of the inputs it takes, the batch dims of those inputs, and a streaming
-    run's state pairs, chunk and folding when the model has every state named. Arrays given with
-    --broadcast are not stored, so they cannot be replayed."""
+def replayed(info: ModelInfo, params: Mapping[str, Any], stored: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """LoadSettings overrides that feed `info` as a run fed its model (validate re-scoring a result file):
+    the inputs given once that it takes (`stored`: the file's given/<name>; a file without them: the
+    --set texts of `params`), the batch dims of its pass-through inputs, and a streaming run's state
+    pairs, chunk, context and folding when the model has every state named."""
     takes = {i.name for i in info.inputs}
-    given = parse_set([str(entry) for entry in params.get("set") or []])
+    texts = parse_set([str(entry) for entry in params.get("set") or []])
     overrides: dict[str, Any] = {
-        "constants": given_once(info, {name: value for name, value in given.items() if name in takes}, {}),
+        "constants": given_once(info, {name: value for name, value in texts.items() if name in takes
+                                       and name not in stored},
+                                {name: value for name, value in stored.items() if name in takes}),
         "batch_axes": {name: int(axis) for name, axis in (params.get("batch_axes") or {}).items() if name in takes}}
     states: dict[str, str] = dict(params.get("state") or {})
     outputs = {o.name for o in info.outputs}

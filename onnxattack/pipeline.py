@@ -50,6 +50,7 @@ class RunPlan:
     stop: int = -1
     others: dict[str, InputSource] = field(default_factory=dict)  # multi-input models: passed through
     box: tuple[float, float] = (0.0, 1.0)  # --range, or the model's input_range metadata
+    given: dict[str, np.ndarray] = field(default_factory=dict)  # inputs given once (--set, --broadcast)
 
     def target_for(self, first: int, rows: int) -> TargetSpec | np.ndarray:
         """The targets of input rows [first, first + rows): rows of --target-file, or the strategy."""
@@ -157,7 +158,7 @@ def plan(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLi
                                     f"{model.notes[-1]}")
     start, stop = shard_rows(count, config.batch_size, config.shard)
     return RunPlan(model, attack, source, source_name, spec, target_rows, criterion, count, start, stop, others,
-                   box)
+                   box, constants)
 
 
 def _cheapest_route(attack: Attack, model: LoadedModel, settings: LoadSettings, gradients: str) -> Attack:
@@ -218,7 +219,8 @@ def _open_writer(out_path: Path, run: RunPlan, config: AttackConfig, inputs_path
     dtypes = {info.name: info.dtype for info in model.passthrough_inputs}
     passthrough = {name: (source.sample_shape, dtypes[name]) for name, source in run.others.items()}
     return ResultWriter.create(out_path, run.source.sample_shape, model.input.dtype, model.num_labels, attrs,
-                               rows_per_chunk=config.batch_size, overwrite=config.overwrite, passthrough=passthrough)
+                               rows_per_chunk=config.batch_size, overwrite=config.overwrite, passthrough=passthrough,
+                               given=run.given)
 
 
 def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out_path: str | os.PathLike,

@@ -81,6 +81,7 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str] | list[
         labels = results.labels
         stored_others = results.passthrough_names()
         probe_others = {name: results.passthrough(name, 0, 4) for name in stored_others}
+        given = results.given_inputs()
         keys = names or transfer_keys(model_paths, results.transfers())
         task = results.task
     rates: dict[str, dict] = {}
@@ -88,7 +89,7 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str] | list[
         model_file = open_model(arg.path)
         rates[key] = _transfer_one(results_path, model_file, arg, key, task, read_as, device, chunk, rows, params,
                                    labels, stored_others, probe, probe_others, attrs.get("attack_input"),
-                                   str(attrs.get("model_sha256", "")), tokens)
+                                   str(attrs.get("model_sha256", "")), tokens, given)
     return rates
 
 
@@ -129,12 +130,12 @@ def _transfer_one(results_path: str | os.PathLike, model_file: ModelFile, arg: M
                   read_as: ReadAs,
                   device: str, chunk: int, rows: int, params: dict, labels: list, stored_others: list[str],
                   probe: np.ndarray, probe_others: dict[str, np.ndarray], attacked: str | None,
-                  reference_sha: str, tokens: bool = False) -> dict:
+                  reference_sha: str, tokens: bool = False, given: dict[str, np.ndarray] | None = None) -> dict:
     # the other model takes the stored pass-through inputs it has (by name), perhaps none of them
     takes = {value.name for value in model_file.info.inputs}
     fed = [name for name in stored_others if name in takes]
     box = tuple(params.get("box", (0.0, 1.0)))
-    fed_as_run = replayed(model_file.info, params)  # --set values, input batch dims, streaming state
+    fed_as_run = replayed(model_file.info, params, given or {})  # --set values, input batch dims, streaming state
     adapter = input_adapter(model_file, arg, attacked, tuple(probe.shape[1:]), probe.dtype, (box[0], box[1]),
                             read_as.reference, model_file.info.sha256 == reference_sha, tokens,
                             sequence="states" in fed_as_run)

@@ -90,11 +90,12 @@ def any_shape(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
     return folder, arrays
 
 
-def rescored(model: Path, out: Path, given: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(onnxruntime's verdict from the file's rows alone, the stored success, the stored state rows)."""
+def rescored(model: Path, out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(onnxruntime's verdict from the file alone, the stored success, the stored state rows)."""
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     with h5py.File(out, "r") as handle:
         state = handle["inputs/state"][:]  # stored batch-first
+        given = {name: np.asarray(handle[f"given/{name}"][()]) for name in handle["given"]}  # given once
         scores = session.run(None, {"x": handle["x_adv"][:], "state": np.moveaxis(state, 0, 1), **given})[0]
         reached = ((scores > 0) == handle["y_target"][:].astype(bool)).all(axis=1) & handle["attacked"][:]
         return reached, handle["success"][:], state
@@ -114,9 +115,16 @@ def test_scalar_set_table_broadcast_and_state_with_its_batch_in_dim_1(any_shape,
     assert summary["success_rate"] >= 0.8
     assert any("sr, table given once" in note for note in summary["notes"])
     assert any("batch in dim 1" in note for note in summary["notes"]) == (not flags)
-    reached, stored, state = rescored(model, out, {"sr": np.array(16000), "table": arrays["table"]})
+    reached, stored, state = rescored(model, out)
     assert np.array_equal(reached, stored)
     assert np.array_equal(state, np.moveaxis(arrays["state"], 1, 0))  # each row's own state, unchanged
+    with h5py.File(out, "r") as handle:
+        assert handle["given/sr"][()] == 16000 and handle["given/sr"].dtype == np.int64
+        assert np.array_equal(handle["given/table"][:], arrays["table"])
+    code, output = run("validate", str(out), "--model", str(model), "--json")  # fed from the file alone
+    assert code == 0, output
+    with h5py.File(out, "r") as handle:
+        assert np.array_equal(handle[f"transfer/{model.stem}/success"][:], stored)
 
 
 def test_the_value_given_once_is_the_one_used(any_shape):

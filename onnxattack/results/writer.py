@@ -30,6 +30,7 @@ from .reader import ResultFile, open_hdf5, plain
 from .schema import (
     DECODED_GROUP,
     EPS_GROUP,
+    GIVEN_GROUP,
     LAYOUT_VERSION,
     LEARNT_DATASET,
     ROW_DATASETS,
@@ -122,9 +123,11 @@ class ResultWriter:
     def create(cls, path: str | os.PathLike, sample_shape: tuple[int, ...], input_dtype: np.dtype,
                num_labels: int, attrs: dict[str, Any], rows_per_chunk: int = 32,
                overwrite: bool = False,
-               passthrough: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None) -> ResultWriter:
+               passthrough: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None,
+               given: dict[str, np.ndarray] | None = None) -> ResultWriter:
         """passthrough: a multi-input model's other inputs, name -> (sample shape, dtype), stored as
-        inputs/<name> so that validate re-scores from the file alone."""
+        inputs/<name> so that validate re-scores from the file alone; given: the inputs given once
+        (--set, --broadcast), stored whole as given/<name>."""
         path = Path(path)
         check_output_path(path, resume=False, overwrite=overwrite)
         try:
@@ -141,6 +144,8 @@ class ResultWriter:
             for name, (shape, dtype) in specs.items():
                 handle.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
                                       chunks=(rows, *shape), compression="gzip", compression_opts=4, shuffle=True)
+            for name, value in (given or {}).items():
+                handle.create_dataset(passthrough_dataset(name, GIVEN_GROUP), data=np.asarray(value))
             attrs = {**attrs, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "complete": False, "rows_written": 0, "layout_version": LAYOUT_VERSION}
             writer.set_attrs(**attrs)
