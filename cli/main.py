@@ -405,7 +405,9 @@ def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, tokeni
     changed = [] if decode is None else write_texts(path, decode)
     summary = summarize(path)
     if config.ctc:
-        summary["decoded"] = _decoded_strings(model, path, config)
+        from onnxattack.ctc import examples
+
+        summary["decoded"] = examples(path)
     click.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
     if config.ctc and not as_json:
         decoded = summary["decoded"]
@@ -416,19 +418,6 @@ def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, tokeni
     if not as_json:
         for before, after in changed:
             click.echo(f"  {before}\n-> {after}")
-
-
-def _decoded_strings(model: str, path: Path, config: AttackConfig) -> dict:
-    """A CTC run: every row's greedy decode stored in the file; the blank used and a few rows to show."""
-    from onnxattack.ctc import decode_run
-    from onnxattack.results import ResultFile
-
-    examples = decode_run(model, path, config)
-    with ResultFile.open(path) as results:
-        stored = results.decoded()
-    attrs = stored[2] if stored else {}
-    return {"blank": attrs.get("blank"), "blank_source": attrs.get("blank_source"),
-            "examples": [{"row": row, "x": before, "x_adv": after} for row, before, after in examples]}
 
 
 @main.command(epilog=EXIT_CODES)

@@ -17,7 +17,7 @@ from .config import AttackConfig
 from .errors import BadInputError
 from .feeds import given_once, parse_set
 from .loader import LoadSettings, load
-from .model import ModelInfo, open_model, read_labels
+from .model import ModelFile, ModelInfo, open_model, read_labels
 from .results import ResultFile, write_decoded
 
 BLANK_METADATA = ("ctc_blank", "blank", "blank_index")
@@ -60,12 +60,11 @@ def blank_index(info: ModelInfo, requested: int | None, labels: int) -> tuple[in
     return chosen, source
 
 
-def decode_run(model_path: str | os.PathLike, path: str | os.PathLike, config: AttackConfig,
-               batch: int = 64) -> list[tuple[int, str, str]]:
-    """Greedy-decode every row of a finished CTC run (x and x_adv, scored again by onnxruntime), store the
-    strings in decoded/x and decoded/x_adv, and return (row, before, after) for a few rows (the changed
-    ones first)."""
-    model_file = open_model(model_path)
+def decode_run(model_path: str | os.PathLike | ModelFile, path: str | os.PathLike, config: AttackConfig,
+               batch: int = 64) -> None:
+    """Greedy-decode every row of a finished CTC run (x and x_adv, scored again by onnxruntime) and store
+    the strings in decoded/x and decoded/x_adv."""
+    model_file = model_path if isinstance(model_path, ModelFile) else open_model(model_path)
     with ResultFile.open(path) as results:
         rows = results.rows
         params = results.params
@@ -88,5 +87,16 @@ def decode_run(model_path: str | os.PathLike, path: str | os.PathLike, config: A
                     frames = model.scorer.frames(results.column(column, start, stop))
                     decoded.extend(spell(symbols, names) for symbols in greedy_decode(frames, blank))
     write_decoded(path, texts["x"], texts["x_adv"], blank=blank, blank_source=source)
-    order = sorted(range(rows), key=lambda row: texts["x"][row] == texts["x_adv"][row])
-    return [(row, texts["x"][row], texts["x_adv"][row]) for row in order[:EXAMPLES]]
+
+
+def examples(path: str | os.PathLike, count: int = EXAMPLES) -> dict:
+    """A CTC run's decodes for the summary: the blank used, where it came from, and `count` rows (those
+    whose string changed first)."""
+    with ResultFile.open(path) as results:
+        stored = results.decoded()
+    if stored is None:
+        return {}
+    before, after, attrs = stored
+    order = sorted(range(len(before)), key=lambda row: before[row] == after[row])
+    return {"blank": attrs.get("blank"), "blank_source": attrs.get("blank_source"),
+            "examples": [{"row": row, "x": before[row], "x_adv": after[row]} for row in order[:count]]}

@@ -226,12 +226,19 @@ def _open_writer(out_path: Path, run: RunPlan, config: AttackConfig, inputs_path
 def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out_path: str | os.PathLike,
                config: AttackConfig, progress: Progress | None = None) -> Path:
     """Attack every input and write the result file with the engine the config names (local: this
-    process; ray: one Ray actor per shard, merged at the end); returns its path. Resumable."""
+    process; ray: one Ray actor per shard, merged at the end); returns its path. Resumable. A CTC run
+    (--ctc) then stores every row's greedy decode before and after (ctc.decode_run)."""
     if config.engine == "ray":
         from .engines.ray import run_ray
 
-        return run_ray(model_path, inputs_path, out_path, config, progress)
-    return run_local(model_path, inputs_path, out_path, config, progress)
+        path = run_ray(model_path, inputs_path, out_path, config, progress)
+    else:
+        path = run_local(model_path, inputs_path, out_path, config, progress)
+    if config.ctc:  # the strings read before and after, from the finished file
+        from .ctc import decode_run
+
+        decode_run(model_path, path, config)
+    return path
 
 
 def run_local(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out_path: str | os.PathLike,
