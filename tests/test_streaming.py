@@ -127,6 +127,22 @@ def test_scalar_set_table_broadcast_and_state_with_its_batch_in_dim_1(any_shape,
         assert np.array_equal(handle[f"transfer/{model.stem}/success"][:], stored)
 
 
+def test_shards_merge_keeps_the_values_given_once_and_the_state_rows(any_shape):
+    folder, arrays = any_shape
+    model = export_any_shape(folder / "m_shards.onnx", "batch")
+    shards = [folder / f"shard{index}.h5" for index in range(2)]
+    for index, shard in enumerate(shards):
+        code, output = run("attack", str(model), str(folder / "inputs.npz"), "-o", str(shard), "--quiet",
+                           "--attack-input", "x", "--set", "sr=16000", "--broadcast", "table", "--batch-size", "4",
+                           "--method", "ml-deepfool", "--max-iter", "5", "--shard", f"{index}/2")
+        assert code == 0, output
+    code, output = run("merge", *map(str, shards), "-o", str(folder / "merged.h5"))
+    assert code == 0, output
+    reached, stored, state = rescored(model, folder / "merged.h5")  # given/ and inputs/ of the merged file
+    assert np.array_equal(reached, stored)
+    assert np.array_equal(state, np.moveaxis(arrays["state"], 1, 0))
+
+
 def test_the_value_given_once_is_the_one_used(any_shape):
     """sr scales the input: the stored clean scores are onnxruntime's with sr=8000, not a default."""
     folder, arrays = any_shape
