@@ -49,7 +49,7 @@ def input_batch_axes(others: tuple[TensorInfo, ...], attacked: TensorInfo,
                                 f"--set {info.name}=VALUE, or store it in the inputs file and pass --broadcast "
                                 f"{info.name}")
         named = [axis for axis, dim in enumerate(info.shape) if isinstance(batch, str) and dim == batch]
-        if named and named != [0] and len(named) == 1 and info.shape[0] != batch:
+        if len(named) == 1 and named[0] != 0:
             axes[info.name] = named[0]
             notes.append(f"input {info.name!r} {list(info.shape)} has its batch in dim {named[0]} (named like the "
                          f"batch of {attacked.name!r}; --batch-axis {info.name}=AXIS overrides)")
