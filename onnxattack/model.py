@@ -520,6 +520,7 @@ def detect_scores_kind(model: onnx.ModelProto, output_name: str) -> ScoresKind:
     if ends and all(end is not None and end.domain in ("", "ai.onnx") for end in ends) \
             and len({end.op_type for end in ends if end is not None}) == 1:
         node = ends[0]
+    node = _before_output_quantisation(model, node)
     if node is None or node.domain not in ("", "ai.onnx"):
         return ScoresKind.LOGITS
     if node.op_type == "Sigmoid":
@@ -527,6 +528,19 @@ def detect_scores_kind(model: onnx.ModelProto, output_name: str) -> ScoresKind:
     if node.op_type == "Softmax":
         return ScoresKind.SOFTMAX
     return ScoresKind.LOGITS
+
+
+def _before_output_quantisation(model: onnx.ModelProto, node: onnx.NodeProto | None) -> onnx.NodeProto | None:
+    """An int8 QDQ build quantises its output (Sigmoid -> QuantizeLinear -> DequantizeLinear): the op
+    before that pair says what the scores are (probabilities rounded to 1/255 steps are still
+    probabilities); any other node is returned as it is."""
+    if node is None or node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx") or not node.input:
+        return node
+    quantise, _ = _final_op_in(model.graph, node.input[0])
+    if quantise is None or quantise.op_type != "QuantizeLinear" or not quantise.input:
+        return node
+    before, _ = _final_op_in(model.graph, quantise.input[0])
+    return before if before is not None else node
 
 
 def declared_range(info: ModelInfo) -> tuple[float, float] | None:
