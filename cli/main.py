@@ -39,7 +39,8 @@ from onnxattack.tokenizer import load_decoder
 EXIT_CODES = ("Exit codes: 0 done (whatever the success rate), 1 internal error, 2 bad usage or input, "
               "3 the model cannot be handled, 130 interrupted (the file stays readable; --resume continues).")
 # Config fields whose flag is not "--" + the field name with dashes.
-FIELD_FLAGS = {"box": "--range", "output": "--output", "labels_file": "--labels", "max_iter": "--max-iter"}
+FIELD_FLAGS = {"box": "--range", "output": "--output", "labels_file": "--labels", "max_iter": "--max-iter",
+               "set_values": "--set"}
 
 
 def declared_options() -> dict[str, Option]:
@@ -298,6 +299,13 @@ def run_options(command: Callable, curve: bool = False) -> Callable:
         _config_option("reduce", type=click.Choice(REDUCE_CHOICES)),
         _config_option("batch_axis", multiple=True, metavar="NAME=AXIS"),
         _config_option("ctc", is_flag=True),
+        _config_option("ctc_blank", type=int, metavar="N"),
+        _config_option("set_values", "--set", multiple=True, metavar="NAME=VALUE"),
+        _config_option("broadcast", multiple=True, metavar="NAME"),
+        _config_option("state", multiple=True, metavar="OUT=IN"),
+        _config_option("chunk", type=int),
+        _config_option("context", type=int),
+        _config_option("per_chunk", is_flag=True),
         _config_option("gradients", type=click.Choice(GRADIENT_CHOICES)),
         _config_option("max_queries", type=int),
         _config_option("resume", is_flag=True),
@@ -423,7 +431,17 @@ def attack(model: str, inputs: str, out: str, as_json: bool, quiet: bool, tokeni
         progress.close()
     changed = [] if decode is None else write_texts(path, decode)
     summary = summarize(path)
+    if config.ctc:
+        from onnxattack.ctc import examples
+
+        summary["decoded"] = examples(path)
     click.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
+    if config.ctc and not as_json:
+        decoded = summary["decoded"]
+        click.echo(f"decoded (greedy CTC, blank {decoded['blank']}: {decoded['blank_source']}; every row in "
+                   f"decoded/x, decoded/x_adv):")
+        for example in decoded["examples"]:
+            click.echo(f"  row {example['row']}: {example['x']!r} -> {example['x_adv']!r}")
     if not as_json:
         for before, after in changed:
             click.echo(f"  {before}\n-> {after}")

@@ -80,7 +80,28 @@ class AttackConfig:
         "Score outputs [N, ..., L] (frame-level taggers): fold the middle dims by max or mean."))
     batch_axis: tuple[str, ...] = field(default=(), metadata=_help(
         "NAME=AXIS: the batch dim of a score output that is not batch-first (time-major CTC scores [T, N, L]: "
-        "NAME=1). Inferred when exactly one dim matches the batch size."))
+        "NAME=1; inferred when exactly one dim matches the batch size), or of a pass-through input (a state "
+        "[2, N, 128]: NAME=1; inferred when one dim is named like the attacked input's batch)."))
+    ctc_blank: int | None = field(default=None, metadata=_help(
+        "CTC recognisers (--ctc): the blank symbol's index for the greedy decoding of the strings before and "
+        "after, stored in decoded/x, decoded/x_adv (default: the model's metadata ctc_blank, else 0)."))
+    set_values: tuple[str, ...] = field(default=(), metadata=_help(
+        "NAME=VALUE: an input given once, passed to every call unchanged: a number or a JSON list "
+        "(silero-vad: sr=16000); its dtype is the model's."))
+    broadcast: tuple[str, ...] = field(default=(), metadata=_help(
+        "NAME: the inputs file's array NAME is that input whole, given once (not one row per sample) and "
+        "passed to every call unchanged."))
+    state: tuple[str, ...] = field(default=(), metadata=_help(
+        "OUT=IN: a streaming model: the state output OUT feeds input IN on the next call. Each row of the "
+        "attacked input is then a whole sequence, run chunk by chunk with the state carried (zeros first, or "
+        "--set IN=...); the scores of every chunk fold by --reduce, or see --per-chunk."))
+    chunk: int | None = field(default=None, metadata=_help(
+        "Streaming (--state): samples per call along the sequence dim (default: the model's input shape)."))
+    context: int = field(default=0, metadata=_help(
+        "Streaming (--state): each call starts with the previous call's last N samples (zeros before the first), "
+        "so a row advances by chunk - N per call (silero-vad's own wrapper: --chunk 576 --context 64)."))
+    per_chunk: bool = field(default=False, metadata=_help(
+        "Streaming (--state): one label per (chunk, label) pair instead of folding the chunks by --reduce."))
     ctc: bool = field(default=False, metadata=_help(
         "CTC recognisers: per symbol, the best per-frame log-probability is the score; a symbol appears when it "
         "exceeds log 0.5."))
@@ -128,6 +149,15 @@ class AttackConfig:
             raise ConfigError("resume", "resume and overwrite exclude each other")
         self.shard = _check_shard(self.shard)
         self.batch_axes()  # NAME=AXIS, checked
+        self.state_pairs()  # OUT=IN, checked
+        _at_least("chunk", self.chunk, 1)
+        _at_least("ctc_blank", self.ctc_blank, 0)
+        if self.ctc_blank is not None and not self.ctc:
+            raise ConfigError("ctc_blank", "applies to CTC recognisers only (--ctc)")
+        _at_least("context", self.context, 0)
+        streaming_only = [name for name in ("chunk", "per_chunk", "context") if getattr(self, name)]
+        if streaming_only and not self.state:
+            raise ConfigError(streaming_only[0], "applies to streaming models only (--state OUT=IN)")
         self._check_engine()
         self.build_attack()  # the method checks its own hyperparameters
         if METHODS[self.method].learns_from_set and (self.shard is not None or self.engine != "local"):
@@ -149,6 +179,18 @@ class AttackConfig:
             if axes[name] < 0:
                 raise ConfigError("batch_axis", f"the axis must be 0 or more, got {entry!r}")
         return axes
+
+    def state_pairs(self) -> dict[str, str]:
+        """--state OUT=IN entries as a mapping output -> input."""
+        pairs: dict[str, str] = {}
+        for entry in self.state:
+            output, equals, feeds = str(entry).partition("=")
+            if not (equals and output and feeds):
+                raise ConfigError("state", f"expected OUT=IN (e.g. stateN=state), got {entry!r}")
+            if output in pairs or feeds in pairs.values():
+                raise ConfigError("state", f"{entry!r}: each state output feeds one input, each input one output")
+            pairs[output] = feeds
+        return pairs
 
     def build_attack(self) -> Attack:
         """The configured attack; refuses options the method does not take."""

@@ -416,15 +416,69 @@ def open_inputs(path: str | os.PathLike, key: str | None = None, image_layout: s
     return source
 
 
-def open_passthrough(path: str | os.PathLike, names: list[str], attacked: str) -> dict[str, InputSource]:
-    """A multi-input model's other inputs: one array per input name from the same .npz / .h5 file."""
+def open_passthrough(path: str | os.PathLike, names: list[str], attacked: str,
+                     axes: dict[str, int] | None = None) -> dict[str, InputSource]:
+    """A multi-input model's other inputs: one array per input name from the same .npz / .h5 file. An
+    input whose batch is in dim `axes[name]` is read whole and served batch-first."""
     if not names:
         return {}
     path = Path(path)
+    _check_keyed_file(path, [attacked, *names], attacked)
+    axes = axes or {}
+    return {name: ArraySource(np.moveaxis(_whole_with_dim(path, name, axes[name]), axes[name], 0),
+                              where=f"{path}:{name}")
+            if axes.get(name) else open_inputs(path, name) for name in names}
+
+
+def _check_keyed_file(path: Path, names: list[str], attacked: str) -> None:
     if path.is_dir() or path.suffix.lower() not in (".npz", ".h5", ".hdf5"):
-        raise BadInputError(f"the model has inputs {', '.join([attacked, *names])}: give a .npz or .h5 file holding "
+        raise BadInputError(f"the model has inputs {', '.join(names)}: give a .npz or .h5 file holding "
                             f"one array per input name (the attacked one, {attacked}, with --key if named otherwise)")
-    return {name: open_inputs(path, name) for name in names}
+
+
+def _whole_with_dim(path: Path, name: str, axis: int) -> np.ndarray:
+    array = read_whole(path, name)
+    if array.ndim <= axis:
+        raise BadInputError(f"{path}:{name} has shape {list(array.shape)}: no dim {axis} to hold the batch")
+    return array
+
+
+def read_whole(path: str | os.PathLike, name: str) -> np.ndarray:
+    """One array of a .npz / .h5 inputs file, read whole: an input given once (--broadcast), or one whose
+    batch is not its first dim. Plain numbers only; a pickle is refused, never loaded."""
+    path = Path(path)
+    _check_keyed_file(path, [name], "the attacked input")
+    where = f"{path}:{name}"
+    if path.suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                if name not in archive.files:
+                    raise BadInputError(f"{path} has no array {name!r} (arrays: {', '.join(archive.files)})")
+                array = np.asarray(archive[name])
+        except BadInputError:
+            raise
+        except Exception as exc:  # BadZipFile, ValueError (pickles), OSError, ...
+            raise BadInputError(f"cannot read {where}: {first_line(exc)}") from None
+    else:
+        array = _read_hdf5_whole(path, name)
+    check_numeric(array.dtype, where)
+    return array
+
+
+def _read_hdf5_whole(path: Path, name: str) -> np.ndarray:
+    import h5py
+
+    try:
+        handle = h5py.File(path, "r")
+    except Exception as exc:  # OSError mostly
+        raise BadInputError(f"{path} is not a readable HDF5 file: {first_line(exc)}") from None
+    with handle:
+        try:
+            return np.asarray(checked_hdf5_dataset(handle, name, str(path))[()])
+        except BadInputError:
+            raise
+        except Exception as exc:  # damaged chunks, failing filters
+            raise BadInputError(f"cannot read {path}:{name}: {first_line(exc)}") from None
 
 
 def check_passthrough_sources(sources: dict[str, InputSource], total: int, count: int, where: str) -> None:

@@ -25,6 +25,7 @@ from .bridge.normalise import (
 )
 from .errors import BadInputError, ConversionError, FidelityError, OnnxAttackError, UnsupportedModelError, first_line
 from .estimated import QueryModel
+from .feeds import input_batch_axes, without
 from .inputs import check_numeric, check_rows
 from .model import (
     ModelFile,
@@ -78,7 +79,12 @@ class LoadSettings:
     max_queries: int | None = None  # estimated gradients and black-box methods: the per-input query budget
     queries_only: bool = False  # a black-box method (Attack.queries_only): onnxruntime scores, counted, no graph
     reduce: str = "max"  # how score outputs [N, ..., L] fold to [N, L]
-    batch_axes: Mapping[str, int] = field(default_factory=dict)  # output name -> its batch dim (--batch-axis)
+    batch_axes: Mapping[str, int] = field(default_factory=dict)  # output / input name -> its batch dim (--batch-axis)
+    constants: Mapping[str, np.ndarray] = field(default_factory=dict)  # inputs given once (--set, --broadcast)
+    states: Mapping[str, str] = field(default_factory=dict)  # streaming: state output -> the input it feeds
+    chunk: int | None = None  # streaming: samples per call (default: the model's input shape)
+    per_chunk: bool = False  # streaming: a label per (chunk, label) instead of folding the chunks
+    context: int = 0  # streaming: samples of the previous call repeated at the start of each call
     ctc: bool = False  # CTC frame logits: per label, the best per-frame log-probability
     attack_input: str | None = None  # the input perturbed (default: the only floating one)
     tokens: bool = False  # the attacked input holds token ids (a discrete method: tokens.TokenSource)
@@ -210,7 +216,7 @@ class LoadedModel:
         and cast to the model's dtypes; a one-input model takes none."""
         if others and not self.passthrough_inputs:
             raise BadInputError(f"the model has one input ({self.input.name}); got other inputs {', '.join(others)}")
-        return check_passthrough(self.passthrough_inputs, others or {}, rows, where)
+        return check_passthrough(self.passthrough_inputs, others or {}, rows, where, self.passthrough.axes)
 
     def bound(self, others: Mapping[str, np.ndarray] | None) -> contextlib.AbstractContextManager[None]:
         """Calls inside the block score rows of a batch whose pass-through inputs are `others` (checked)."""
@@ -268,9 +274,10 @@ class LoadedModel:
         return torch.as_tensor(np.asarray(x), dtype=self.torch_dtype, device=self.device)
 
 
-def _probe_batch(input_info: TensorInfo, size: int, box: tuple[float, float], seed: int) -> np.ndarray:
-    """Random rows for the fidelity check: uniform in the box (zeros for a pass-through integer input)."""
-    sample_shape = input_info.shape[1:]
+def _probe_batch(input_info: TensorInfo, size: int, box: tuple[float, float], seed: int, axis: int = 0) -> np.ndarray:
+    """Random rows for the fidelity check: uniform in the box (zeros for a pass-through integer input);
+    batch-first, whatever dim `axis` of the model's input holds the batch."""
+    sample_shape = batch_first_shape(input_info, axis)[1:]
     if not all(isinstance(dim, int) and dim > 0 for dim in sample_shape):
         raise BadInputError(f"input {input_info.name!r} has shape {list(input_info.shape)}: its sample "
                             f"dims are not fixed, so pass a probe batch of real inputs")
@@ -280,11 +287,20 @@ def _probe_batch(input_info: TensorInfo, size: int, box: tuple[float, float], se
     return np.random.default_rng(seed).uniform(box[0], box[1], size=shape)
 
 
+def batch_first_shape(info: TensorInfo, axis: int) -> tuple[int | str | None, ...]:
+    """An input's declared shape with its batch dim (`axis`) moved first, as its rows are held."""
+    shape = list(info.shape)
+    return (shape.pop(axis), *shape) if axis else tuple(shape)
+
+
 def check_passthrough(inputs: tuple[TensorInfo, ...], given: Mapping[str, np.ndarray],
-                      rows: int | None = None, where: str = "inputs") -> dict[str, np.ndarray]:
-    """Every pass-through input present, real and finite, shaped as the model takes it, with one row per
-    row of the batch; cast to the model's dtype (integer values must be whole)."""
+                      rows: int | None = None, where: str = "inputs",
+                      axes: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Every pass-through input present, real and finite, shaped as the model takes it (held batch-first:
+    an input whose batch is dim `axes[name]` has it moved first), with one row per row of the batch; cast
+    to the model's dtype (integer values must be whole)."""
     checked: dict[str, np.ndarray] = {}
+    axes = axes or {}
     for info in inputs:
         if info.name not in given:
             raise BadInputError(f"{where} has no array {info.name!r} for the model's input {info.name!r} "
@@ -294,7 +310,8 @@ def check_passthrough(inputs: tuple[TensorInfo, ...], given: Mapping[str, np.nda
         check_numeric(array.dtype, label)
         if rows is not None and len(array) != rows:
             raise BadInputError(f"{label} has {len(array)} rows, the attacked input {rows}")
-        check_sample_shape(info, tuple(array.shape[1:]), label)
+        held = TensorInfo(info.name, info.dtype, batch_first_shape(info, axes.get(info.name, 0)))
+        check_sample_shape(held, tuple(array.shape[1:]), label)
         if array.size and not np.isfinite(array.astype(np.float64, copy=False)).all():
             raise BadInputError(f"{label}: NaN or infinite values")
         if not info.is_float and array.size and not np.array_equal(np.rint(array), array):
@@ -424,18 +441,26 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
         raise BadInputError(f"unknown gradient source {gradients!r} (expected one of: {', '.join(GRADIENT_SOURCES)})")
     torch_device = resolve_device(device)
     model_file = model if isinstance(model, ModelFile) else open_model(model)
+    if settings.states:  # a streaming model: called chunk by chunk, its state carried
+        from .streaming import load_streaming
+
+        return load_streaming(model_file, settings, torch_device, probe, probe_name)
     proto, info = model_file.proto, model_file.info
-    input_info = choose_attack_input(info, settings.attack_input, tokens=settings.tokens)
-    others = tuple(i for i in info.inputs if i.name != input_info.name)
-    passthrough = PassThroughInputs(tuple(i.name for i in others))
+    constants = dict(settings.constants)
+    input_info = choose_attack_input(without(info, set(constants)), settings.attack_input, tokens=settings.tokens)
+    others = tuple(i for i in info.inputs if i.name != input_info.name and i.name not in constants)
     score_output = choose_score_output(info, output)
+    unknown = [name for name in settings.batch_axes
+               if name != score_output.name and name not in {i.name for i in others}]
+    if unknown:
+        raise BadInputError(f"--batch-axis {unknown[0]}=...: only the score output's batch dim and the pass-through "
+                            f"inputs' can be named ({', '.join([score_output.name, *(i.name for i in others)])}); "
+                            f"the attacked input takes its batch first")
+    axes, axis_notes = input_batch_axes(others, input_info, settings.batch_axes)
+    passthrough = PassThroughInputs(tuple(i.name for i in others), axes, constants)
 
     detected = detect_scores_kind(proto, score_output.name)
     kind = detected if scores in ("auto", None) else ScoresKind.parse(str(getattr(scores, "value", scores)))
-    unknown = [name for name in settings.batch_axes if name != score_output.name]
-    if unknown:
-        raise BadInputError(f"--batch-axis {unknown[0]}=...: only the score output's batch dim can be named "
-                            f"({score_output.name!r}); inputs take the batch first")
     layout = FrameLayout(reduce, settings.batch_axes.get(score_output.name), ctc=settings.ctc)
     if layout.ctc:  # the best log-probability of any frame, per symbol: it appears when above log 0.5
         kind, threshold = ScoresKind.LOGITS, math.log(0.5) if threshold is None else threshold
@@ -451,7 +476,10 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
     except ValueError as exc:
         raise BadInputError(str(exc)) from None
 
-    notes: list[str] = []
+    notes: list[str] = [*axis_notes]
+    if constants:
+        notes.append(f"input(s) {', '.join(constants)} given once (--set / --broadcast): passed to every call "
+                     f"unchanged")
     if probe is None:
         probe = _probe_batch(input_info, PROBE_SIZE, box, seed)
     probe = np.asarray(probe)
@@ -461,8 +489,8 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
         notes.append(f"input {input_info.name!r} {list(input_info.shape)} has no batch dim: each input row is one "
                      f"whole model input, run on its own")
     if probe_others is None:
-        probe_others = {i.name: _probe_batch(i, len(probe), box, seed) for i in others}
-    probe_others = check_passthrough(others, probe_others, len(probe), probe_name)
+        probe_others = {i.name: _probe_batch(i, len(probe), box, seed, axes[i.name]) for i in others}
+    probe_others = check_passthrough(others, probe_others, len(probe), probe_name, axes)
     with passthrough.bind(probe_others):  # the probe's rows of the other inputs (multi-input models)
         fixed = None if per_sample else fixed_batch(input_info)
         scorer = _ort_scorer(proto, input_info, score_output.name, torch_device.type, probe, notes, passthrough,
@@ -560,7 +588,7 @@ def _torch_source(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int 
 
     def bind(graph: torch.nn.Module) -> torch.nn.Module:
         graph = PerSampleGraph(graph) if loaded.per_sample else graph
-        if loaded.passthrough_inputs:
+        if loaded.passthrough:  # rows of the other inputs, or inputs given once
             return BoundGraph(graph, order, loaded.input.name, loaded.passthrough)
         return graph
 

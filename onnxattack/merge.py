@@ -147,7 +147,7 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike, ove
                    for name, (shape, dtype) in layout.items() if name.startswith(PASSTHROUGH_GROUP + "/")}
     writer = ResultWriter.create(partial, tuple(layout["x"][0]), np.dtype(layout["x"][1]),
                                  int(layout["y_target"][0][0]), attrs, rows_per_chunk=batch_size, overwrite=True,
-                                 passthrough=passthrough)
+                                 passthrough=passthrough, given=_given(shards[0]["_path"]))
     try:
         for shard in shards:
             rows = min(int(shard.get("rows_written", 0)), int(shard["row_stop"]) - int(shard["row_start"]))
@@ -160,3 +160,9 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike, ove
         writer.close()
     os.replace(partial, out)
     return out
+
+
+def _given(path: Path) -> dict[str, np.ndarray]:
+    """The inputs given once to a shard's run (every shard was fed the same)."""
+    with ResultFile.open(path) as results:
+        return results.given_inputs()

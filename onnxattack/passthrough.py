@@ -4,7 +4,12 @@ They pass through unchanged, row by row: whatever rows of the attacked input rea
 batch, the rows an attack still works on, the K copies of each row a replicated Jacobian sends),
 the pass-through inputs of the same rows go with them. The batch binds them (`bind`), an attack
 names the sub-batch it sends (`select`, relative to the rows already selected), and the scorer and
-the torch graph ask `rows_for(m)` for the rows of a call of m rows.
+the torch graph ask `feeds_for(m)` for what a call of m rows is fed.
+
+Rows are held batch-first whatever the model's layout: an input whose batch is in another dim
+(silero-vad's state [2, batch, 128]: `axes`) is moved there only when it is fed. Inputs given once
+(`constants`: a scalar sample rate from --set, an array from --broadcast) have no rows and go to
+every call unchanged.
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ import torch
 class PassThroughInputs:
     """Pass-through arrays by input name, bound per batch; empty (nothing bound) for one-input models."""
 
-    def __init__(self, names: tuple[str, ...] = ()) -> None:
-        self.names = names
+    def __init__(self, names: tuple[str, ...] = (), axes: Mapping[str, int] | None = None,
+                 constants: Mapping[str, np.ndarray] | None = None) -> None:
+        self.names = names  # the inputs with one row per row of the batch
+        self.axes = {name: int(axis) for name, axis in (axes or {}).items() if name in names and axis}
+        self.constants = {name: np.asarray(value) for name, value in (constants or {}).items()}
         self._arrays: dict[str, np.ndarray] | None = None
         self._selection: list[np.ndarray] = []
 
     def __bool__(self) -> bool:
-        return bool(self.names)
+        return bool(self.names or self.constants)
 
     @contextlib.contextmanager
     def bind(self, arrays: Mapping[str, np.ndarray]) -> Iterator[None]:
@@ -72,9 +80,22 @@ class PassThroughInputs:
         raise RuntimeError(f"a call of {m} rows while the pass-through inputs hold {n} rows: the attack must "
                            f"name the rows it sends (Victim.on_rows)")
 
+    def model_layout(self, rows: Mapping[str, np.ndarray], per_sample: bool = False) -> dict[str, np.ndarray]:
+        """What the model is fed for batch-first `rows`: each moved to its batch dim (per_sample: a model
+        without a batch dim takes the one row as it is), and the inputs given once."""
+        if per_sample:
+            fed = {name: array[0] for name, array in rows.items()}
+        else:
+            fed = {name: np.moveaxis(array, 0, self.axes[name]) if name in self.axes else array
+                   for name, array in rows.items()}
+        return {**fed, **self.constants}
+
+    def feeds_for(self, m: int) -> dict[str, np.ndarray]:
+        return self.model_layout(self.rows_for(m))
+
     def tensors_for(self, m: int, device: torch.device) -> dict[str, torch.Tensor]:
         return {name: torch.from_numpy(np.ascontiguousarray(array)).to(device)
-                for name, array in self.rows_for(m).items()}
+                for name, array in self.feeds_for(m).items()}
 
 
 class BoundGraph(torch.nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,8 @@ from .batch import BatchResult, attack_arrays, batch_targets, check_exclusion_ta
 from .config import AttackConfig
 from .errors import BadInputError, UnsupportedModelError
 from .estimated import STALL_REASONS
-from .inputs import InputSource, check_passthrough_sources, open_inputs, open_passthrough, scan_inputs
+from .feeds import given_once, input_batch_axes, parse_set, without
+from .inputs import InputSource, check_passthrough_sources, open_inputs, open_passthrough, read_whole, scan_inputs
 from .loader import LoadedModel, LoadSettings, load, resolve_box, scores_only
 from .merge import shard_attrs
 from .model import ModelFile, choose_attack_input, open_model
@@ -49,6 +50,7 @@ class RunPlan:
     stop: int = -1
     others: dict[str, InputSource] = field(default_factory=dict)  # multi-input models: passed through
     box: tuple[float, float] = (0.0, 1.0)  # --range, or the model's input_range metadata
+    given: dict[str, np.ndarray] = field(default_factory=dict)  # inputs given once (--set, --broadcast)
 
     def target_for(self, first: int, rows: int) -> TargetSpec | np.ndarray:
         """The targets of input rows [first, first + rows): rows of --target-file, or the strategy."""
@@ -90,16 +92,26 @@ def shard_rows(count: int, batch_size: int, shard: tuple[int, int] | None) -> tu
 
 def open_model_inputs(model: ModelFile, inputs_path: str | os.PathLike, attack_input: str | None,
                       key: str | None, image_layout: str = "chw", image_scale: float = 1 / 255,
-                      tokens: bool = False) -> tuple[str, InputSource, dict[str, InputSource]]:
-    """(the attacked input's name, its rows, the other inputs' rows by name). A multi-input model's
-    inputs come from one .npz / .h5 file keyed by input name (--key names the attacked array if it is
-    stored under another name). tokens: the attacked input holds token ids (a discrete method)."""
+                      tokens: bool = False, given: frozenset[str] = frozenset(),
+                      batch_axes: Mapping[str, int] | None = None) -> tuple[str, InputSource, dict[str, InputSource]]:
+    """(the attacked input's name, its rows, the other inputs' rows by name, batch-first). A multi-input
+    model's inputs come from one .npz / .h5 file keyed by input name (--key names the attacked array if
+    it is stored under another name). tokens: the attacked input holds token ids (a discrete method).
+    given: inputs that take no rows (given once, or a streaming model's carried state)."""
     info = model.info
-    attacked = choose_attack_input(info, attack_input, tokens=tokens)
-    other_names = [i.name for i in info.inputs if i.name != attacked.name]
-    chosen_key = key if key is not None or not other_names else attacked.name
+    attacked = choose_attack_input(without(info, given), attack_input, tokens=tokens)
+    others = tuple(i for i in info.inputs if i.name != attacked.name and i.name not in given)
+    axes, _ = input_batch_axes(others, attacked, batch_axes or {})
+    other_names = [i.name for i in others]
+    chosen_key = key if key is not None or len(info.inputs) == 1 else attacked.name
     source = open_inputs(inputs_path, chosen_key, image_layout, image_scale)
-    return attacked.name, source, open_passthrough(inputs_path, other_names, attacked.name)
+    return attacked.name, source, open_passthrough(inputs_path, other_names, attacked.name, axes)
+
+
+def inputs_given_once(model: ModelFile, inputs_path: str | os.PathLike, config: AttackConfig) -> dict[str, np.ndarray]:
+    """--set literals and --broadcast arrays of the inputs file, checked against the model's inputs."""
+    broadcast = {name: read_whole(inputs_path, name) for name in config.broadcast}
+    return given_once(model.info, parse_set(config.set_values), broadcast, config.attack_input)
 
 
 def first_rows(source: InputSource, others: dict[str, InputSource],
@@ -114,8 +126,11 @@ def plan(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLi
     resolve targets."""
     attack = config.build_attack()
     model_file = model_path if isinstance(model_path, ModelFile) else open_model(model_path)
+    constants, states = inputs_given_once(model_file, inputs_path, config), config.state_pairs()
     attacked, source, others = open_model_inputs(model_file, inputs_path, config.attack_input, config.key,
-                                                 config.image_layout, config.image_scale, tokens=attack.discrete)
+                                                 config.image_layout, config.image_scale, tokens=attack.discrete,
+                                                 given=frozenset([*constants, *states.values()]),
+                                                 batch_axes=config.batch_axes())
     box, box_note = (vocabulary_box(model_file.proto, attacked, config.box) if attack.discrete
                      else resolve_box(config.box, model_file.info))
     source_name = Path(inputs_path).name
@@ -124,7 +139,8 @@ def plan(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLi
     check_passthrough_sources(others, source.count, count, source_name)
     probe, probe_others = first_rows(source, others, min(count, 4))
     settings = LoadSettings.from_config(config, box=box, attack_input=attacked, batch_axes=config.batch_axes(),
-                                        queries_only=attack.queries_only, tokens=attack.discrete)
+                                        queries_only=attack.queries_only, tokens=attack.discrete,
+                                        constants=constants, states=states)
     model = load(model_file, settings, probe=probe, probe_name=source_name, probe_others=probe_others)
     if box_note:
         model.notes.insert(0, box_note)
@@ -142,7 +158,7 @@ def plan(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLi
                                     f"{model.notes[-1]}")
     start, stop = shard_rows(count, config.batch_size, config.shard)
     return RunPlan(model, attack, source, source_name, spec, target_rows, criterion, count, start, stop, others,
-                   box)
+                   box, constants)
 
 
 def _cheapest_route(attack: Attack, model: LoadedModel, settings: LoadSettings, gradients: str) -> Attack:
@@ -176,6 +192,10 @@ def _identity(run: RunPlan, config: AttackConfig) -> dict:
               "reduce": config.reduce if model.folded else None,
               **({"batch_axes": config.batch_axes()} if config.batch_axis else {}),
               **({"ctc": True} if config.ctc else {}),
+              **({"set": sorted(config.set_values)} if config.set_values else {}),
+              **({"broadcast": sorted(config.broadcast)} if config.broadcast else {}),
+              **({"state": config.state_pairs(), "chunk": config.chunk, "per_chunk": config.per_chunk,
+                  "context": config.context} if config.state else {}),
               **({"attack_input": model.input.name} if model.passthrough_inputs else {})}
     return {
         "model_sha256": model.info.sha256, "model_name": model.name, "method": attack.name,
@@ -196,21 +216,29 @@ def _open_writer(out_path: Path, run: RunPlan, config: AttackConfig, inputs_path
              "output": model.score_output.name, "device": str(model.device), "gradients": model.gradients,
              "reduce": config.reduce if model.folded else "none", "attack_input": model.input.name,
              "stall_reasons": json.dumps(STALL_REASONS)}
-    passthrough = {name: (source.sample_shape, info.dtype)
-                   for (name, source), info in zip(run.others.items(), model.passthrough_inputs, strict=True)}
+    dtypes = {info.name: info.dtype for info in model.passthrough_inputs}
+    passthrough = {name: (source.sample_shape, dtypes[name]) for name, source in run.others.items()}
     return ResultWriter.create(out_path, run.source.sample_shape, model.input.dtype, model.num_labels, attrs,
-                               rows_per_chunk=config.batch_size, overwrite=config.overwrite, passthrough=passthrough)
+                               rows_per_chunk=config.batch_size, overwrite=config.overwrite, passthrough=passthrough,
+                               given=run.given)
 
 
 def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out_path: str | os.PathLike,
                config: AttackConfig, progress: Progress | None = None) -> Path:
     """Attack every input and write the result file with the engine the config names (local: this
-    process; ray: one Ray actor per shard, merged at the end); returns its path. Resumable."""
+    process; ray: one Ray actor per shard, merged at the end); returns its path. Resumable. A CTC run
+    (--ctc) then stores every row's greedy decode before and after (ctc.decode_run)."""
     if config.engine == "ray":
         from .engines.ray import run_ray
 
-        return run_ray(model_path, inputs_path, out_path, config, progress)
-    return run_local(model_path, inputs_path, out_path, config, progress)
+        path = run_ray(model_path, inputs_path, out_path, config, progress)
+    else:
+        path = run_local(model_path, inputs_path, out_path, config, progress)
+    if config.ctc:  # the strings read before and after, from the finished file
+        from .ctc import decode_run
+
+        decode_run(model_path, path, config)
+    return path
 
 
 def run_local(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out_path: str | os.PathLike,

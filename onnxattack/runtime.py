@@ -148,15 +148,15 @@ class OrtScorer:
         self.per_sample = per_sample
         self.raw_rank = 0  # the rank of the output as onnxruntime returns it (set by the first call)
         self.classes: np.ndarray | None = None
+        self._unfolded = False
 
     @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
 
     def _run(self, x: np.ndarray, others: dict[str, np.ndarray]) -> np.ndarray:
-        feeds = {**others, self.input_name: x}
-        if self.per_sample:  # one row, fed without its batch dim
-            feeds = {name: rows[0] for name, rows in feeds.items()}
+        feeds = self.passthrough.model_layout(others, self.per_sample)
+        feeds[self.input_name] = x[0] if self.per_sample else x  # per_sample: one row, fed without its batch dim
         try:
             (scores,) = self.session.run([self.output_name], feeds)
         except Exception as exc:  # onnxruntime's own exception types
@@ -177,7 +177,15 @@ class OrtScorer:
                 f"output {self.output_name!r} gives scores of shape {list(scores.shape)} for {len(x)} input row(s): "
                 f"its first dim is not the batch (scores must be [batch, labels] or [batch, ..., labels]; "
                 f"--batch-axis {self.output_name}=AXIS names the batch dim of a time-major output)")
-        return self.layout.fold(scores)
+        return scores if self._unfolded else self.layout.fold(scores)
+
+    def frames(self, x: np.ndarray) -> np.ndarray:
+        """The scores before their frames fold, batch-first [N, ..., L] (a CTC decoder reads every frame)."""
+        self._unfolded = True
+        try:
+            return self(x)
+        finally:
+            self._unfolded = False
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = to_input_dtype(np.asarray(x), self.input_dtype)

@@ -26,6 +26,7 @@ import numpy as np
 
 from .adapt import Adapter, ModelArg, Side, fits, parse_model_arg, plan_adapter
 from .errors import BadInputError
+from .feeds import replayed
 from .labelmatch import LabelMatch, match_labels
 from .loader import LoadSettings, load
 from .model import ModelFile, choose_attack_input, declared_range, open_model, read_labels
@@ -80,6 +81,7 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str] | list[
         labels = results.labels
         stored_others = results.passthrough_names()
         probe_others = {name: results.passthrough(name, 0, 4) for name in stored_others}
+        given = results.given_inputs()
         keys = names or transfer_keys(model_paths, results.transfers())
         task = results.task
     rates: dict[str, dict] = {}
@@ -87,13 +89,13 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str] | list[
         model_file = open_model(arg.path)
         rates[key] = _transfer_one(results_path, model_file, arg, key, task, read_as, device, chunk, rows, params,
                                    labels, stored_others, probe, probe_others, attrs.get("attack_input"),
-                                   str(attrs.get("model_sha256", "")), tokens)
+                                   str(attrs.get("model_sha256", "")), tokens, given)
     return rates
 
 
 def input_adapter(model_file: ModelFile, arg: ModelArg, attacked: str | None, sample_shape: tuple[int, ...],
                   dtype: np.dtype, box: tuple[float, float], reference: ModelArg | None = None,
-                  same_model: bool = False, tokens: bool = False) -> Adapter:
+                  same_model: bool = False, tokens: bool = False, sequence: bool = False) -> Adapter:
     """The mapping of the reference's rows (sample_shape, dtype, box) into this model's attacked input. Its
     range: the stated one, else its `input_range` metadata (not for the run's own model: its rows are in
     the run's --range already), else the reference's."""
@@ -104,6 +106,8 @@ def input_adapter(model_file: ModelFile, arg: ModelArg, attacked: str | None, sa
     source_box = reference.range if reference is not None and reference.range else box
     source = Side(sample_shape, source_box, np.dtype(dtype), reference.layout if reference else None)
     declared = tuple(chosen.shape)
+    if sequence and len(declared) > 1:  # a streaming model: its rows are whole sequences of chunks
+        declared = (declared[0], "sequence", *declared[2:])
     # a model without a batch dim takes whole rows: its declared shape is the sample's, not [batch, ...]
     per_sample = fits(sample_shape, declared)
     target = Side(declared if per_sample else declared[1:], target_box, np.dtype(chosen.dtype), arg.layout)
@@ -126,16 +130,18 @@ def _transfer_one(results_path: str | os.PathLike, model_file: ModelFile, arg: M
                   read_as: ReadAs,
                   device: str, chunk: int, rows: int, params: dict, labels: list, stored_others: list[str],
                   probe: np.ndarray, probe_others: dict[str, np.ndarray], attacked: str | None,
-                  reference_sha: str, tokens: bool = False) -> dict:
+                  reference_sha: str, tokens: bool = False, given: dict[str, np.ndarray] | None = None) -> dict:
     # the other model takes the stored pass-through inputs it has (by name), perhaps none of them
     takes = {value.name for value in model_file.info.inputs}
     fed = [name for name in stored_others if name in takes]
     box = tuple(params.get("box", (0.0, 1.0)))
+    fed_as_run = replayed(model_file.info, params, given or {})  # --set values, input batch dims, streaming state
     adapter = input_adapter(model_file, arg, attacked, tuple(probe.shape[1:]), probe.dtype, (box[0], box[1]),
-                            read_as.reference, model_file.info.sha256 == reference_sha, tokens)
+                            read_as.reference, model_file.info.sha256 == reference_sha, tokens,
+                            sequence="states" in fed_as_run)
     settings = LoadSettings(device=device, convert=False, box=adapter.target,
                             attack_input=attacked if attacked in takes else None, scores=read_as.scores,
-                            threshold=read_as.threshold, tokens=tokens)
+                            threshold=read_as.threshold, tokens=tokens, **fed_as_run)
     other = load(model_file, settings, probe=adapter(probe), probe_name=f"{Path(results_path).name}:x",
                  probe_others={name: probe_others[name] for name in fed})
     match = label_matching(labels, other.labels, read_labels(model_file.info) is not None, read_as, task,

@@ -132,3 +132,14 @@ def test_dynamo_export_of_groupnorm_and_mish_converts(tmp_path, opset):
     check(graph, {"input": x}, family="dynamo-groupnorm-mish", grad=("input",), atol=1e-5, rtol=1e-4, eps=1e-2)
     with torch.no_grad():
         assert np.abs(net(torch.from_numpy(x)).numpy() - session(graph).run(None, {"input": x})[0]).max() < 1e-4
+
+
+@pytest.mark.parametrize("opset", [13, 21])
+def test_size_matches_onnxruntime(opset):
+    """Size (silero-vad's LSTM branches test it): the element count as int64, here scaling x."""
+    nodes = [helper.make_node("Size", ["x"], ["n"]), helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x", "nf"], ["y"])]
+    model = model_of(nodes, [("x", TensorProto.FLOAT, [2, 3, 4])], ["y", "n"],
+                     output_types={"n": TensorProto.INT64}, opset=opset)
+    x = np.random.default_rng(0).uniform(-1, 1, size=(2, 3, 4)).astype(np.float32)
+    check(model, {"x": x}, family="misc", atol=1e-5, rtol=1e-5, eps=1e-2, grad_tolerance=2e-2)

@@ -78,3 +78,77 @@ def test_without_a_batch_dim_to_find_the_refusal_names_the_flag(recogniser, tmp_
     result = CliRunner().invoke(main, ["attack", str(path), str(inputs), "-o", str(tmp_path / "r.h5"),
                                        "--batch-axis", "image=1"])
     assert result.exit_code == 2 and "only the score output's batch dim" in result.output
+
+
+def with_metadata(path, target, **metadata: str):
+    """A copy of the model with metadata entries (a charset as `labels`, the blank's index)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(target))
+    return target
+
+
+def greedy(path, x: np.ndarray, blank: int, names: list[str] | None) -> list[str]:
+    """Greedy CTC decoding written out here: onnxruntime's best symbol per frame, runs merged, blanks dropped."""
+    import itertools
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    best = session.run(None, {"image": x})[0].transpose(1, 0, 2).argmax(axis=-1)  # [N, T]
+    texts = []
+    for row in best:
+        symbols = [int(symbol) for symbol, _ in itertools.groupby(row) if symbol != blank]
+        texts.append("".join(names[s] for s in symbols) if names else " ".join(map(str, symbols)))
+    return texts
+
+
+CHARSET = ["", "a", "b", "c", "d", "e", "f"]
+
+
+@pytest.mark.parametrize("case", ["metadata", "given", "default"])
+def test_ctc_runs_store_the_greedy_decodes_before_and_after(recogniser, tmp_path, case):
+    path, inputs = recogniser
+    flags: list[str] = []
+    if case == "metadata":  # the charset and the blank's index from the model's metadata
+        path = with_metadata(path, tmp_path / "rec.onnx", labels=json.dumps(CHARSET), ctc_blank="0")
+        blank, source, names = 0, "metadata ctc_blank", CHARSET
+    elif case == "given":
+        flags, blank, source, names = ["--ctc-blank", "3"], 3, "given", None
+    else:
+        blank, source, names = 0, "default", None
+    out = tmp_path / "r.h5"
+    result = CliRunner().invoke(main, ["attack", str(path), str(inputs), "-o", str(out), "--ctc", *flags,
+                                       "--method", "ml-deepfool", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    decoded = json.loads(result.stdout)["decoded"]
+    assert (decoded["blank"], decoded["blank_source"]) == (blank, source)
+    with h5py.File(out, "r") as handle:
+        before = [text.decode() for text in handle["decoded/x"][:]]
+        after = [text.decode() for text in handle["decoded/x_adv"][:]]
+        assert before == greedy(path, handle["x"][:], blank, names)
+        assert after == greedy(path, handle["x_adv"][:], blank, names)
+        assert handle["decoded"].attrs["blank"] == blank
+    assert before != after  # the attack changed what is read
+    shown = decoded["examples"]
+    assert shown and all(example["x"] == before[example["row"]] and example["x_adv"] == after[example["row"]]
+                         for example in shown)
+    assert shown[0]["x"] != shown[0]["x_adv"]  # changed rows are shown first
+
+
+def test_the_decoded_strings_are_printed_in_the_summary(recogniser, tmp_path):
+    path, inputs = recogniser
+    path = with_metadata(path, tmp_path / "rec.onnx", labels=json.dumps(CHARSET))
+    result = CliRunner().invoke(main, ["attack", str(path), str(inputs), "-o", str(tmp_path / "r.h5"), "--ctc",
+                                       "--method", "ml-deepfool", "--quiet", "--limit", "3"])
+    assert result.exit_code == 0, result.output
+    assert "decoded (greedy CTC, blank 0: default;" in result.output
+    assert "row 0: '" in result.output
+
+
+def test_a_blank_index_outside_the_symbols_is_refused(recogniser, tmp_path):
+    path, inputs = recogniser
+    result = CliRunner().invoke(main, ["attack", str(path), str(inputs), "-o", str(tmp_path / "r.h5"), "--ctc",
+                                       "--ctc-blank", str(SYMBOLS), "--method", "ml-deepfool", "--limit", "2"])
+    assert result.exit_code == 2 and "blank index 7 (given) is not one of the 7 symbols" in result.output

@@ -7,6 +7,7 @@ nothing outside this package opens one with h5py.
 from .check import CheckFile, CheckWriter, read_pair_part, write_pair_part
 from .reader import CurveFile, ResultFile, open_hdf5, plain
 from .schema import (
+    DECODED_GROUP,
     EPS_GROUP,
     LEARNT_DATASET,
     PASSTHROUGH_GROUP,
@@ -28,13 +29,15 @@ from .writer import (
     identity_mismatch,
     replacement_path,
     room_left,
+    write_decoded,
     write_texts,
 )
 
 __all__ = [
-    "EPS_GROUP", "LEARNT_DATASET", "PASSTHROUGH_GROUP", "ROWS", "ROW_DATASETS", "RUN_IDENTITY", "TRANSFER_GROUP",
+    "DECODED_GROUP", "EPS_GROUP", "LEARNT_DATASET", "PASSTHROUGH_GROUP", "ROWS", "ROW_DATASETS", "RUN_IDENTITY",
+    "TRANSFER_GROUP",
     "CheckFile", "CheckWriter", "read_pair_part", "write_pair_part",
     "Column", "CurveFile", "ResultFile", "ResultWriter", "StoreWriteError", "TransferWriter", "check_output_path",
     "copy_run", "curve_writer", "identity_mismatch", "open_hdf5", "passthrough_dataset", "passthrough_name", "plain",
-    "replacement_path", "room_left", "write_texts",
+    "replacement_path", "room_left", "write_decoded", "write_texts",
 ]

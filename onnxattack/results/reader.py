@@ -24,7 +24,9 @@ from ..errors import BadInputError
 from ..inputs import checked_hdf5_dataset
 from ..types import Task
 from .schema import (
+    DECODED_GROUP,
     EPS_GROUP,
+    GIVEN_GROUP,
     LEARNT_DATASET,
     PASSTHROUGH_GROUP,
     REQUIRED,
@@ -121,7 +123,7 @@ class ResultFile:
 
     def _layout_problem(self) -> str | None:
         """What makes the row datasets unreadable as the schema's columns (None when they are fine)."""
-        for group in (TRANSFER_GROUP, PASSTHROUGH_GROUP):
+        for group in (TRANSFER_GROUP, PASSTHROUGH_GROUP, GIVEN_GROUP):
             if group in self.group and not isinstance(self.group[group], h5py.Group):
                 return f"{group} is not a group"
         for model, sub in self.group.get(TRANSFER_GROUP, {}).items():
@@ -246,6 +248,24 @@ class ResultFile:
     @property
     def params(self) -> dict[str, Any]:
         return self.json_attr("params", {})
+
+    def decoded(self) -> tuple[list[str], list[str], dict[str, Any]] | None:
+        """A CTC run's greedy decodes (decoded/x, decoded/x_adv) and what they were decoded with; None
+        when the file has none."""
+        group = self.group.get(DECODED_GROUP)
+        if not isinstance(group, h5py.Group) or not {"x", "x_adv"} <= set(group):
+            return None
+        texts = [[value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+                  for value in group[name][:]] for name in ("x", "x_adv")]
+        return texts[0], texts[1], {key: plain(value) for key, value in group.attrs.items()}
+
+    def given_inputs(self) -> dict[str, np.ndarray]:
+        """The inputs given once (given/<name>: --set, --broadcast), by input name; empty when none."""
+        group = self.group.get(GIVEN_GROUP)
+        if not isinstance(group, h5py.Group):
+            return {}
+        return {passthrough_name(key): np.asarray(value[()]) for key, value in group.items()
+                if isinstance(value, h5py.Dataset) and value.dtype.kind in "biuf"}
 
     def passthrough_names(self) -> list[str]:
         """The input names stored under inputs/ (a multi-input model's other inputs)."""

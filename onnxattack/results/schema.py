@@ -52,6 +52,7 @@ REQUIRED = ("x", "x_adv", "scores", "scores_adv", "y_pred", "y_target", "y_adv",
             "torch_agrees", "l2", "linf")
 
 PASSTHROUGH_GROUP = "inputs"  # a multi-input model's other inputs, one dataset per input name
+GIVEN_GROUP = "given"  # given/<name>: inputs given once (--set, --broadcast), the value every call was fed
 LEARNT_DATASET = "universal_delta"  # what a set attack learnt from the whole input set, written before any row
 TRANSFER_GROUP = "transfer"  # transfer/<model>: another model's verdict on x_adv (validate)
 TRANSFER_COLUMNS: tuple[Column, ...] = (
@@ -59,6 +60,7 @@ TRANSFER_COLUMNS: tuple[Column, ...] = (
     Column("y_adv", "labels", "int8", "the other model's prediction of x_adv"),
     Column("success", "row", "bool", "the other model's prediction of x_adv reaches the target"),
 )
+DECODED_GROUP = "decoded"  # decoded/x, decoded/x_adv: a CTC run's greedy decodes, UTF-8 strings (attrs blank, labels)
 EPS_GROUP = "eps"  # a curve file: eps/<value>, one run's layout each
 CHECK_KIND = "crosscheck"  # a crosscheck file's root attribute kind (results/check.py has its layout)
 MODELS_GROUP = "models"  # a crosscheck file: models/<name>, one model or variant each
@@ -80,11 +82,12 @@ def dataset_specs(sample_shape: tuple[int, ...], input_dtype: np.dtype, num_labe
     return {column.name: (shapes[column.shape], np.dtype(column.dtype or input_dtype)) for column in columns}
 
 
-def passthrough_dataset(name: str) -> str:
-    """inputs/<name>; a '/' in an input name (tf2onnx's scopes) is written %2F, so it stays one dataset, and
-    the names '.' and '..' (which HDF5 reads as the group itself and its parent) are written %2E, %2E%2E."""
+def passthrough_dataset(name: str, group: str = PASSTHROUGH_GROUP) -> str:
+    """inputs/<name> (or given/<name>); a '/' in an input name (tf2onnx's scopes) is written %2F, so it stays
+    one dataset, and the names '.' and '..' (which HDF5 reads as the group itself and its parent) are
+    written %2E, %2E%2E."""
     key = name.replace("%", "%25").replace("/", "%2F")
-    return f"{PASSTHROUGH_GROUP}/{'%2E' * len(key) if key in ('.', '..') else key}"
+    return f"{group}/{'%2E' * len(key) if key in ('.', '..') else key}"
 
 
 def passthrough_name(key: str) -> str:

@@ -28,7 +28,9 @@ from ..inputs import InputSource
 from ..safety import check_output
 from .reader import ResultFile, open_hdf5, plain
 from .schema import (
+    DECODED_GROUP,
     EPS_GROUP,
+    GIVEN_GROUP,
     LAYOUT_VERSION,
     LEARNT_DATASET,
     ROW_DATASETS,
@@ -121,9 +123,11 @@ class ResultWriter:
     def create(cls, path: str | os.PathLike, sample_shape: tuple[int, ...], input_dtype: np.dtype,
                num_labels: int, attrs: dict[str, Any], rows_per_chunk: int = 32,
                overwrite: bool = False,
-               passthrough: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None) -> ResultWriter:
+               passthrough: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None,
+               given: dict[str, np.ndarray] | None = None) -> ResultWriter:
         """passthrough: a multi-input model's other inputs, name -> (sample shape, dtype), stored as
-        inputs/<name> so that validate re-scores from the file alone."""
+        inputs/<name> so that validate re-scores from the file alone; given: the inputs given once
+        (--set, --broadcast), stored whole as given/<name>."""
         path = Path(path)
         check_output_path(path, resume=False, overwrite=overwrite)
         try:
@@ -140,6 +144,8 @@ class ResultWriter:
             for name, (shape, dtype) in specs.items():
                 handle.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
                                       chunks=(rows, *shape), compression="gzip", compression_opts=4, shuffle=True)
+            for name, value in (given or {}).items():
+                handle.create_dataset(passthrough_dataset(name, GIVEN_GROUP), data=np.asarray(value))
             attrs = {**attrs, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "complete": False, "rows_written": 0, "layout_version": LAYOUT_VERSION}
             writer.set_attrs(**attrs)
@@ -324,6 +330,22 @@ def copy_run(handle: h5py.File, part: Path, name: str) -> None:
 
 
 TEXT_GROUP = "text"  # text/x, text/x_adv: a token-id run's rows decoded (attack --tokenizer)
+
+
+def write_decoded(path: str | os.PathLike, clean: list[str], adversarial: list[str], **attrs: Any) -> None:
+    """A CTC run's greedy decodes of x and x_adv into decoded/x and decoded/x_adv (UTF-8 strings, one per
+    row), with what they were decoded with (`attrs`: the blank index and where it came from)."""
+    try:
+        with h5py.File(path, "a") as handle:
+            if DECODED_GROUP in handle:
+                del handle[DECODED_GROUP]
+            group = handle.create_group(DECODED_GROUP)
+            for name, texts in (("x", clean), ("x_adv", adversarial)):
+                group.create_dataset(name, data=np.array(texts, dtype=object), dtype=h5py.string_dtype())
+            for key, value in attrs.items():
+                group.attrs[key] = value
+    except (OSError, RuntimeError) as exc:
+        raise StoreWriteError(f"writing the decoded strings into {path} failed ({_reason(exc)})") from None
 
 
 def write_texts(path: str | os.PathLike, decode: Callable[[np.ndarray], list[str]]) -> list[tuple[str, str]]:

@@ -10,6 +10,7 @@
   entry b (along batch_axis) reversed, the rest kept.
 - Trilu-14: upper (default) or lower triangle of the last two dims, diagonal offset k.
 - CastLike-15+: cast to the second input's element type.
+- Size-1/13/19/21/23+: the element count, an int64 scalar (silero-vad's LSTM branches test it).
 - ScatterElements-11/13/16/18 (reduction none/add/mul/max/min) and Scatter-9/11: data with
   `updates` written (or reduced, existing value included) at `indices` along axis; negative
   indices count from the end. Gradient flows to data and updates as torch's scatter gives it.
@@ -168,6 +169,17 @@ def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     if element in (TensorProto.STRING, TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2):
         raise NotImplementedError(f"CastLike to {TensorProto.DataType.Name(element)}")
     return OperationConverterResult(torch_module=CastLike(), onnx_mapping=onnx_mapping_from_node(node))
+
+
+class Size(nn.Module, OnnxToTorchModule):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(x.numel(), dtype=torch.int64, device=x.device)
+
+
+@register("Size", [1, 13, 19, 21, 23, 24, 25])
+def _(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    del graph
+    return OperationConverterResult(torch_module=Size(), onnx_mapping=onnx_mapping_from_node(node))
 
 
 _TORCH_REDUCE = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
