@@ -34,6 +34,7 @@ def figures(device: str, count: int, exhaustive_iter: int = 1000, memory_inputs:
     started = time.monotonic()
     fixed_cost = startup.startup(32, device)
     cases = search.measure(count, device, exhaustive_iter=exhaustive_iter)
+    budget = search.budget_curve(count, device, exhaustive_iter=exhaustive_iter)
     step = overhead.step_overhead(device)
     graph = overhead.graph_overhead(device)
     qp = overhead.qp_share(device)
@@ -60,10 +61,15 @@ def figures(device: str, count: int, exhaustive_iter: int = 1000, memory_inputs:
         "memory_ratio": memory["ratio"],
         "startup_s": fixed_cost["startup_s"],
         "startup_share": fixed_cost["startup_share"],
+        "budget_curve": {calls: {"success": entry["success"], "mean_l2": entry["mean_l2"],
+                                 "dominates_published": entry["dominates_published"],
+                                 "dominates_reference": entry["dominates_reference"]}
+                         for calls, entry in budget["curve"].items()},
         "jacobian_batched_over_loop": jacobian["batched_over_loop"],
         **{key: value for key, value in black.items() if key != "details_blackbox"},
         "details": {"search": cases, "step": step, "graph": graph, "qp": qp, "jacobian": jacobian,
                     "pipeline": [shares, shares_deepfool], "memory": memory, "startup": fixed_cost,
+                    "budget": budget,
                     "blackbox": black["details_blackbox"]},
         "machine": {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "platform": platform.platform(), "inputs_per_search_case": count,
