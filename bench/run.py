@@ -5,7 +5,8 @@
 
 Keys (goals in docs/benchmarks.md): search_efficiency, calls_ratio, reference_calls_ratio,
 reference_success, reference_l2_ratio, step_overhead, graph_overhead, qp_share, validate_share,
-write_share, memory_ratio; square_queries_ratio, square_vs_whitebox_success, hsj_l2_ratio,
+write_share, memory_ratio, startup_s and startup_share (bench/startup.py);
+square_queries_ratio, square_vs_whitebox_success, hsj_l2_ratio,
 single_label_queries (bench/blackbox.py, in onnxruntime queries); `details` holds the per-case numbers
 behind them.
 """
@@ -22,16 +23,18 @@ import torch
 
 from onnxattack.loader import resolve_device
 
-from . import blackbox, overhead, pipeline_costs, search
+from . import blackbox, overhead, pipeline_costs, search, startup
 
 GOALS = {"search_efficiency": 1.05, "calls_ratio": 0.15, "reference_calls_ratio": 0.5, "step_overhead": 1.10,
          "graph_overhead": 1.05, "qp_share": 0.2, "validate_share": 0.05, "write_share": 0.05,
-         "memory_ratio": 1.1}
+         "memory_ratio": 1.1, "startup_share": 0.1}
 
 
 def figures(device: str, count: int, exhaustive_iter: int = 1000, memory_inputs: int = 64) -> dict:
     started = time.monotonic()
+    fixed_cost = startup.startup(32, device)
     cases = search.measure(count, device, exhaustive_iter=exhaustive_iter)
+    budget = search.budget_curve(count, device, exhaustive_iter=exhaustive_iter)
     step = overhead.step_overhead(device)
     graph = overhead.graph_overhead(device)
     qp = overhead.qp_share(device)
@@ -56,10 +59,17 @@ def figures(device: str, count: int, exhaustive_iter: int = 1000, memory_inputs:
         "validate_share": max(shares["validate_share"], shares_deepfool["validate_share"]),
         "write_share": max(shares["write_share"], shares_deepfool["write_share"]),
         "memory_ratio": memory["ratio"],
+        "startup_s": fixed_cost["startup_s"],
+        "startup_share": fixed_cost["startup_share"],
+        "budget_curve": {calls: {"success": entry["success"], "mean_l2": entry["mean_l2"],
+                                 "dominates_published": entry["dominates_published"],
+                                 "dominates_reference": entry["dominates_reference"]}
+                         for calls, entry in budget["curve"].items()},
         "jacobian_batched_over_loop": jacobian["batched_over_loop"],
         **{key: value for key, value in black.items() if key != "details_blackbox"},
         "details": {"search": cases, "step": step, "graph": graph, "qp": qp, "jacobian": jacobian,
-                    "pipeline": [shares, shares_deepfool], "memory": memory,
+                    "pipeline": [shares, shares_deepfool], "memory": memory, "startup": fixed_cost,
+                    "budget": budget,
                     "blackbox": black["details_blackbox"]},
         "machine": {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "platform": platform.platform(), "inputs_per_search_case": count,

@@ -108,3 +108,29 @@ def measure(count: int, device: str, reference: bool = True, exhaustive_iter: in
                                            if shared.any() else None)
         cases[case.name] = entry
     return cases
+
+
+BUDGETS = (250, 500, 1000, 2000)
+
+
+def budget_curve(count: int, device: str, budgets: tuple[int, ...] = BUDGETS, exhaustive_iter: int = 1000) -> dict:
+    """ML-CW at --budget CALLS per row (digits-mosaic hide-single): success and mean L2 per budget, and whether
+    each dominates the published procedure's point (the exhaustive 10 x max_iter search) and the reference
+    code's: success >= and mean L2 <= (on the rows both reach) at fewer mean calls."""
+    case = make_case("digits-mosaic", "ml-cw", "hide-single", (0.0, 1.0), count, device)
+    points = {"published": case.run(attack_for("ml-cw", exhaustive=True, max_iter=exhaustive_iter)),
+              "reference": case.reference()}
+    curve: dict[str, dict] = {}
+    for budget in budgets:
+        outcome = case.run(attack_for("ml-cw", budget=budget))
+        entry = {"budget": budget, **outcome.summary(outcome.success)}
+        for name, point in points.items():
+            shared = outcome.success & point.success
+            l2_ratio = float(outcome.l2[shared].mean() / point.l2[shared].mean()) if shared.any() else None
+            entry[f"dominates_{name}"] = bool(outcome.success.mean() >= point.success.mean()
+                                              and l2_ratio is not None and l2_ratio <= 1.0
+                                              and outcome.calls.mean() <= point.calls.mean())
+            entry[f"l2_ratio_{name}"] = l2_ratio
+        curve[str(budget)] = entry
+    return {"case": case.name, "rows": int(case.x.shape[0]), "curve": curve,
+            **{name: point.summary(point.success) for name, point in points.items()}}

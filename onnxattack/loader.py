@@ -23,6 +23,7 @@ from .bridge.normalise import (
     prune_to,
     symbolic_batch,
 )
+from .bridge.trace import TracedGraph, traceable
 from .errors import BadInputError, ConversionError, FidelityError, OnnxAttackError, UnsupportedModelError, first_line
 from .estimated import QueryModel
 from .feeds import input_batch_axes, without
@@ -90,6 +91,7 @@ class LoadSettings:
     tokens: bool = False  # the attacked input holds token ids (a discrete method: tokens.TokenSource)
     seed: int = 0
     convert: bool = True  # False: onnxruntime only (validate's other models)
+    trace: bool = True  # run the converted graph as a checked TorchScript trace where that pays (bridge/trace.py)
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> LoadSettings:
@@ -546,7 +548,8 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
             return loaded
         try:
             loaded.source = _torch_source(loaded, _score_graph(proto, tensor_name, score_output.name), fixed, probe,
-                                          settings.tolerance, reduce, surrogate=gradients == "auto")
+                                          settings.tolerance, reduce, surrogate=gradients == "auto",
+                                          trace=settings.trace)
         except (ConversionError, FidelityError) as exc:
             if gradients == "torch":
                 raise
@@ -579,7 +582,7 @@ def _label_names(info: ModelInfo, labels_file: str | os.PathLike | None, num_lab
 
 
 def _torch_source(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndarray,
-                  tolerance: float, reduce: str, surrogate: bool = False) -> TorchGraphSource:
+                  tolerance: float, reduce: str, surrogate: bool = False, trace: bool = True) -> TorchGraphSource:
     """The converted score graph as x -> scores (row by row for a model without a batch dim, with the
     pass-through inputs bound, frame scores folded), checked against onnxruntime on the probe. With
     `surrogate`, a graph that misses the tolerance is kept as a surrogate (the pipeline then measures
@@ -604,6 +607,8 @@ def _torch_source(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int 
         loaded.notes.append(f"the torch graph differs from onnxruntime by {exc.difference:.3g} (over --tolerance "
                             f"{tolerance:g}): attacked through it as a surrogate, every verdict onnxruntime's")
         return TorchGraphSource(graph, exc.difference, surrogate=True)
+    if trace and fixed is None and not loaded.per_sample and not loaded.passthrough_inputs and traceable(score_graph):
+        graph = TracedGraph(graph, tolerance=max(tolerance, 1e-5))
     return TorchGraphSource(graph, fidelity)
 
 

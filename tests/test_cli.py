@@ -203,7 +203,7 @@ def test_transfer_and_report(mosaic, tmp_path, zoo_model):
     # the refusal names flags, never internal names (abort_early, jacobian)
     (["--method", "ml-cw", "--eps", "0.1"], "--eps does not apply to ml-cw (it takes --max-iter, --binary-steps, "
                                             "--learning-rate, --kappa, --initial-const, --exhaustive, "
-                                            "--no-early-stop)"),
+                                            "--no-early-stop, --budget)"),
     (["--seed", str(2**63)], "at most 2^63 - 1"),
     (["--seed", "-1"], "'--seed'"),
     (["--gradients", "sometimes"], "Invalid value for '--gradients'"),

@@ -114,3 +114,65 @@ def test_input_forget_is_refused_by_name():
     model, _ = _recurrent("LSTM", input_forget=1)
     with pytest.raises(ConversionError, match="LSTM-14.*input_forget"):
         to_torch(model)
+
+
+NATIVE_CASES = [
+    ("RNN", dict(direction="reverse", initial=True)),
+    ("RNN", dict(direction="bidirectional", activations=["Relu", "Relu"])),
+    ("GRU", dict(linear_before_reset=1, direction="bidirectional", initial=True)),
+    ("GRU", dict(linear_before_reset=1, layout=1, initial=True)),
+    ("LSTM", dict(direction="reverse", initial=True)),
+    ("LSTM", dict(direction="bidirectional", outputs=("Y", "Y_h", "Y_c"))),
+    ("LSTM", dict(layout=1, initial=True)),
+]
+
+
+@pytest.mark.parametrize("kind,options", NATIVE_CASES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(NATIVE_CASES)])
+def test_torch_kernel_path_is_taken_and_matches_the_unrolled_recurrence(kind, options, monkeypatch):
+    """Nodes whose equations are torch's run through torch.gru / lstm / rnn_*: same outputs and input
+    gradients (float64) as the step-by-step loop, which stays for every other node."""
+    from onnxattack.bridge.converters.recurrent import Recurrent
+
+    model, feeds = _recurrent(kind, **options)
+    names = [v.name for v in model.graph.input]
+
+    def run() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        module = to_torch(model).double()
+        tensors = [torch.from_numpy(feeds[n]).double().requires_grad_(True) for n in names]
+        got = module(*tensors)
+        got = list(got) if isinstance(got, (tuple, list)) else [got]
+        weights = [torch.linspace(-1, 1, g.numel(), dtype=torch.float64).reshape(g.shape) for g in got]
+        grads = torch.autograd.grad(sum((g * w).sum() for g, w in zip(got, weights, strict=True)), tensors)
+        return [g.detach() for g in got], list(grads)
+
+    taken: list[bool] = []
+    original = Recurrent.native_kernel
+    monkeypatch.setattr(Recurrent, "native_kernel",
+                        lambda self, *a: taken.append(original(self, *a)) or taken[-1])
+    native_out, native_grads = run()
+    assert taken and all(taken)
+    monkeypatch.setattr(Recurrent, "native_kernel", lambda self, *a: False)
+    loop_out, loop_grads = run()
+    for mine, theirs in zip([*native_out, *native_grads], [*loop_out, *loop_grads], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-10)
+
+
+def test_nodes_torch_does_not_compute_keep_the_loop():
+    from onnxattack.bridge.converters.recurrent import Recurrent
+
+    for kind, options in [("GRU", {}), ("LSTM", dict(peepholes=True)), ("LSTM", dict(clip=0.5)),
+                          ("GRU", dict(linear_before_reset=1, sequence_lens="constant")),
+                          ("RNN", dict(direction="bidirectional", activations=["Relu", "Tanh"]))]:
+        model, feeds = _recurrent(kind, **options)
+        module = to_torch(model)
+        node = next(m for m in module.modules() if isinstance(m, Recurrent))
+        w, r = (torch.from_numpy(onnx_numpy(model, n)) for n in ("W", "R"))
+        lens = torch.ones(3) if "sequence_lens" in options else None
+        p = torch.ones(3) if options.get("peepholes") else None
+        assert not node.native_kernel(w, r, lens, p), (kind, options)
+
+
+def onnx_numpy(model, name: str) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return next(numpy_helper.to_array(init).copy() for init in model.graph.initializer if init.name == name)

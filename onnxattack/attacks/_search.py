@@ -58,6 +58,7 @@ class SearchSettings:
     converge: bool = True  # per row: leave once succeeded and nothing more is gained
     warm_start: bool = True  # start each step from the best iterate, not from x
     tolerance: float = 1e-2  # relative L2 gain per step (and constant interval) counted as nothing
+    max_calls: int | None = None  # per row: the search stops a row before it would exceed this many model calls
 
 
 def to_box(w: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -201,11 +202,14 @@ def _end_steps(state: _Rows, ended: torch.Tensor, w0: torch.Tensor, settings: Se
     return finished
 
 
-def _until_next_event(state: _Rows, max_iter: int, check_every: int) -> int:
-    """Iterations every row can run before some row reaches a check point or its step's end."""
+def _until_next_event(state: _Rows, max_iter: int, check_every: int, max_calls: int | None = None) -> int:
+    """Iterations every row can run before some row reaches a check point, its step's end or its call budget."""
     it = state.it
     next_check = (it // check_every + 1) * check_every
-    return int((torch.minimum(next_check, torch.full_like(it, max_iter)) - it).min())
+    until = torch.minimum(next_check, torch.full_like(it, max_iter)) - it
+    if max_calls is not None:
+        until = torch.minimum(until, ((max_calls - state.calls) // 2).clamp_min(0))
+    return int(until.min())
 
 
 def constant_search(victim: Victim, x: torch.Tensor, target: torch.Tensor, loss_term: LossTerm,
@@ -226,9 +230,11 @@ def constant_search(victim: Victim, x: torch.Tensor, target: torch.Tensor, loss_
     check_every = max(1, settings.max_iter // 10)
 
     while len(state.ids):
-        for _ in range(_until_next_event(state, settings.max_iter, check_every)):
+        for _ in range(_until_next_event(state, settings.max_iter, check_every, settings.max_calls)):
             _iterate(state, victim, loss_term, criterion, settings, n)
         with torch.no_grad():
+            # a row whose next iteration would pass its call budget leaves with its best iterate
+            spent_all = (state.calls + 2 > settings.max_calls) if settings.max_calls is not None else None
             # a finished row counts whole; an active one by the constant steps it has run (at most binary_steps)
             running = ((state.steps + state.it / settings.max_iter) / settings.binary_steps).clamp_max(1.0)
             victim.report((n - len(state.ids) + float(running.sum())) / n)
@@ -237,9 +243,13 @@ def constant_search(victim: Victim, x: torch.Tensor, target: torch.Tensor, loss_
             if settings.abort_early:
                 ended |= at_check & (state.loss > _ABORT_RATIO * state.previous_loss)
             state.previous_loss = torch.where(at_check, state.loss, state.previous_loss)
-            if not bool(ended.any()):
+            if spent_all is not None:
+                ended &= ~spent_all
+            if not bool(ended.any()) and (spent_all is None or not bool(spent_all.any())):
                 continue
-            finished = _end_steps(state, ended, w0, settings, lo, hi)
+            finished = _end_steps(state, ended, w0, settings, lo, hi) if bool(ended.any()) else ended
+            if spent_all is not None:
+                finished = finished | spent_all
             if bool(finished.any()):
                 ids = state.ids[finished]
                 out_x[ids] = state.best_x[finished]
@@ -270,11 +280,13 @@ class ConstantSearchAttack(Attack):
                              switch="exhaustive", value=True),
         "abort_early": Option(bool, "never end a constant step early when the loss stalls",
                               switch="no-early-stop", value=False),
+        "budget": Option(int, "model calls per input at most (forward and backward 1 each): the search stops "
+                              "each row there with its best iterate (None: no limit)"),
     }
 
     def __init__(self, max_iter: int = 1000, binary_steps: int = 10, initial_const: float | None = None,
                  learning_rate: float = 1e-2, kappa: float = 0.0, abort_early: bool = True,
-                 exhaustive: bool = False) -> None:
+                 exhaustive: bool = False, budget: int | None = None) -> None:
         self.max_iter = at_least_one("max_iter", max_iter)
         self.binary_steps = at_least_one("binary_steps", binary_steps)
         self.initial_const = None if initial_const is None else number("initial_const", initial_const, positive=True)
@@ -282,12 +294,13 @@ class ConstantSearchAttack(Attack):
         self.kappa = number("kappa", kappa, positive=False)
         self.abort_early = bool(abort_early)
         self.exhaustive = bool(exhaustive)
+        self.budget = None if budget is None else at_least_one("budget", budget)
 
     def settings(self) -> SearchSettings:
         if self.exhaustive:
             const = 1.0 if self.initial_const is None else self.initial_const
             return SearchSettings(self.max_iter, self.binary_steps, const, self.learning_rate,
-                                  abort_early=False, converge=False, warm_start=False)
+                                  abort_early=False, converge=False, warm_start=False, max_calls=self.budget)
         return SearchSettings(self.max_iter, self.binary_steps, self.initial_const, self.learning_rate,
-                              abort_early=self.abort_early)
+                              abort_early=self.abort_early, max_calls=self.budget)
 

@@ -1,0 +1,53 @@
+"""What a run imports before its first step: torchvision (and the torch._dynamo and sympy it pulls in)
+only when a graph needs one of its ops."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from tests.converter_checks import const, model_of, session
+
+
+def _imported_after(code: str) -> set[str]:
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300)
+    return set(out.stdout.split())
+
+
+def test_the_cli_and_the_bridge_import_without_torchvision() -> None:
+    loaded = _imported_after("import cli.main\nimport onnxattack.bridge.convert")
+    assert "onnx2torch" in loaded
+    assert not {"torchvision", "torch._dynamo", "sympy"} & loaded
+
+
+def test_torchvision_imported_later_is_the_real_module() -> None:
+    code = ("import onnxattack.bridge.convert\nimport torchvision\nimport torchvision.ops\n"
+            "print(torchvision.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip()[0].isdigit()
+
+
+def test_roi_align_converts_and_runs_through_the_deferred_torchvision() -> None:
+    from onnx2torch.node_converters import roialign
+
+    from onnxattack.bridge.convert import to_torch
+
+    assert roialign.roi_align.__module__ == "onnxattack.bridge._deferred_vision"  # the stand-in, not torchvision's
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, size=(2, 3, 8, 8)).astype(np.float32)
+    rois = np.array([[0, 0, 4, 4], [1, 2, 7, 6], [2, 1, 5, 7]], dtype=np.float32)
+    node = helper.make_node("RoiAlign", ["x", "rois", "idx"], ["y"], output_height=2, output_width=2,
+                            sampling_ratio=2, spatial_scale=1.0, coordinate_transformation_mode="half_pixel")
+    model = model_of([node], [("x", TensorProto.FLOAT, [2, 3, 8, 8])], ["y"],
+                     [onnx.numpy_helper.from_array(rois, "rois"), const("idx", [0, 1, 1], np.int64)], opset=16)
+    expected = session(model).run(None, {"x": x})[0]
+    import torch
+
+    got = to_torch(model)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
