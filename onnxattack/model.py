@@ -500,16 +500,27 @@ def _ml_classifier_scores(model: onnx.ModelProto, output_name: str, depth: int =
     return None
 
 
+def _through_output_qdq(model: onnx.ModelProto, node: onnx.NodeProto | None) -> onnx.NodeProto | None:
+    """A quantized model's output (QuantizeLinear -> DequantizeLinear, as onnxruntime's QDQ quantizer
+    ends every graph) holds the activation before it rounded: the op before the pair."""
+    if node is None or node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+        return node
+    quantize = final_op(model, node.input[0])
+    if quantize is None or quantize.op_type != "QuantizeLinear" or quantize.domain not in ("", "ai.onnx"):
+        return node
+    return final_op(model, quantize.input[0])
+
+
 def detect_scores_kind(model: onnx.ModelProto, output_name: str) -> ScoresKind:
     """Logits unless the graph ends with Sigmoid (probabilities) or Softmax over the labels (in every
-    branch, when an If makes the output), or the
+    branch, when an If makes the output; before a closing QuantizeLinear / DequantizeLinear pair), or the
     scores come from an ai.onnx.ml classifier that outputs probabilities (tree ensembles: always;
     linear and SVM classifiers: with a LOGISTIC or SOFTMAX post-transform); labels for an integer or
     boolean output (a label output: no scores at all)."""
     declared = next((o for o in model.graph.output if o.name == output_name), None)
     if declared is not None and declared.type.tensor_type.elem_type in _LABEL_TYPES:
         return ScoresKind.LABELS
-    node = final_op(model, output_name)
+    node = _through_output_qdq(model, final_op(model, output_name))
     classifier = _ml_classifier_scores(model, output_name)
     if classifier is not None:
         transform = next((a.s.decode() for a in classifier.attribute if a.name == "post_transform"), "NONE")
