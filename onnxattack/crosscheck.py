@@ -274,13 +274,14 @@ def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, con
 
 
 def _gradients(part: Path | None) -> str:
-    """How the member's own run got its gradients: `torch`, or `estimated (why)`; "" when not attacked."""
+    """How the member's own run got its gradients: `torch`, or `estimated from onnxruntime queries (why)`;
+    "" when it was not attacked."""
     if part is None:
         return ""
     with ResultFile.open(part) as run:
         kind, notes = str(run.attrs.get("gradients", "")), json.loads(run.attrs.get("notes", "[]"))
     why = [note for note in notes if note.startswith("gradients are estimated")]
-    return f"{kind} ({why[0]})" if kind == "estimated" and why else kind
+    return f"estimated{why[0].removeprefix('gradients are estimated')}" if kind == "estimated" and why else kind
 
 
 def _transfer_row(i: int, members: list[Member], part: Path | None, read_as: ReadAs, device: str,
@@ -349,8 +350,9 @@ def format_crosscheck(summary: dict) -> str:
     for name in names:
         lines.append(f"  {name}: input {summary['mappings'][name]}; labels: {summary['labels'][name]}")
         lines.append(f"      scored by {summary['runtimes'][name]}; "
-                     + (f"attacked with {summary['gradients'][name]} gradients" if name in summary["gradients"]
-                        else f"not attacked ({summary['not_attacked'][name]})"))
+                     + ("not attacked (" + summary["not_attacked"][name] + ")" if name not in summary["gradients"]
+                        else "attacked through its torch graph" if summary["gradients"][name] == "torch"
+                        else "attacked with gradients " + summary["gradients"][name]))
     lines += _table("clean agreement (equal predicted label sets on shared labels)", names, summary["agreement"], True)
     lines += _table("largest clean score difference", names, summary["max_score_diff"], False)
     lines += _table("transfer success (row: crafted on, column: judged on; diagonal: own success)", names,

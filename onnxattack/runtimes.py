@@ -58,6 +58,15 @@ class OnnxRuntime:
         return f"onnxruntime {onnxruntime.__version__}"
 
 
+def _reason(exc: Exception) -> str:
+    """The line of an OpenVINO error that says what failed: its texts open with source locations
+    ("Exception from src/...", "Check 'false' failed at ...") and list the culprits as "-- ..." lines."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    listed = [line.removeprefix("-- ") for line in lines if line.startswith("-- ")]
+    told = [line for line in lines if not line.startswith(("Exception from ", "Check '", "To facilitate"))]
+    return "; ".join(listed) or (told[0] if told else first_line(exc))
+
+
 class OpenVinoSession:
     """A model compiled by OpenVINO for the CPU, called like an onnxruntime session."""
 
@@ -71,7 +80,7 @@ class OpenVinoSession:
             results = compiled(feeds)  # type: ignore[operator]
             return [np.asarray(results[compiled.output(name)]) for name in output_names]  # type: ignore[attr-defined]
         except Exception as exc:  # OpenVINO raises RuntimeError with multi-line texts
-            raise UnsupportedModelError(f"OpenVINO failed to run the model: {first_line(exc)}") from None
+            raise UnsupportedModelError(f"OpenVINO failed to run the model: {_reason(exc)}") from None
 
     def get_providers(self) -> list[str]:
         return [f"CPU, inference precision {self.precision}"]
@@ -102,7 +111,7 @@ class OpenVino:
             hint = compiled.get_property("INFERENCE_PRECISION_HINT")
             used = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         except Exception as exc:  # read or compile: RuntimeError naming the operator, over several lines
-            raise UnsupportedModelError(f"OpenVINO cannot load the model: {first_line(exc)}") from None
+            raise UnsupportedModelError(f"OpenVINO cannot load the model: {_reason(exc)}") from None
         return OpenVinoSession(compiled, used)
 
     def describe(self) -> str:

@@ -149,6 +149,9 @@ def test_int8_and_fp16_variants_of_the_zoo_models_work(zoo_model, zoo_inputs, tm
     ("yeast-mlp-int8", "fp16", "quantized already (DynamicQuantizeLinear, MatMulInteger)"),
     ("yeast-mlp-int8", "int8", "quantized already"),
     ("yeast-forest", "int8-dynamic,fp16", "TreeEnsembleClassifier (ai.onnx.ml) compute in float32 or float64 only"),
+    pytest.param("yeast-forest", "openvino", "OpenVINO cannot load the model: No conversion rule found for "
+                 "operations: ai.onnx.ml.TreeEnsembleClassifier",
+                 marks=pytest.mark.skipif(not openvino_installed(), reason="the 'openvino' extra is not installed")),
 ])
 def test_a_variant_that_is_not_made_is_exit_3_in_one_line_and_loses_nothing(zoo_model, zoo_inputs, tmp_path,
                                                                             name, variants, words):
@@ -207,3 +210,20 @@ def test_validate_in_openvino_names_the_runtime_and_its_verdicts_are_openvinos(k
     assert "f32" in groups["keras-openvino-f32"][1]["runtime_detail"]
     bad = CliRunner().invoke(main, ["validate", str(out), "--model", f"{path}:runtime=tvm"])
     assert bad.exit_code == 2 and "unknown runtime 'tvm'" in bad.output
+
+
+def test_a_variant_without_a_torch_graph_is_attacked_with_estimated_gradients_and_says_why(zoo_model, zoo_inputs,
+                                                                                           tmp_path):
+    path = zoo_model("yeast-forest")
+    np.save(tmp_path / "x.npy", zoo_inputs("yeast-forest", 3))
+    args = ["crosscheck", path, tmp_path / "x.npy", "-o", tmp_path / "c.h5", "--variants", "int8-dynamic", "--method",
+            "ml-deepfool", "--max-iter", "3", "--quiet"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    why = "estimated from onnxruntime queries (the score graph cannot become a torch graph: no converter for " \
+          "ai.onnx.ml.TreeEnsembleClassifier"
+    assert result.output.count(f"attacked with gradients {why}") == 2
+    with h5py.File(tmp_path / "c.h5", "r") as handle:
+        assert handle["models/int8-dynamic"].attrs["gradients"].startswith(why)
+        assert handle["models/int8-dynamic/run"].attrs["gradients"] == "estimated"
+        assert not np.isnan(handle["transfer/success"][:]).any()
