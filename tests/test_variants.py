@@ -210,6 +210,12 @@ def test_validate_in_openvino_names_the_runtime_and_its_verdicts_are_openvinos(k
     assert "f32" in groups["keras-openvino-f32"][1]["runtime_detail"]
     bad = CliRunner().invoke(main, ["validate", str(out), "--model", f"{path}:runtime=tvm"])
     assert bad.exit_code == 2 and "unknown runtime 'tvm'" in bad.output
+    text = invoke("validate", out, "--model", f"{path}:runtime=openvino-f32")
+    assert "judged by: openvino" in text.output and "inference precision f32" in text.output
+    reference = CliRunner().invoke(main, ["crosscheck", f"{path}:runtime=openvino", str(inputs), "-o",
+                                          str(tmp_path / "c.h5"), "--method", "ml-deepfool", "--quiet"])
+    assert reference.exit_code == 2 and "--variants openvino" in reference.output
+    assert len(reference.output.strip().splitlines()) == 1 and not (tmp_path / "c.h5.parts").exists()
 
 
 def test_a_variant_without_a_torch_graph_is_attacked_with_estimated_gradients_and_says_why(zoo_model, zoo_inputs,
