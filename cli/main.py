@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from onnxattack.attacks import METHODS
+from onnxattack.attacks import METHODS, Disagree, PairAttack
 from onnxattack.attacks.base import Option
 from onnxattack.config import (
     DEVICE_CHOICES,
@@ -315,6 +315,33 @@ def run_options(command: Callable, curve: bool = False) -> Callable:
     return command
 
 
+def _pair_flags() -> dict[str, tuple[str, Option]]:
+    """--disagree-<name> for each hyperparameter of the pair method disagree (its --max-iter too): parameter
+    name -> (hyperparameter, declaration)."""
+    declared = {"max_iter": Option(int, "iterations per constant step"), **Disagree.declared_options()}
+    return {f"disagree_{name}": (name, option) for name, option in declared.items()}
+
+
+def pair_method_options(command: Callable) -> Callable:
+    defaults = Disagree.default_values()
+    for parameter, (name, option) in reversed(_pair_flags().items()):
+        command = click.option("--" + parameter.replace("_", "-"), parameter, type=option.kind,
+                               help=f"disagree: {option.help} (default {defaults[name]}).")(command)
+    return command
+
+
+def _pair_method_from(options: dict) -> PairAttack:
+    """The disagree method with the --disagree-* values given (removed from options); a bad value names its flag."""
+    given = {name: options.pop(parameter) for parameter, (name, _) in _pair_flags().items()
+             if options.get(parameter) is not None}
+    for parameter in _pair_flags():
+        options.pop(parameter, None)
+    try:
+        return Disagree(**given)
+    except ConfigError as exc:
+        raise ConfigError(f"disagree_{exc.field}", first_line(exc)) from None
+
+
 def attack_options(command: Callable) -> Callable:
     return run_options(command)
 
@@ -493,11 +520,16 @@ def validate(results: str, models: tuple[str, ...], label_map: str | None, by_po
               help="JSON object: REF's label names -> the other models' (equal names match without it).")
 @click.option("--match-labels-by-position", "by_position", is_flag=True,
               help="Match labels by index instead of by name (equal counts needed).")
+@click.option("--disagree", "pairs", multiple=True, metavar="A:B",
+              help="Search members A and B (named as in the matrices: REF's file stem, a variant's name, a --model's "
+                   "stem) for the smallest change of each input after which they predict different label sets "
+                   "(method disagree, judged by onnxruntime); repeatable.")
+@pair_method_options
 @attack_options
 @handle_errors
 def crosscheck(reference: str, inputs: str, out: str, models: tuple[str, ...], variants: str | None,
-               keep_variants: str | None, label_map: str | None, by_position: bool, as_json: bool, quiet: bool,
-               **options) -> None:
+               keep_variants: str | None, label_map: str | None, by_position: bool, pairs: tuple[str, ...],
+               as_json: bool, quiet: bool, **options) -> None:
     """One model, every deployment of it, in one matrix: REF, its --variants and the other --model
     files are each attacked on INPUTS (in REF's input format, mapped into each model's input), and
     OUT (HDF5) holds the clean agreement matrix (share of inputs with equal predicted label sets on
@@ -510,32 +542,57 @@ def crosscheck(reference: str, inputs: str, out: str, models: tuple[str, ...], v
     from onnxattack.transfer import ReadAs
     from onnxattack.variants import parse_variants
 
+    pair_method = _pair_method_from(options)
     config = _config_from(options)
     read_as = ReadAs(config.scores, config.threshold, config.top_k, read_label_map(label_map), by_position)
     announce = None if quiet or as_json else (lambda name: click.echo(f"attacking {name} ...", err=True))
     summary = run_crosscheck(parse_model_arg(reference), inputs, out, config,
                              [parse_model_arg(model) for model in models], parse_variants(variants), keep_variants,
-                             read_as, on_member=announce)
+                             read_as, on_member=announce, pairs=list(pairs), pair_method=pair_method)
     click.echo(json.dumps(summary) if as_json else format_crosscheck(summary))
 
 
 @main.command(epilog=EXIT_CODES)
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--png", type=click.Path(dir_okay=False), help="Write a figure: examples and the norm histogram.")
+@click.option("--html", type=click.Path(dir_okay=False),
+              help="Write one self-contained HTML page (.html; no script, nothing fetched): for a crosscheck file "
+                   "its matrices as heatmaps, examples judged on every model, mappings, label matching, settings; "
+                   "for a result file its summary, examples and settings.")
+@click.option("--examples", type=click.IntRange(1, 100), default=4, show_default=True,
+              help="Examples in --png / --html (per attacked model of a crosscheck file).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handle_errors
-def report(results: str, png: str | None, as_json: bool) -> None:
-    """Print the summary of RESULTS again, from the file alone."""
+def report(results: str, png: str | None, html: str | None, examples: int, as_json: bool) -> None:
+    """Print the summary of RESULTS again, from the file alone (a result file or a crosscheck file)."""
     from onnxattack.report import figure_path, format_summary, summarize, write_figure
+    from onnxattack.report_html import check_html_output, write_html
+    from onnxattack.report_views import is_crosscheck, read_check, summarize_check
 
+    crosscheck = is_crosscheck(results)
+    if png and crosscheck:
+        raise BadInputError("--png draws an attack result file; a crosscheck file's report is --html PAGE.html")
     if png:
         png = str(check_image_output(figure_path(png), inputs=(results,), overwrite=True))  # before any work
-    summary = summarize(results)
+    if html:
+        html = str(check_html_output(html, inputs=(results,)))
+    if crosscheck:
+        from onnxattack.crosscheck import format_crosscheck
+
+        summary = summarize_check(read_check(results, 0))
+        text = format_crosscheck(summary)
+    else:
+        summary = summarize(results)
+        text = format_summary(summary)
     if png:
-        summary["png"] = str(write_figure(results, png))
-    click.echo(json.dumps(summary, default=str) if as_json else format_summary(summary))
+        summary["png"] = str(write_figure(results, png, examples))
+    if html:
+        summary["html"] = str(write_html(results, html, examples))
+    click.echo(json.dumps(summary, default=str) if as_json else text)
     if png and not as_json:
         click.echo(f"figure: {summary['png']}")
+    if html and not as_json:
+        click.echo(f"page: {summary['html']}")
 
 
 @main.command(epilog=EXIT_CODES)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .errors import BadInputError
 from .runtimes import get_runtime
@@ -120,6 +121,21 @@ class Adapter:
             info = np.iinfo(self.dtype)
             x = np.clip(np.rint(x), max(info.min, np.ceil(tlo)), min(info.max, np.floor(thi)))
         return x.astype(self.dtype)
+
+    def on_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """The same mapping on torch rows, differentiable; an integer input's rounding passes gradients
+        straight through, and the rows stay in x's float dtype (the torch graph takes them so)."""
+        if self.axes is not None:
+            x = x.permute(0, *(axis + 1 for axis in self.axes))
+        x = x.reshape(len(x), *self.shape)
+        (slo, shi), (tlo, thi) = self.source, self.target
+        if (slo, shi) != (tlo, thi):
+            x = (x - slo) / (shi - slo) * (thi - tlo) + tlo
+        if np.issubdtype(self.dtype, np.integer):
+            info = np.iinfo(self.dtype)
+            rounded = torch.round(x).clamp(max(info.min, np.ceil(tlo)), min(info.max, np.floor(thi)))
+            x = x + (rounded - x).detach()
+        return x
 
     def describe(self) -> str:
         """One line: what is done to each row."""

@@ -14,6 +14,8 @@ and is matched to the reference's labels (labelmatch.py). Two matrices come out:
   row: it is judged only (its column), and every verdict it gives is its runtime's.
 Each model file is read once (model.open_model), and that ModelFile serves its variants, its clean
 scores, its own run and its verdicts on every other run.
+A third, asked for with `--disagree A:B` (disagreement.py): the smallest perturbation after which members
+A and B predict different label sets, searched through both torch graphs together.
 Part files live in OUT.parts/ until OUT is whole; a complete part (same model, method, target, seed) is
 reused by --resume (its settings are noted beside it as <name>.identity.json), so an interrupted check
 redoes at most one member's run.
@@ -30,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from .adapt import Adapter, ModelArg
-from .attacks import METHODS
+from .attacks import METHODS, Disagree, PairAttack
 from .config import AttackConfig
+from .disagreement import PairOutcome, member_decisions, parse_pairs, run_pair, shared_labels
 from .errors import BadInputError, UnsupportedModelError, first_line
 from .inputs import check_rows, open_inputs
 from .labelmatch import LabelMatch
@@ -40,13 +43,11 @@ from .model import ModelFile, choose_attack_input, open_model, read_labels
 from .pipeline import run_attack
 from .results import CheckWriter, ResultFile, check_output_path
 from .runtimes import DEFAULT_RUNTIME, get_runtime
-from .scores import criterion_for
 from .transfer import ReadAs, input_adapter, label_matching, run_transfer
 from .types import Task
 from .variants import RUNTIME_VARIANTS, check_variants, make_variant
 
 __all__ = ["Member", "format_crosscheck", "run_crosscheck"]
-CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -111,17 +112,6 @@ def _member(name: str, arg: ModelArg, role: str, reference: ModelArg, x: np.ndar
     resolved = ModelArg(arg.path, layout, adapter.target, arg.runtime)
     runtime = f"{get_runtime(arg.runtime).describe()} ({', '.join(loaded.scorer.providers)})"
     return Member(name, resolved, role, adapter, match, model_file.info.sha256, runtime), loaded
-
-
-def _clean(member: Member, loaded: LoadedModel, x: np.ndarray, task: Task, top_k: int
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """onnxruntime's scores and predictions of the clean rows, in the reference's label order."""
-    criterion = criterion_for(task, loaded.reader, top_k)
-    scores = np.concatenate([loaded.ort_scores(member.adapter(x[start:start + CHUNK]))
-                             for start in range(0, len(x), CHUNK)])
-    shared = member.match.other_columns(scores)
-    return (member.match.in_reference_space(shared.astype(np.float32), np.nan),
-            member.match.in_reference_space(criterion.predict(shared).astype(np.int8), -1))
 
 
 def _identity(member: Member, config: AttackConfig, rows: int) -> str:
@@ -215,14 +205,18 @@ def _members(reference: ModelArg, ref_file: ModelFile, x: np.ndarray, box: tuple
                                         f"{arg.runtime}: {first_line(exc)}") from None
     built += [_member(_unique(Path(arg.path).stem, taken), arg, "model", reference, x, box, labels, read_as, task,
                       files) for arg in models]
-    return [member for member, _ in built], [_clean(member, loaded, x, task, top_k) for member, loaded in built]
+    members = [member for member, _ in built]
+    return members, [member_decisions(member, loaded, x, task, top_k) for member, loaded in built]
 
 
 def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, config: AttackConfig,
                    models: list[ModelArg] | None = None, variants: list[str] | None = None,
                    keep_variants: str | Path | None = None, read_as: ReadAs | None = None,
-                   on_member: Callable[[str], None] | None = None) -> dict:
-    """Build every member, attack each, judge every run on every member, write OUT; return the summary."""
+                   on_member: Callable[[str], None] | None = None, pairs: list[str] | None = None,
+                   pair_method: PairAttack | None = None) -> dict:
+    """Build every member, attack each, judge every run on every member, search every pair of `pairs`
+    (`A:B` member names) for its smallest disagreement with `pair_method` (default: disagree), write OUT;
+    return the summary."""
     out = Path(out)
     check_output_path(out, resume=config.resume, overwrite=config.overwrite)
     if config.target_file is not None or config.shard is not None:
@@ -251,6 +245,8 @@ def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, con
     try:  # the members are built before any run: a refusal here leaves no parts folder behind
         members, clean = _members(reference, ref_file, x, box, config, parts, keep_variants, variants or [],
                                   models or [], read_as, task, top_k, files)
+        searched = _pairs(pairs or [], members, task)
+        method = pair_method or Disagree()
     except BaseException:
         if fresh:
             shutil.rmtree(parts, ignore_errors=True)
@@ -260,7 +256,12 @@ def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, con
                         for i, (part, _) in enumerate(runs)])
     gradients = [_gradients(part) for part, _ in runs]
     equal, diff = _agreement(clean)
-    _write(out, x, config, members, clean, runs, gradients, (equal, diff, success), keep_variants is not None)
+    outcomes = [run_pair(members[i], members[j], x, box, method, config, read_as, parts, on_member)
+                for i, j in searched]
+    for (i, _), outcome in zip(searched, outcomes, strict=True):
+        outcome.attrs["method_l2_a"] = _mean_l2(runs[i][0])
+    _write(out, x, config, members, clean, runs, gradients, (equal, diff, success), keep_variants is not None,
+           outcomes)
     shutil.rmtree(parts)
     return {"path": str(out), "models": [member.name for member in members],
             "roles": [member.role for member in members], "inputs": len(x), "agreement": _listed(equal),
@@ -270,7 +271,34 @@ def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, con
             "gradients": {member.name: route for member, route in zip(members, gradients, strict=True) if route},
             "labels": {member.name: member.match.describe() for member in members},
             "not_attacked": {member.name: reason for member, (part, reason) in zip(members, runs, strict=True)
-                             if part is None}}
+                             if part is None},
+            "method": config.method,
+            "disagree": {outcome.name: {**outcome.summary(), "method_l2_a": _rounded(outcome.attrs["method_l2_a"])}
+                         for outcome in outcomes}}
+
+
+def _pairs(specs: list[str], members: list[Member], task: Task) -> list[tuple[int, int]]:
+    """The pairs to search, checked before any run: known members that share labels, a threshold task."""
+    pairs = parse_pairs(specs, [member.name for member in members])
+    if pairs and task is not Task.CLASSIFICATION:
+        raise BadInputError(f"--disagree compares thresholded label sets; the check's --method attacks "
+                            f"{task.value} targets (use a classification method, e.g. ml-cw)")
+    for i, j in pairs:
+        shared_labels(members[i], members[j])
+    return pairs
+
+
+def _mean_l2(part: Path | None) -> float:
+    """The mean L2 of a member's own run over its onnxruntime successes (NaN: not attacked, no success)."""
+    if part is None:
+        return float("nan")
+    with ResultFile.open(part) as run:
+        success = run.success.astype(bool)
+        return float(run.column("l2")[success].mean()) if success.any() else float("nan")
+
+
+def _rounded(value: float) -> float | None:
+    return None if np.isnan(value) else round(float(value), 6)
 
 
 def _gradients(part: Path | None) -> str:
@@ -307,7 +335,7 @@ def _transfer_row(i: int, members: list[Member], part: Path | None, read_as: Rea
 
 def _write(out: Path, x: np.ndarray, config: AttackConfig, members: list[Member],
            clean: list[tuple[np.ndarray, np.ndarray]], runs: list[tuple[Path | None, str]], gradients: list[str],
-           matrices: tuple[np.ndarray, np.ndarray, np.ndarray], kept: bool) -> None:
+           matrices: tuple[np.ndarray, np.ndarray, np.ndarray], kept: bool, outcomes: list[PairOutcome]) -> None:
     """OUT, through results/check.py: the clean inputs, every member with its run, the matrices."""
     names = [member.name for member in members]
     labels = [name for name, _ in members[0].match.pairs]  # the reference matched to itself: all its labels
@@ -324,6 +352,8 @@ def _write(out: Path, x: np.ndarray, config: AttackConfig, members: list[Member]
                                            "gradients": route},
                              scores, y_pred, part)
         writer.write_matrices(*matrices)
+        for outcome in outcomes:
+            writer.add_pair(outcome.name, outcome.attrs, outcome.rows)
         writer.finish()
     except BaseException:
         writer.abandon()
@@ -357,4 +387,27 @@ def format_crosscheck(summary: dict) -> str:
     lines += _table("largest clean score difference", names, summary["max_score_diff"], False)
     lines += _table("transfer success (row: crafted on, column: judged on; diagonal: own success)", names,
                     summary["transfer"], True)
+    if summary.get("disagree"):
+        lines += _disagreement_table(summary["disagree"], summary.get("method", "method"))
     return "\n".join(lines)
+
+
+def _disagreement_table(pairs: dict[str, dict], method: str) -> list[str]:
+    """One line per pair: how often and how close its two models were made to disagree, beside the L2 the
+    check's own method needed on A."""
+    width = max(12, *(len(name) for name in pairs))
+    own = f"{method} L2 on A"
+    lines = ["disagreement search (smallest change after which A and B predict different label sets; onnxruntime)",
+             f"{'A:B':<{width}} {'success':>8} {'mean L2':>9} {'median L2':>9} {'mean Linf':>9} {own:>{len(own)}}"]
+    for name, pair in pairs.items():
+        if pair.get("reason"):
+            lines.append(f"{name:<{width}} not searched ({pair['reason']})")
+            continue
+        cells = [_cell(pair["mean_l2"]), _cell(pair["median_l2"]), _cell(pair["mean_linf"])]
+        lines.append(f"{name:<{width}} {pair['success_rate']:>8.1%} " + " ".join(f"{cell:>9}" for cell in cells)
+                     + f" {_cell(pair['method_l2_a']):>{len(own)}}")
+    return lines
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"

@@ -500,27 +500,16 @@ def _ml_classifier_scores(model: onnx.ModelProto, output_name: str, depth: int =
     return None
 
 
-def _through_output_qdq(model: onnx.ModelProto, node: onnx.NodeProto | None) -> onnx.NodeProto | None:
-    """A quantized model's output (QuantizeLinear -> DequantizeLinear, as onnxruntime's QDQ quantizer
-    ends every graph) holds the activation before it rounded: the op before the pair."""
-    if node is None or node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
-        return node
-    quantize = final_op(model, node.input[0])
-    if quantize is None or quantize.op_type != "QuantizeLinear" or quantize.domain not in ("", "ai.onnx"):
-        return node
-    return final_op(model, quantize.input[0])
-
-
 def detect_scores_kind(model: onnx.ModelProto, output_name: str) -> ScoresKind:
     """Logits unless the graph ends with Sigmoid (probabilities) or Softmax over the labels (in every
-    branch, when an If makes the output; before a closing QuantizeLinear / DequantizeLinear pair), or the
+    branch, when an If makes the output), or the
     scores come from an ai.onnx.ml classifier that outputs probabilities (tree ensembles: always;
     linear and SVM classifiers: with a LOGISTIC or SOFTMAX post-transform); labels for an integer or
     boolean output (a label output: no scores at all)."""
     declared = next((o for o in model.graph.output if o.name == output_name), None)
     if declared is not None and declared.type.tensor_type.elem_type in _LABEL_TYPES:
         return ScoresKind.LABELS
-    node = _through_output_qdq(model, final_op(model, output_name))
+    node = final_op(model, output_name)
     classifier = _ml_classifier_scores(model, output_name)
     if classifier is not None:
         transform = next((a.s.decode() for a in classifier.attribute if a.name == "post_transform"), "NONE")
@@ -531,6 +520,7 @@ def detect_scores_kind(model: onnx.ModelProto, output_name: str) -> ScoresKind:
     if ends and all(end is not None and end.domain in ("", "ai.onnx") for end in ends) \
             and len({end.op_type for end in ends if end is not None}) == 1:
         node = ends[0]
+    node = _before_output_quantisation(model, node)
     if node is None or node.domain not in ("", "ai.onnx"):
         return ScoresKind.LOGITS
     if node.op_type == "Sigmoid":
@@ -538,6 +528,19 @@ def detect_scores_kind(model: onnx.ModelProto, output_name: str) -> ScoresKind:
     if node.op_type == "Softmax":
         return ScoresKind.SOFTMAX
     return ScoresKind.LOGITS
+
+
+def _before_output_quantisation(model: onnx.ModelProto, node: onnx.NodeProto | None) -> onnx.NodeProto | None:
+    """An int8 QDQ build quantises its output (Sigmoid -> QuantizeLinear -> DequantizeLinear): the op
+    before that pair says what the scores are (probabilities rounded to 1/255 steps are still
+    probabilities); any other node is returned as it is."""
+    if node is None or node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx") or not node.input:
+        return node
+    quantise, _ = _final_op_in(model.graph, node.input[0])
+    if quantise is None or quantise.op_type != "QuantizeLinear" or not quantise.input:
+        return node
+    before, _ = _final_op_in(model.graph, quantise.input[0])
+    return before if before is not None else node
 
 
 def declared_range(info: ModelInfo) -> tuple[float, float] | None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from .errors import BadInputError
 from .results import ResultFile
+from .safety import atomic_write
 
 _CHUNK = 4096
 
@@ -27,7 +28,8 @@ def summarize_run(results: ResultFile) -> dict:
     attacked, success = results.attacked, results.success
     agrees = results.column("torch_agrees").astype(bool)
     l2, linf = results.column("l2"), results.column("linf")
-    queries, calls = results.column("queries"), results.column("model_calls")
+    # counts as floats, NaN as 0: a hand-edited file may hold them as floats (int() of NaN would raise)
+    queries, calls = (np.nan_to_num(results.column(name).astype(np.float64)) for name in ("queries", "model_calls"))
     nonfinite = np.zeros(rows, dtype=bool)
     hamming = np.zeros(rows)
     # untargeted top-k: y_target marks the labels that must leave the top k; count those still in it
@@ -180,7 +182,7 @@ def _read_run(path: str | os.PathLike, examples: int) -> _Run:
                 int(success.sum()), int(attacked.sum()))
 
 
-def _as_image(sample: np.ndarray) -> np.ndarray | None:
+def as_image(sample: np.ndarray) -> np.ndarray | None:
     """HxW or HxWxC for display; None when the sample is not image-like."""
     if sample.ndim == 2:
         return sample
@@ -217,7 +219,7 @@ def _draw_images(figure, cells, example: _Example) -> None:
     delta = x_adv - x
     scale = float(np.abs(delta).max()) or 1.0
     low, high = min(x.min(), x_adv.min()), max(x.max(), x_adv.max())
-    clean, adversarial, change = _as_image(x), _as_image(x_adv), _as_image(delta)
+    clean, adversarial, change = as_image(x), as_image(x_adv), as_image(delta)
     assert clean is not None and adversarial is not None and change is not None  # callers check image-likeness
     panels: list[tuple[Any, ...]]
     if clean.ndim == 2:
@@ -340,7 +342,7 @@ def write_figure(path: str | os.PathLike, png: str | os.PathLike, examples: int 
     except ImportError:
         raise BadInputError("--png needs matplotlib: pip install 'onnxattack[report]'") from None
     run = _read_run(path, examples)
-    image_like = bool(run.examples) and _as_image(run.examples[0].x.astype(np.float64)) is not None
+    image_like = bool(run.examples) and as_image(run.examples[0].x.astype(np.float64)) is not None
     rows = len(run.examples)
     figure = plt.figure(figsize=(14, 2.9 * rows + 2.6), layout="constrained")
     figure.suptitle(run.title, fontsize=11, fontweight="bold")
@@ -361,6 +363,9 @@ def write_figure(path: str | os.PathLike, png: str | os.PathLike, examples: int 
     legend_axis.legend(handles=_legend_handles(run), loc="center", ncol=3, fontsize=8, frameon=False)
     png = figure_path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png, dpi=100)
-    plt.close(figure)
+    try:
+        with atomic_write(png) as temp:  # an earlier figure stays whole until this one is
+            figure.savefig(temp, dpi=100, format="png")
+    finally:
+        plt.close(figure)
     return png

@@ -25,6 +25,8 @@ ArrayLike = np.ndarray | torch.Tensor
 # the boundary (kappa = 0) leaves a margin that small, and onnxruntime may then disagree, so
 # criteria on the attack tensor ask for margins of at least FLOAT_GUARD (attack units).
 FLOAT_GUARD = 1e-3
+# probabilities read as margins in logit units: a quantised output of exactly 0 or 1 stays finite
+_PROBABILITY_FLOOR = 1e-6
 
 
 def _as_tensor(values: ArrayLike) -> torch.Tensor:
@@ -69,6 +71,17 @@ class ScoreReader:
         if self.head == "softmax":
             return torch.log_softmax(z, dim=-1)
         return z
+
+    def decision_margins(self, values: torch.Tensor) -> torch.Tensor:
+        """Attack-space values -> per-label margins in logit units: positive where the label is predicted
+        (score > threshold), comparable between models that read their scores differently (a float
+        model attacked on its logits, its int8 build whose quantised probabilities keep their head)."""
+        if self.head is not None or self.kind is ScoresKind.LOGITS:
+            return values - self.attack_threshold
+        clamped = values.clamp(_PROBABILITY_FLOOR, 1 - _PROBABILITY_FLOOR)
+        if self.kind is ScoresKind.SOFTMAX:
+            return torch.log(clamped) - math.log(self.threshold)
+        return torch.logit(clamped) - math.log(self.threshold / (1.0 - self.threshold))
 
     def to_scores(self, z: torch.Tensor) -> torch.Tensor:
         """The model's real output from the attack tensor, rounded as the model's output dtype rounds it
@@ -231,6 +244,51 @@ class TopKExclusionCriterion(_Decisions):
     def in_attack_space(self, reader: ScoreReader) -> TopKExclusionCriterion:
         del reader  # sigmoid and log-softmax keep the order of the labels
         return TopKExclusionCriterion(k=self.k, gap=FLOAT_GUARD)
+
+
+@dataclass(frozen=True)
+class DisagreementCriterion(_Decisions):
+    """Two models' decision margins side by side, [N, 2S]: A's on the S labels they share, then B's, in
+    logit units (ScoreReader.decision_margins). Success (a pair method's `disagree`): on some shared label
+    one model predicts it and the other does not, each by `margin` (their predicted label sets differ).
+    There is no target: the target argument is ignored."""
+
+    margin: float = 0.0
+    task: Task = Task.CLASSIFICATION
+
+    @staticmethod
+    def halves(margins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shared = margins.shape[-1] // 2
+        return margins[..., :shared], margins[..., shared:]
+
+    def predict_tensor(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores > 0
+
+    def satisfied_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per shared label [N, S]: the two models sit on opposite sides of their thresholds by the margin."""
+        a, b = self.halves(scores)
+        above_a, below_a = a > self.margin, a <= -self.margin
+        above_b, below_b = b > self.margin, b <= -self.margin
+        return (above_a & below_b) | (below_a & above_b)
+
+    def reached_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.satisfied_tensor(scores, target).any(dim=-1)
+
+    def progress(self, scores: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Success alone is the progress: any disagreeing label is as good as several, then smaller wins."""
+        reached = self.reached_tensor(scores, target)
+        return reached.to(scores.dtype), reached
+
+    def hinge(self, scores: torch.Tensor) -> torch.Tensor:
+        """Per shared label [N, S]: how far the pair is from disagreeing on it (0 exactly where it does),
+        the nearer of the two ways (A predicts it and B not, or the reverse)."""
+        a, b = self.halves(scores)
+        a_only = (self.margin - a).clamp_min(0) + (self.margin + b).clamp_min(0)
+        b_only = (self.margin + a).clamp_min(0) + (self.margin - b).clamp_min(0)
+        return torch.minimum(a_only, b_only)
+
+    def in_attack_space(self, reader: ScoreReader) -> DisagreementCriterion:
+        return self
 
 
 def criterion_for(task: Task, reader: ScoreReader,

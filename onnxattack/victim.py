@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +14,8 @@ from .scores import ScoreReader
 
 # (x [m, ...], which rows of the attacked batch they are [m]) -> (attack-space scores [m, L], J [m, L, d])
 JacobianFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# the reference's rows -> one member's input rows, differentiably (adapt.Adapter.on_tensor)
+InputMap = Callable[[torch.Tensor], torch.Tensor]
 # rows of the attacked batch -> a block inside which calls send exactly those rows, in that order
 RowSelector = Callable[[np.ndarray | torch.Tensor], contextlib.AbstractContextManager[None]]
 # Half precision has ~3 significant digits: step sizes, margins (FLOAT_GUARD) and line searches vanish in it.
@@ -80,3 +82,43 @@ class Victim:
         if x.is_floating_point() and z.dtype != x.dtype:
             z = z.to(x.dtype)
         return self.reader.attack_space(z)
+
+
+@dataclass
+class PairVictim:
+    """Two models (A, B) seen through one input, for a pair method (`disagree`): the reference's rows are
+    mapped into each member's input (`to_a`, `to_b`) and read as each member's decision margins on the
+    labels both share (`columns_a[k]`, `columns_b[k]`: the k-th shared label's column in A's and B's
+    scores), in logit units (ScoreReader.decision_margins), so a float model attacked on its logits and an
+    int8 build read on its quantised probabilities are compared in the same units. `box`: the reference's."""
+
+    a: Victim
+    b: Victim
+    to_a: InputMap
+    to_b: InputMap
+    columns_a: torch.Tensor
+    columns_b: torch.Tensor
+    box: tuple[float, float]
+    progress: Callable[[float], None] | None = None
+
+    def margins(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A's, B's) margins [N, S] on the shared labels; a label is predicted where its margin is > 0."""
+        margin_a = self.a.reader.decision_margins(self.a.attack_space(self.to_a(x)))
+        margin_b = self.b.reader.decision_margins(self.b.attack_space(self.to_b(x)))
+        return margin_a[:, self.columns_a.to(x.device)], margin_b[:, self.columns_b.to(x.device)]
+
+    def begin(self, rows: np.ndarray) -> None:
+        """The rows of the batch about to be searched (per-row query ledgers of estimated members start)."""
+        for member in (self.a, self.b):
+            if member.begin is not None:
+                member.begin(rows)
+
+    @contextlib.contextmanager
+    def on_rows(self, rows: torch.Tensor | np.ndarray | None) -> Iterator[None]:
+        """Calls inside the block send the rows `rows` of the batch to both members."""
+        with self.a.on_rows(rows), self.b.on_rows(rows):
+            yield
+
+    def report(self, fraction: float) -> None:
+        if self.progress is not None:
+            self.progress(min(1.0, max(0.0, float(fraction))))

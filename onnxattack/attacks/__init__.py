@@ -6,7 +6,8 @@ options)."""
 
 from __future__ import annotations
 
-from .base import Attack, AttackResult, Option, SetAttack, Victim
+from .base import Attack, AttackResult, Option, PairAttack, PairVictim, SetAttack, Victim
+from .disagree import Disagree
 from .ml_cw import MLCarliniWagner
 from .ml_deepfool import MLDeepFool
 from .ml_hotflip import MLHotFlip
@@ -35,7 +36,13 @@ METHODS: dict[str, type[Attack]] = {
     MLHotFlip.name: MLHotFlip,
 }
 
-__all__ = ["Attack", "AttackResult", "Option", "SetAttack", "Victim", "METHODS",
+# Methods on two models at once (crosscheck --disagree A:B), never an `attack --method`.
+PAIR_METHODS: dict[str, type[PairAttack]] = {
+    Disagree.name: Disagree,
+}
+
+__all__ = ["Attack", "AttackResult", "Option", "PairAttack", "PairVictim", "SetAttack", "Victim", "METHODS",
+           "PAIR_METHODS", "Disagree",
             "MLCarliniWagner", "MLDeepFool", "RankI",
            "RankII", "MLPGD", "MLALP", "MLSquare", "MLHopSkipJump",
            "TkMLUntargeted", "TkMLTargeted", "UniversalPerturbation", "UniversalTopK", "MLHotFlip"]

@@ -4,6 +4,10 @@ criterion that judges them in; an AttackResult out.
 As in Foolbox 3, the public call is final and the same for every method: it checks the inputs
 against the box, restates the criterion on the attack tensor, and runs the method. Methods
 implement `run` only, and ask the criterion they are given whether a sample succeeded.
+
+A pair method (`PairAttack`: `disagree`) sees two models at once through a `PairVictim` and has no
+target: what it seeks is defined by the pair (their decisions differ). It declares itself the same
+way (`Declared`: options, defaults), but is no `Attack`: `attack --method` never offers it.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import torch
 from ..errors import BadInputError
 from ..scores import Criterion
 from ..types import Task
-from ..victim import Victim, working_dtype
+from ..victim import PairVictim, Victim, working_dtype
 
-__all__ = ["Attack", "AttackResult", "Epoch", "Option", "SetAttack", "Victim", "verify_input_bounds"]
+__all__ = ["Attack", "AttackResult", "Declared", "Epoch", "Option", "PairAttack", "PairVictim", "SetAttack", "Victim",
+           "verify_input_bounds"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,34 @@ def verify_input_bounds(x: torch.Tensor, box: tuple[float, float]) -> None:
         raise BadInputError(f"inputs span [{low:g}, {high:g}], outside the box [{box[0]:g}, {box[1]:g}]")
 
 
-class Attack(ABC):
+class Declared:
+    """What every method declares: its name, task, hyperparameters (the constructor's keywords, with
+    their defaults) and the help text of those offered as options (merged down the class hierarchy)."""
+
+    name: ClassVar[str]
+    task: ClassVar[Task]
+    options: ClassVar[dict[str, Option]] = {}
+
+    def params(self) -> dict[str, Any]:
+        return {key: value for key, value in vars(self).items() if not key.startswith("_")}
+
+    @classmethod
+    def default_values(cls) -> dict[str, Any]:
+        """Every hyperparameter the constructor takes, with its default (the one source of default values)."""
+        return {name: parameter.default for name, parameter in inspect.signature(cls).parameters.items()
+                if parameter.default is not inspect.Parameter.empty}
+
+    @classmethod
+    def declared_options(cls) -> dict[str, Option]:
+        """The hyperparameters offered as options (max_iter is every method's --max-iter, not listed)."""
+        declared: dict[str, Option] = {}
+        for klass in reversed(cls.__mro__):
+            declared.update(getattr(klass, "options", {}) if issubclass(klass, Declared) else {})
+        taken = cls.default_values()
+        return {name: option for name, option in declared.items() if name in taken and name != "max_iter"}
+
+
+class Attack(Declared, ABC):
     """One method. Subclasses hold their hyperparameters and implement `run`.
 
     A method declares what it needs and takes, and everything around it (the CLI's options and help,
@@ -89,15 +121,12 @@ class Attack(ABC):
     `options`: a help text per hyperparameter (merged down the class hierarchy; hyperparameters without
     one are library-only)."""
 
-    name: ClassVar[str]
-    task: ClassVar[Task]
     default_target: ClassVar[str] = "hide-single"  # what target 'auto' means for this method
     budgeted: ClassVar[bool] = False
     needs_torch_gradients: ClassVar[bool] = False
     queries_only: ClassVar[bool] = False
     learns_from_set: ClassVar[bool] = False
     discrete: ClassVar[bool] = False  # it substitutes token ids (the victim is a tokens.TokenVictim)
-    options: ClassVar[dict[str, Option]] = {}
 
     def __call__(self, victim: Victim, x: torch.Tensor, target: torch.Tensor, criterion: Criterion) -> AttackResult:
         """Attack a batch: x [N, ...] inside the box, target [N, L] of 0/1 (1 = must be positive,
@@ -115,23 +144,25 @@ class Attack(ABC):
     def run(self, victim: Victim, x: torch.Tensor, target: torch.Tensor, criterion: Criterion) -> AttackResult:
         """The method itself; `criterion` is stated on the attack tensor."""
 
-    def params(self) -> dict[str, Any]:
-        return {key: value for key, value in vars(self).items() if not key.startswith("_")}
 
-    @classmethod
-    def default_values(cls) -> dict[str, Any]:
-        """Every hyperparameter the constructor takes, with its default (the one source of default values)."""
-        return {name: parameter.default for name, parameter in inspect.signature(cls).parameters.items()
-                if parameter.default is not inspect.Parameter.empty}
+class PairAttack(Declared, ABC):
+    """A method on two models at once (A, B): what it seeks is defined by the pair, not by a target.
+    `needs_torch_gradients`: it refuses a member whose gradients are estimated from onnxruntime queries.
+    The call is final: the inputs are checked against the pair's box, then `run`."""
 
-    @classmethod
-    def declared_options(cls) -> dict[str, Option]:
-        """The hyperparameters offered as options (max_iter is every method's --max-iter, not listed)."""
-        declared: dict[str, Option] = {}
-        for klass in reversed(cls.__mro__):
-            declared.update(getattr(klass, "options", {}) if issubclass(klass, Attack) else {})
-        taken = cls.default_values()
-        return {name: option for name, option in declared.items() if name in taken and name != "max_iter"}
+    needs_torch_gradients: ClassVar[bool] = False
+
+    def __call__(self, pair: PairVictim, x: torch.Tensor) -> AttackResult:
+        """x [N, ...]: rows in the reference's input format, inside `pair.box`; torch's verdict per row in
+        the result (the caller judges in onnxruntime)."""
+        verify_input_bounds(x, pair.box)
+        result = self.run(pair, x.to(working_dtype(x.dtype)))
+        result.x_adv = result.x_adv.to(x.dtype)
+        return result
+
+    @abstractmethod
+    def run(self, pair: PairVictim, x: torch.Tensor) -> AttackResult:
+        """The method itself."""
 
 
 # One pass over an input set: (attacked rows x [m, ...], their targets [m, L]) per batch.

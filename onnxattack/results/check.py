@@ -12,8 +12,16 @@ Layout (names in schema.py):
 - agreement: `equal` (K, K) the share of inputs whose predicted label sets are equal on the shared
   labels, `max_score_diff` (K, K) the largest |score difference| on them;
 - transfer: `success` (K, K), row i = adversarial inputs crafted on model i, column j = judged on model j
-  (the diagonal: each model's own success; NaN where model i could not be attacked).
-The file is gathered under a temporary name and renamed into place once whole.
+  (the diagonal: each model's own success; NaN where model i could not be attacked);
+- disagree/<A>:<B> (crosscheck --disagree A:B; root attribute `pairs`, a JSON list of the names): the
+  disagreement search of the pair, rows in the reference's input format: `x_adv`, `l2`, `linf`, `success`
+  (onnxruntime: A's and B's predicted label sets differ on x_adv, on the labels they share),
+  `clean_disagree` (they differ already on x: x_adv = x), `torch_success`, `y_a`, `y_b` (onnxruntime's
+  predictions on x_adv in the reference's label order, -1 where a model lacks the label), `iterations`,
+  `model_calls`; attributes `a`, `b`, `shared_labels`, `success_rate`, `mean_l2`, `median_l2`,
+  `mean_linf` (over the successful rows), `method`, `params`, `gradients_a`, `gradients_b`, `reason`.
+The file is gathered under a temporary name and renamed into place once whole. A disagreement search in
+progress is a part file (`write_pair_part`, `read_pair_part`) until the check is whole.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ import h5py
 import numpy as np
 
 from ..errors import BadInputError
+from ..inputs import checked_hdf5_dataset
 from .reader import ResultFile, open_hdf5, plain
-from .schema import AGREEMENT_GROUP, CHECK_KIND, MODELS_GROUP, TRANSFER_GROUP
+from .schema import AGREEMENT_GROUP, CHECK_KIND, DISAGREE_GROUP, MODELS_GROUP, PAIR_ROWS, TRANSFER_GROUP
 
 
 class CheckWriter:
@@ -63,6 +72,12 @@ class CheckWriter:
         self.handle.create_dataset(f"{AGREEMENT_GROUP}/max_score_diff", data=max_diff)
         self.handle.create_dataset(f"{TRANSFER_GROUP}/success", data=success)
 
+    def add_pair(self, name: str, attrs: dict[str, Any], rows: dict[str, np.ndarray]) -> None:
+        """disagree/<name>: one pair's disagreement search (rows: PAIR_ROWS, empty when it did not run)."""
+        _write_pair(self.handle.create_group(f"{DISAGREE_GROUP}/{name}"), attrs, rows)
+        names = json.loads(str(self.handle.attrs.get("pairs", "[]")))
+        self.handle.attrs["pairs"] = json.dumps([*names, name])
+
     def finish(self) -> Path:
         self.handle.attrs["complete"] = True
         self.handle.close()
@@ -73,6 +88,36 @@ class CheckWriter:
         if self.handle.id.valid:
             self.handle.close()
         self.partial.unlink(missing_ok=True)
+
+
+def _write_pair(group: h5py.Group, attrs: dict[str, Any], rows: dict[str, np.ndarray]) -> None:
+    unknown = set(rows) - set(PAIR_ROWS)
+    if unknown:
+        raise ValueError(f"not rows of a disagreement search: {sorted(unknown)}")
+    group.attrs.update(attrs)
+    for name in PAIR_ROWS:
+        if name in rows:
+            group.create_dataset(name, data=np.asarray(rows[name]), compression="gzip")
+
+
+def write_pair_part(path: Path, attrs: dict[str, Any], rows: dict[str, np.ndarray]) -> None:
+    """A finished disagreement search kept as a part file until the check is whole (written under a
+    temporary name, then renamed: a part that exists is complete)."""
+    partial = path.with_name(path.name + ".writing")
+    with h5py.File(partial, "w") as handle:
+        _write_pair(handle, attrs, rows)
+    os.replace(partial, path)
+
+
+def read_pair_part(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(attrs, rows) of a part written by write_pair_part."""
+    with open_hdf5(path, what="disagreement part file") as handle:
+        return _read_pair(handle)
+
+
+def _read_pair(group: h5py.Group) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    attrs = {key: plain(value) for key, value in group.attrs.items()}
+    return attrs, {name: np.asarray(group[name]) for name in PAIR_ROWS if name in group}
 
 
 class CheckFile:
@@ -103,17 +148,36 @@ class CheckFile:
     def model_attrs(self, name: str) -> dict[str, Any]:
         return {key: plain(value) for key, value in self.handle[f"{MODELS_GROUP}/{name}"].attrs.items()}
 
+    def _array(self, name: str) -> np.ndarray:
+        """A dataset's values, once it is checked to be plain data stored in this file (as ResultFile.open
+        checks its rows): a hostile check file must not pull another file's bytes into a report."""
+        return np.asarray(checked_hdf5_dataset(self.handle, name, str(self.path)))
+
     def clean(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(scores, y_pred) of the clean inputs, in the reference's label order."""
-        group = self.handle[f"{MODELS_GROUP}/{name}"]
-        return np.asarray(group["scores"]), np.asarray(group["y_pred"])
+        group = f"{MODELS_GROUP}/{name}"
+        return self._array(f"{group}/scores"), self._array(f"{group}/y_pred")
 
     def run(self, name: str) -> ResultFile | None:
         """The model's own attack (None when it could not be attacked)."""
         key = f"{MODELS_GROUP}/{name}/run"
-        return ResultFile(self.handle[key], self.path) if key in self.handle else None
+        if key not in self.handle:
+            return None
+        results = ResultFile(self.handle[key], self.path)
+        for dataset in (*results.row_datasets(), *results.transfer_datasets()):
+            checked_hdf5_dataset(self.handle, f"{key}/{dataset}", str(self.path))
+        return results
+
+    @property
+    def pairs(self) -> list[str]:
+        """The pairs a disagreement search ran on, as `A:B` (none when the check asked for none)."""
+        return list(json.loads(str(self.attrs.get("pairs", "[]"))))
+
+    def pair(self, name: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(attributes, per-row datasets) of the pair's disagreement search."""
+        return _read_pair(self.handle[f"{DISAGREE_GROUP}/{name}"])
 
     def matrices(self) -> dict[str, np.ndarray]:
-        return {"agreement": np.asarray(self.handle[f"{AGREEMENT_GROUP}/equal"]),
-                "max_score_diff": np.asarray(self.handle[f"{AGREEMENT_GROUP}/max_score_diff"]),
-                "transfer": np.asarray(self.handle[f"{TRANSFER_GROUP}/success"])}
+        return {"agreement": self._array(f"{AGREEMENT_GROUP}/equal"),
+                "max_score_diff": self._array(f"{AGREEMENT_GROUP}/max_score_diff"),
+                "transfer": self._array(f"{TRANSFER_GROUP}/success")}

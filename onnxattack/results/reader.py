@@ -95,14 +95,14 @@ class ResultFile:
         handle = open_hdf5(path, mode)
         results = cls(handle, Path(path), owner=handle)
         try:
-            for name in (*results.row_datasets(), *results._transfer_datasets()):
+            for name in (*results.row_datasets(), *results.transfer_datasets()):
                 checked_hdf5_dataset(handle, name, str(path))
         except BadInputError:
             results.close()
             raise
         return results
 
-    def _transfer_datasets(self) -> list[str]:
+    def transfer_datasets(self) -> list[str]:
         group = self.group.get(TRANSFER_GROUP)
         if not isinstance(group, h5py.Group):
             return []

@@ -63,6 +63,10 @@ EPS_GROUP = "eps"  # a curve file: eps/<value>, one run's layout each
 CHECK_KIND = "crosscheck"  # a crosscheck file's root attribute kind (results/check.py has its layout)
 MODELS_GROUP = "models"  # a crosscheck file: models/<name>, one model or variant each
 AGREEMENT_GROUP = "agreement"  # a crosscheck file: the clean agreement matrices
+DISAGREE_GROUP = "disagree"  # a crosscheck file: disagree/<A>:<B>, one disagreement search per pair
+# a disagreement search's per-row datasets (results/check.py)
+PAIR_ROWS = ("x_adv", "l2", "linf", "success", "clean_disagree", "torch_success", "y_a", "y_b", "iterations",
+             "model_calls")
 
 # Attributes that must match for --resume to continue a file.
 RUN_IDENTITY = ("model_sha256", "method", "target", "params", "seed", "scores_kind", "threshold",
