@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= cpu,dev,zoo,report
+EXTRAS ?= cpu,dev,zoo,report,variants,openvino
 DEMO_DIR := demo_output
 
 .PHONY: install browser test demo bench table lint typecheck fuzz gpu-check clean

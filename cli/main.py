@@ -476,9 +476,11 @@ def curve(model: str, inputs: str, out: str, eps_list: str, png: str | None, as_
 
 @main.command(epilog=EXIT_CODES)
 @click.argument("results", type=click.Path(dir_okay=False))
-@click.option("--model", "models", multiple=True, required=True, metavar="FILE[:layout=nchw|nhwc,range=LO:HI]",
+@click.option("--model", "models", multiple=True, required=True,
+              metavar="FILE[:layout=nchw|nhwc,range=LO:HI,runtime=NAME]",
               help="Another ONNX model (repeatable). Its input layout and range are inferred from its declared "
-                   "shape and input_range metadata, or stated after the path.")
+                   "shape and input_range metadata, or stated after the path; runtime=openvino (or openvino-f32) "
+                   "judges it in OpenVINO instead of onnxruntime.")
 @click.option("--label-map", "label_map", type=click.Path(dir_okay=False),
               help="JSON object: the reference's label names -> the other models' (labels with equal names "
                    "match without it).")
@@ -517,16 +519,19 @@ def validate(results: str, models: tuple[str, ...], label_map: str | None, by_po
                    f"over {rate['attacked']} attacked inputs")
         click.echo(f"    input: {rate['input_mapping']}")
         click.echo(f"    labels: {rate['label_match']}")
+        if rate["runtime"] != "onnxruntime":
+            click.echo(f"    judged by: {rate['runtime_detail']}")
 
 
 @main.command(epilog=EXIT_CODES)
 @click.argument("reference", metavar="REF.onnx[:layout=..,range=..]")
 @click.argument("inputs", type=click.Path())
-@click.option("--model", "models", multiple=True, metavar="FILE[:layout=nchw|nhwc,range=LO:HI]",
+@click.option("--model", "models", multiple=True, metavar="FILE[:layout=nchw|nhwc,range=LO:HI,runtime=NAME]",
               help="Another deployment of the model (repeatable); its input layout and range are inferred, or "
-                   "stated after the path.")
+                   "stated after the path, and runtime=openvino judges it in OpenVINO.")
 @click.option("--variants", metavar="V1,V2,...", help="Variants of REF to make and check: int8 (static QDQ, "
-              "calibrated on INPUTS), int8-dynamic, fp16 (needs onnxconverter-common), ort-basic, ort-all.")
+              "calibrated on INPUTS), int8-dynamic, fp16 (the 'variants' extra), ort-basic, ort-all; openvino, "
+              "openvino-f32: REF's own file judged by OpenVINO (the 'openvino' extra).")
 @click.option("--keep-variants", "keep_variants", type=click.Path(file_okay=False),
               help="Folder to keep the variant files in (default: made for the check, then removed).")
 @click.option("--label-map", "label_map", type=click.Path(dir_okay=False),

@@ -2,7 +2,8 @@
 model's input space (layout, value range, dtype).
 
 A model argument may carry what its input expects: `other.onnx:layout=nhwc,range=0:255`
-(`parse_model_arg`, the one parser of that form). What is not stated is inferred:
+(`parse_model_arg`, the one parser of that form), and the runtime that scores it (`runtime=openvino`,
+runtimes.py; default onnxruntime). What is not stated is inferred:
 - layout: from the two sample shapes. The candidate moves are: keep the axes, move the first axis last
   (channel-first -> channel-last: NCHW -> NHWC, [C, T] -> [T, C]), move the last axis first, and add or
   drop size-1 dims. Moves that give the target's declared shape and arrange the elements differently
@@ -25,9 +26,10 @@ import numpy as np
 import torch
 
 from .errors import BadInputError
+from .runtimes import get_runtime
 
 LAYOUTS = ("nchw", "nhwc")
-_OPTION = re.compile(r"^(?P<path>.+?):(?P<options>(?:layout|range)=.*)$")
+_OPTION = re.compile(r"^(?P<path>.+?):(?P<options>(?:layout|range|runtime)=.*)$")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class ModelArg:
     path: str
     layout: str | None = None
     range: tuple[float, float] | None = None
+    runtime: str = "onnxruntime"  # what scores it (runtimes.RUNTIMES)
 
     def __str__(self) -> str:
         return self.path
@@ -53,13 +56,13 @@ def _parse_range(text: str, where: str) -> tuple[float, float]:
 
 
 def parse_model_arg(text: str) -> ModelArg:
-    """`FILE` or `FILE:layout=nchw|nhwc,range=LO:HI` (either key, any order). A path that exists as
-    given is taken whole, so a file whose name holds ':layout=' still opens."""
+    """`FILE` or `FILE:layout=nchw|nhwc,range=LO:HI,runtime=NAME` (any key, any order). A path that exists
+    as given is taken whole, so a file whose name holds ':layout=' still opens."""
     match = _OPTION.match(text)
     if match is None or Path(text).is_file():
         return ModelArg(text)
     path, options = match.group("path"), match.group("options")
-    layout, box = None, None
+    layout, box, runtime = None, None, "onnxruntime"
     for item in options.split(","):
         key, _, value = item.partition("=")
         if key == "layout":
@@ -68,9 +71,12 @@ def parse_model_arg(text: str) -> ModelArg:
             layout = value.lower()
         elif key == "range":
             box = _parse_range(value, text)
+        elif key == "runtime":
+            runtime = get_runtime(value.lower()).name
         else:
-            raise BadInputError(f"{text}: unknown model option {key!r} (expected layout=nchw|nhwc, range=LO:HI)")
-    return ModelArg(path, layout, box)
+            raise BadInputError(f"{text}: unknown model option {key!r} (expected layout=nchw|nhwc, range=LO:HI, "
+                                f"runtime=NAME)")
+    return ModelArg(path, layout, box, runtime)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,21 @@
 """Crosscheck: one model, every deployment of it, in one matrix (`onnxattack crosscheck`).
 
-The members are the reference, its variants (variants.py: int8, int8-dynamic, fp16, ort-basic, ort-all)
-and other models the user names; each takes the reference's rows through its input mapping (adapt.py)
+The members are the reference, its variants (variants.py: int8, int8-dynamic, fp16, ort-basic, ort-all
+files, and `openvino`: the reference's file under a second runtime, runtimes.py) and other models the
+user names; each takes the reference's rows through its input mapping (adapt.py)
 and is matched to the reference's labels (labelmatch.py). Two matrices come out:
 - agreement (clean): for every pair, the share of inputs whose predicted label sets are equal on the
   labels both share, and the largest score difference on them (raw scores: compare members that
   read the same kind of scores);
 - transfer: the adversarial inputs of an ordinary `run_attack` run on member i (a part file each),
   judged in onnxruntime on member j (`run_transfer`: success on the shared labels); the diagonal is each
-  member's own success. A member that cannot be attacked keeps an empty (NaN) row, with the reason.
-A third, asked for with `--disagree A:B` (disagreement.py): the smallest perturbation after which members A
-and B predict different label sets, searched through both torch graphs together.
+  member's own success. A member that cannot be attacked keeps an empty (NaN) row, with the reason; a
+  runtime member (`openvino`) runs the reference's file, whose adversarial inputs are the reference's
+  row: it is judged only (its column), and every verdict it gives is its runtime's.
+Each model file is read once (model.open_model), and that ModelFile serves its variants, its clean
+scores, its own run and its verdicts on every other run.
+A third, asked for with `--disagree A:B` (disagreement.py): the smallest perturbation after which members
+A and B predict different label sets, searched through both torch graphs together.
 Part files live in OUT.parts/ until OUT is whole; a complete part (same model, method, target, seed) is
 reused by --resume (its settings are noted beside it as <name>.identity.json), so an interrupted check
 redoes at most one member's run.
@@ -37,9 +42,10 @@ from .loader import LoadedModel, LoadSettings, load, resolve_box
 from .model import ModelFile, choose_attack_input, open_model, read_labels
 from .pipeline import run_attack
 from .results import CheckWriter, ResultFile, check_output_path
+from .runtimes import DEFAULT_RUNTIME, get_runtime
 from .transfer import ReadAs, input_adapter, label_matching, run_transfer
 from .types import Task
-from .variants import make_variant
+from .variants import RUNTIME_VARIANTS, check_variants, make_variant
 
 __all__ = ["Member", "format_crosscheck", "run_crosscheck"]
 
@@ -49,11 +55,12 @@ class Member:
     """One model of the check: its name (group), file, role, input mapping and label matching."""
 
     name: str
-    arg: ModelArg  # path, and its input's layout and range as resolved
-    role: str  # reference | variant | model
+    arg: ModelArg  # path, and its input's layout, range and runtime as resolved
+    role: str  # reference | variant | runtime | model
     adapter: Adapter  # the reference's rows -> this model's input
     match: LabelMatch  # this model's labels -> the reference's
     sha256: str
+    runtime: str = ""  # the runtime that scores it, as named in the file: name, version, device, precision
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -77,31 +84,34 @@ def _prepare_parts(out: Path, config: AttackConfig) -> Path:
 
 
 def _variant_file(name: str, reference: ModelFile, folder: Path, x: np.ndarray, config: AttackConfig,
-                  kept: bool) -> Path:
-    path = folder / f"{reference.info.path.stem}.{name}.onnx"
+                  kept: bool) -> tuple[Path, bool]:
+    """The variant's file, and whether it was made now."""
+    path = folder / f"{Path(reference.info.path).stem}.{name}.onnx"
     if path.exists() and config.resume:
-        return path
+        return path, False
     if path.exists() and kept and not config.overwrite:
         raise BadInputError(f"{path} exists; pass --overwrite to replace it or --resume to use it")
     attacked = choose_attack_input(reference.info, config.attack_input)
-    return make_variant(name, Path(reference.info.path), path, x.astype(attacked.dtype), attacked.name)
+    return make_variant(name, reference, path, x.astype(attacked.dtype), attacked.name), True
 
 
 def _member(name: str, arg: ModelArg, role: str, reference: ModelArg, x: np.ndarray, box: tuple[float, float],
-            labels: list[str], read_as: ReadAs, task: Task) -> tuple[Member, LoadedModel]:
-    model_file = open_model(arg.path)
+            labels: list[str], read_as: ReadAs, task: Task, files: dict[str, ModelFile]
+            ) -> tuple[Member, LoadedModel]:
+    model_file = files.get(arg.path) or files.setdefault(arg.path, open_model(arg.path))
     if len(model_file.info.inputs) != 1:
         raise BadInputError(f"{arg.path}: crosscheck takes models with one input (this one has "
                             f"{len(model_file.info.inputs)})")
     adapter = input_adapter(model_file, arg, None, tuple(x.shape[1:]), x.dtype, box, reference,
                             same_model=role != "model")
     loaded = load(model_file, LoadSettings(convert=False, box=adapter.target, scores=read_as.scores,
-                                           threshold=read_as.threshold), probe=adapter(x[:4]))
+                                           threshold=read_as.threshold, runtime=arg.runtime), probe=adapter(x[:4]))
     match = label_matching(labels, loaded.labels, read_labels(model_file.info) is not None or role != "model",
                            read_as, task, str(arg.path))
     layout = arg.layout or (adapter.layouts[1] if adapter.axes is not None else reference.layout)
-    resolved = ModelArg(arg.path, layout, adapter.target)
-    return Member(name, resolved, role, adapter, match, model_file.info.sha256), loaded
+    resolved = ModelArg(arg.path, layout, adapter.target, arg.runtime)
+    runtime = f"{get_runtime(arg.runtime).describe()} ({', '.join(loaded.scorer.providers)})"
+    return Member(name, resolved, role, adapter, match, model_file.info.sha256, runtime), loaded
 
 
 def _identity(member: Member, config: AttackConfig, rows: int) -> str:
@@ -119,9 +129,12 @@ def _reusable(part: Path, identity: str) -> bool:
         return bool(run.attrs.get("complete"))
 
 
-def _attack(member: Member, x: np.ndarray, parts: Path, config: AttackConfig,
+def _attack(member: Member, x: np.ndarray, parts: Path, config: AttackConfig, files: dict[str, ModelFile],
             on_member: Callable[[str], None] | None) -> tuple[Path | None, str]:
     """The member's own run (a part file), or None and why it could not be attacked."""
+    if member.role == "runtime":
+        return None, (f"the reference's own file under {member.arg.runtime}: its adversarial inputs are the "
+                      f"reference's (its row); judged only")
     part = parts / f"{member.name}.h5"
     own = replace(config, box=member.arg.range, key=None, limit=None, shard=None, target_file=None,
                   resume=part.exists() and config.resume, overwrite=not config.resume,
@@ -134,7 +147,7 @@ def _attack(member: Member, x: np.ndarray, parts: Path, config: AttackConfig,
     if on_member:
         on_member(member.name)
     try:
-        run_attack(member.arg.path, inputs, part, own)
+        run_attack(files[member.arg.path], inputs, part, own)
     except UnsupportedModelError as exc:
         part.unlink(missing_ok=True)
         return None, first_line(exc)
@@ -164,21 +177,34 @@ def _agreement(clean: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
 
 def _members(reference: ModelArg, ref_file: ModelFile, x: np.ndarray, box: tuple[float, float],
              config: AttackConfig, parts: Path, keep_variants: str | Path | None, variants: list[str],
-             models: list[ModelArg], read_as: ReadAs, task: Task, top_k: int
+             models: list[ModelArg], read_as: ReadAs, task: Task, top_k: int, files: dict[str, ModelFile]
              ) -> tuple[list[Member], list[tuple[np.ndarray, np.ndarray]]]:
     """Every member (variants made), with its clean scores and predictions in the reference's labels."""
     folder = Path(keep_variants) if keep_variants else parts
     reference = ModelArg(reference.path, reference.layout, box)
+    files[reference.path] = ref_file
     labels = load(ref_file, LoadSettings(convert=False, box=box, labels_file=config.labels_file,
                                          scores=read_as.scores, threshold=read_as.threshold),
                   probe=x[:4]).labels
     taken: set[str] = set()
-    entries = [(_unique(ref_file.info.path.stem, taken), reference, "reference")]
+    built = [_member(_unique(Path(ref_file.info.path).stem, taken), reference, "reference", reference, x, box, labels,
+                     read_as, task, files)]
     for name in variants:
-        path = _variant_file(name, ref_file, folder, x, config, keep_variants is not None)
-        entries.append((_unique(name, taken), ModelArg(str(path), reference.layout, box), "variant"))
-    entries += [(_unique(Path(arg.path).stem, taken), arg, "model") for arg in models]
-    built = [_member(name, arg, role, reference, x, box, labels, read_as, task) for name, arg, role in entries]
+        if name in RUNTIME_VARIANTS:
+            arg, made = ModelArg(reference.path, reference.layout, box, name), False
+        else:
+            path, made = _variant_file(name, ref_file, folder, x, config, keep_variants is not None)
+            arg = ModelArg(str(path), reference.layout, box)
+        try:  # loading it is its check: onnxruntime (or its runtime) runs it on the first rows
+            built.append(_member(_unique(name, taken), arg, "runtime" if name in RUNTIME_VARIANTS else "variant",
+                                 reference, x, box, labels, read_as, task, files))
+        except UnsupportedModelError as exc:
+            if made:  # a file made now that does not run is not kept
+                Path(arg.path).unlink(missing_ok=True)
+            raise UnsupportedModelError(f"variant {name} of {Path(ref_file.info.path).name} does not run in "
+                                        f"{arg.runtime}: {first_line(exc)}") from None
+    built += [_member(_unique(Path(arg.path).stem, taken), arg, "model", reference, x, box, labels, read_as, task,
+                      files) for arg in models]
     members = [member for member, _ in built]
     return members, [member_decisions(member, loaded, x, task, top_k) for member, loaded in built]
 
@@ -199,6 +225,12 @@ def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, con
     read_as = read_as or ReadAs(config.scores, config.threshold, config.top_k)
     task = METHODS[config.method].task
     top_k = config.top_k or 1
+    check_variants(variants or [])
+    for arg in [reference, *(models or [])]:
+        get_runtime(arg.runtime).check()
+    if reference.runtime != DEFAULT_RUNTIME:
+        raise BadInputError("the reference is attacked and judged in onnxruntime: name another runtime with "
+                            "--variants openvino or --model FILE:runtime=NAME")
     ref_file = open_model(reference.path)
     box, _ = resolve_box(config.box or reference.range, ref_file.info)
     source = open_inputs(inputs, config.key, config.image_layout, config.image_scale)
@@ -209,28 +241,34 @@ def run_crosscheck(reference: ModelArg, inputs: str | Path, out: str | Path, con
     check_rows(x, box, Path(inputs).name)
     fresh = not (out.with_name(out.name + ".parts")).exists()
     parts = _prepare_parts(out, config)
+    files: dict[str, ModelFile] = {}  # each model file read once, by the path as given
     try:  # the members are built before any run: a refusal here leaves no parts folder behind
         members, clean = _members(reference, ref_file, x, box, config, parts, keep_variants, variants or [],
-                                  models or [], read_as, task, top_k)
+                                  models or [], read_as, task, top_k, files)
         searched = _pairs(pairs or [], members, task)
         method = pair_method or Disagree()
     except BaseException:
         if fresh:
             shutil.rmtree(parts, ignore_errors=True)
         raise
-    runs = [_attack(member, x, parts, config, on_member) for member in members]
-    success = np.stack([_transfer_row(i, members, part, read_as, config.device) for i, (part, _) in enumerate(runs)])
+    runs = [_attack(member, x, parts, config, files, on_member) for member in members]
+    success = np.stack([_transfer_row(i, members, part, read_as, config.device, files)
+                        for i, (part, _) in enumerate(runs)])
+    gradients = [_gradients(part) for part, _ in runs]
     equal, diff = _agreement(clean)
     outcomes = [run_pair(members[i], members[j], x, box, method, config, read_as, parts, on_member)
                 for i, j in searched]
     for (i, _), outcome in zip(searched, outcomes, strict=True):
         outcome.attrs["method_l2_a"] = _mean_l2(runs[i][0])
-    _write(out, x, config, members, clean, runs, (equal, diff, success), keep_variants is not None, outcomes)
+    _write(out, x, config, members, clean, runs, gradients, (equal, diff, success), keep_variants is not None,
+           outcomes)
     shutil.rmtree(parts)
     return {"path": str(out), "models": [member.name for member in members],
             "roles": [member.role for member in members], "inputs": len(x), "agreement": _listed(equal),
             "max_score_diff": _listed(diff), "transfer": _listed(success),
             "mappings": {member.name: member.adapter.describe() for member in members},
+            "runtimes": {member.name: member.runtime for member in members},
+            "gradients": {member.name: route for member, route in zip(members, gradients, strict=True) if route},
             "labels": {member.name: member.match.describe() for member in members},
             "not_attacked": {member.name: reason for member, (part, reason) in zip(members, runs, strict=True)
                              if part is None},
@@ -263,7 +301,19 @@ def _rounded(value: float) -> float | None:
     return None if np.isnan(value) else round(float(value), 6)
 
 
-def _transfer_row(i: int, members: list[Member], part: Path | None, read_as: ReadAs, device: str) -> np.ndarray:
+def _gradients(part: Path | None) -> str:
+    """How the member's own run got its gradients: `torch`, or `estimated from onnxruntime queries (why)`;
+    "" when it was not attacked."""
+    if part is None:
+        return ""
+    with ResultFile.open(part) as run:
+        kind, notes = str(run.attrs.get("gradients", "")), json.loads(run.attrs.get("notes", "[]"))
+    why = [note for note in notes if note.startswith("gradients are estimated")]
+    return f"estimated{why[0].removeprefix('gradients are estimated')}" if kind == "estimated" and why else kind
+
+
+def _transfer_row(i: int, members: list[Member], part: Path | None, read_as: ReadAs, device: str,
+                  files: dict[str, ModelFile]) -> np.ndarray:
     """Row i of the transfer matrix: member i's own success, and its adversarial rows judged on every other
     member (NaN throughout when it was not attacked or no row was)."""
     row = np.full(len(members), np.nan)
@@ -278,13 +328,13 @@ def _transfer_row(i: int, members: list[Member], part: Path | None, read_as: Rea
     for j, judge in enumerate(members):
         if j != i:
             pair = replace(read_as, label_map=_pair_map(source, judge), by_position=False, reference=source.arg)
-            row[j] = run_transfer(part, [judge.arg], device=device, read_as=pair,
-                                  names=[judge.name])[judge.name]["success_rate"]
+            row[j] = run_transfer(part, [judge.arg], device=device, read_as=pair, names=[judge.name],
+                                  files=files)[judge.name]["success_rate"]
     return row
 
 
 def _write(out: Path, x: np.ndarray, config: AttackConfig, members: list[Member],
-           clean: list[tuple[np.ndarray, np.ndarray]], runs: list[tuple[Path | None, str]],
+           clean: list[tuple[np.ndarray, np.ndarray]], runs: list[tuple[Path | None, str]], gradients: list[str],
            matrices: tuple[np.ndarray, np.ndarray, np.ndarray], kept: bool, outcomes: list[PairOutcome]) -> None:
     """OUT, through results/check.py: the clean inputs, every member with its run, the matrices."""
     names = [member.name for member in members]
@@ -293,11 +343,13 @@ def _write(out: Path, x: np.ndarray, config: AttackConfig, members: list[Member]
                                   "method": config.method, "target": config.target, "seed": config.seed,
                                   "n_inputs": len(x)})
     try:
-        for member, (scores, y_pred), (part, reason) in zip(members, clean, runs, strict=True):
+        for member, (scores, y_pred), (part, reason), route in zip(members, clean, runs, gradients, strict=True):
             writer.add_model(member.name, {"path": str(Path(member.arg.path).resolve()), "sha256": member.sha256,
                                            "role": member.role, "input_mapping": member.adapter.to_json(),
                                            "label_match": member.match.to_json(), "attacked": part is not None,
-                                           "reason": reason, "kept": kept or member.role != "variant"},
+                                           "reason": reason, "kept": kept or member.role != "variant",
+                                           "runtime": member.arg.runtime, "runtime_detail": member.runtime,
+                                           "gradients": route},
                              scores, y_pred, part)
         writer.write_matrices(*matrices)
         for outcome in outcomes:
@@ -327,8 +379,10 @@ def format_crosscheck(summary: dict) -> str:
     lines = [f"crosscheck of {len(names)} models on {summary['inputs']} inputs -> {summary['path']}"]
     for name in names:
         lines.append(f"  {name}: input {summary['mappings'][name]}; labels: {summary['labels'][name]}")
-    for name, reason in summary["not_attacked"].items():
-        lines.append(f"  {name}: not attacked ({reason})")
+        lines.append(f"      scored by {summary['runtimes'][name]}; "
+                     + ("not attacked (" + summary["not_attacked"][name] + ")" if name not in summary["gradients"]
+                        else "attacked through its torch graph" if summary["gradients"][name] == "torch"
+                        else "attacked with gradients " + summary["gradients"][name]))
     lines += _table("clean agreement (equal predicted label sets on shared labels)", names, summary["agreement"], True)
     lines += _table("largest clean score difference", names, summary["max_score_diff"], False)
     lines += _table("transfer success (row: crafted on, column: judged on; diagonal: own success)", names,

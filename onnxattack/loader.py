@@ -49,10 +49,10 @@ from .runtime import (
     FrameLayout,
     OrtScorer,
     has_qdq,
-    make_session,
     needs_one_thread,
     to_input_dtype,
 )
+from .runtimes import DEFAULT_RUNTIME, RUNTIMES, Runtime, get_runtime
 from .scores import ScoreReader
 from .sources import EstimatedSource, GradientSource, ScoresOnlySource, TorchGraphSource
 from .tokens import token_route, token_source
@@ -92,6 +92,7 @@ class LoadSettings:
     seed: int = 0
     convert: bool = True  # False: onnxruntime only (validate's other models)
     trace: bool = True  # run the converted graph as a checked TorchScript trace where that pays (bridge/trace.py)
+    runtime: str = "onnxruntime"  # what gives the verdict's scores (runtimes.RUNTIMES; others need convert=False)
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> LoadSettings:
@@ -348,18 +349,21 @@ def _serialized(proto: onnx.ModelProto) -> bytes:
 
 def _ort_scorer(proto: onnx.ModelProto, input_info: TensorInfo, output_name: str, device: str,
                 probe: np.ndarray, notes: list[str], passthrough: PassThroughInputs, per_sample: bool,
-                layout: FrameLayout) -> OrtScorer:
+                layout: FrameLayout, runtime: Runtime = RUNTIMES[DEFAULT_RUNTIME]) -> OrtScorer:
     fixed = None if per_sample else fixed_batch(input_info)
     one_thread = needs_one_thread(proto)
+    make_session = runtime.session
     original = OrtScorer(make_session(_serialized(proto), device, exact_qdq=has_qdq(proto), one_thread=one_thread),
                          input_info.name,
                          input_info.dtype, output_name, fixed_batch=fixed, layout=layout, passthrough=passthrough,
                          per_sample=per_sample)
-    if has_qdq(proto):
+    if runtime.name != DEFAULT_RUNTIME:
+        notes.append(f"scored by {runtime.describe()} ({', '.join(original.providers)}), not onnxruntime")
+    elif has_qdq(proto):
         notes.append(QDQ_NOTE)
-    if one_thread:
+    if one_thread and runtime.name == DEFAULT_RUNTIME:
         notes.append(ONE_THREAD_NOTE)
-    if device == "cuda" and "CUDAExecutionProvider" not in original.providers:
+    if device == "cuda" and runtime.name == DEFAULT_RUNTIME and "CUDAExecutionProvider" not in original.providers:
         notes.append("onnxruntime validates on the CPU: its CUDA provider is not available "
                      "(install the 'gpu' extra, onnxruntime-gpu, instead of 'cpu')")
     if fixed is None:
@@ -496,7 +500,7 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
     with passthrough.bind(probe_others):  # the probe's rows of the other inputs (multi-input models)
         fixed = None if per_sample else fixed_batch(input_info)
         scorer = _ort_scorer(proto, input_info, score_output.name, torch_device.type, probe, notes, passthrough,
-                             per_sample, layout)
+                             per_sample, layout, get_runtime(settings.runtime))
         if labels_only and len(score_output.shape) < 2:
             scorer.classes = _classes_or_refuse(proto, score_output)
         probe_scores = scorer(probe)

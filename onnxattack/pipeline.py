@@ -223,15 +223,17 @@ def _open_writer(out_path: Path, run: RunPlan, config: AttackConfig, inputs_path
                                given=run.given)
 
 
-def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out_path: str | os.PathLike,
+def run_attack(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLike, out_path: str | os.PathLike,
                config: AttackConfig, progress: Progress | None = None) -> Path:
     """Attack every input and write the result file with the engine the config names (local: this
-    process; ray: one Ray actor per shard, merged at the end); returns its path. Resumable. A CTC run
+    process; ray: one Ray actor per shard, merged at the end); returns its path. Resumable. The model: a
+    path, or a ModelFile read already (the local engine; Ray's actors read the file themselves). A CTC run
     (--ctc) then stores every row's greedy decode before and after (ctc.decode_run)."""
     if config.engine == "ray":
         from .engines.ray import run_ray
 
-        path = run_ray(model_path, inputs_path, out_path, config, progress)
+        path = run_ray(model_path.info.path if isinstance(model_path, ModelFile) else model_path, inputs_path,
+                       out_path, config, progress)
     else:
         path = run_local(model_path, inputs_path, out_path, config, progress)
     if config.ctc:  # the strings read before and after, from the finished file
@@ -241,7 +243,7 @@ def run_attack(model_path: str | os.PathLike, inputs_path: str | os.PathLike, ou
     return path
 
 
-def run_local(model_path: str | os.PathLike, inputs_path: str | os.PathLike, out_path: str | os.PathLike,
+def run_local(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLike, out_path: str | os.PathLike,
               config: AttackConfig, progress: Progress | None = None) -> Path:
     """Attack every input (of one shard, with --shard) in this process and write the result file. With
     --overwrite onto an existing file, the run is written beside it and renamed onto it once complete:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -34,6 +35,14 @@ def needs_one_thread(model: onnx.ModelProto) -> bool:
 
 ONE_THREAD_NOTE = ("onnxruntime runs this model on one thread: its DynamicQuantizeLSTM quantises per block of rows "
                    "when it has several, and its scores would then depend on the batch")
+
+
+class Session(Protocol):
+    """What OrtScorer calls: onnxruntime's InferenceSession, or another runtime's session (runtimes.py)."""
+
+    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+    def get_providers(self) -> list[str]: ...
 
 
 def session_options(quiet: bool = False, exact_qdq: bool = False, one_thread: bool = False) -> ort.SessionOptions:
@@ -135,7 +144,7 @@ class OrtScorer:
     without a batch dim (`per_sample`: one whole sequence per call) runs row by row. A label output of
     class indices [N] is read as one-hot rows over `classes` (set by the loader)."""
 
-    def __init__(self, session: ort.InferenceSession, input_name: str, input_dtype: np.dtype,
+    def __init__(self, session: Session, input_name: str, input_dtype: np.dtype,
                  output_name: str, fixed_batch: int | None = None, layout: FrameLayout | None = None,
                  passthrough: PassThroughInputs | None = None, per_sample: bool = False) -> None:
         self.session = session
@@ -159,6 +168,8 @@ class OrtScorer:
         feeds[self.input_name] = x[0] if self.per_sample else x  # per_sample: one row, fed without its batch dim
         try:
             (scores,) = self.session.run([self.output_name], feeds)
+        except UnsupportedModelError:  # another runtime's session says which one failed
+            raise
         except Exception as exc:  # onnxruntime's own exception types
             raise UnsupportedModelError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
         if self.classes is not None:  # class indices [N] -> one-hot [N, classes]

@@ -7,7 +7,9 @@ rates per model, over the attacked rows:
 - flip: the other model's prediction on x_adv differs from its own prediction on x (the attack
   changed its answer at all, whether or not to the target).
 Each model's verdict is stored in the result file as transfer/<key> (key: the model file's stem, with
-a short hash of its path when two models share a stem), with the model's path and hash.
+a short hash of its path when two models share a stem, and `-<runtime>` when another runtime than
+onnxruntime scores it: `FILE:runtime=openvino`), with the model's path and hash and the runtime that
+gave the verdict (`runtime`, `runtime_detail`: name, version, device and precision).
 
 Another deployment of the model may take its input in another layout, range or dtype (`adapt.py`: the
 stored rows are mapped into its input space) and name its labels differently (`labelmatch.py`: labels
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from .labelmatch import LabelMatch, match_labels
 from .loader import LoadSettings, load
 from .model import ModelFile, choose_attack_input, declared_range, open_model, read_labels
 from .results import ResultFile, TransferWriter
+from .runtimes import DEFAULT_RUNTIME, get_runtime
 from .scores import criterion_for
 from .types import Task
 from .validate import transfer
@@ -50,10 +54,12 @@ class ReadAs:
     reference: ModelArg | None = None  # what the reference's input is, when the user states it
 
 
-def transfer_keys(paths: list[str], existing: dict[str, dict]) -> list[str]:
-    """A group name per model: its stem, or stem-<8 hex of its resolved path> where the stem alone would
-    collide (with another model of this call, or a group written for a model at another path)."""
-    stems = [Path(path).stem for path in paths]
+def transfer_keys(paths: list[str], existing: dict[str, dict], runtimes: list[str] | None = None) -> list[str]:
+    """A group name per model: its stem (with -<runtime> when another runtime than onnxruntime scores it),
+    or stem-<8 hex of its resolved path> where the stem alone would collide (with another model of this
+    call, or a group written for a model at another path)."""
+    stems = [Path(path).stem if runtime == DEFAULT_RUNTIME else f"{Path(path).stem}-{runtime}"
+             for path, runtime in zip(paths, runtimes or [DEFAULT_RUNTIME] * len(paths), strict=True)]
     keys = []
     for path, stem in zip(paths, stems, strict=True):
         resolved = str(Path(path).resolve())
@@ -65,11 +71,13 @@ def transfer_keys(paths: list[str], existing: dict[str, dict]) -> list[str]:
 
 
 def run_transfer(results_path: str | os.PathLike, model_paths: list[str] | list[ModelArg], device: str = "auto",
-                 chunk: int = 256, read_as: ReadAs | None = None, names: list[str] | None = None) -> dict[str, dict]:
+                 chunk: int = 256, read_as: ReadAs | None = None, names: list[str] | None = None,
+                 files: Mapping[str, ModelFile] | None = None) -> dict[str, dict]:
     """Re-score the stored adversarial inputs on other models, chunk by chunk, each row mapped into the
     model's input space and judged on the labels it shares with the reference; store transfer/<key>
     groups and return per-model success and flip rates with the mapping and label matching used. `names`:
-    the group names (default: from the file names, `transfer_keys`)."""
+    the group names (default: from the file names, `transfer_keys`); `files`: models read already, by path
+    as given (crosscheck's), so that a file is not read again for every run it judges."""
     read_as = read_as or ReadAs()
     args = [arg if isinstance(arg, ModelArg) else parse_model_arg(str(arg)) for arg in model_paths]
     model_paths = [arg.path for arg in args]
@@ -82,11 +90,11 @@ def run_transfer(results_path: str | os.PathLike, model_paths: list[str] | list[
         stored_others = results.passthrough_names()
         probe_others = {name: results.passthrough(name, 0, 4) for name in stored_others}
         given = results.given_inputs()
-        keys = names or transfer_keys(model_paths, results.transfers())
+        keys = names or transfer_keys(model_paths, results.transfers(), [arg.runtime for arg in args])
         task = results.task
     rates: dict[str, dict] = {}
     for arg, key in zip(args, keys, strict=True):
-        model_file = open_model(arg.path)
+        model_file = (files or {}).get(arg.path) or open_model(arg.path)
         rates[key] = _transfer_one(results_path, model_file, arg, key, task, read_as, device, chunk, rows, params,
                                    labels, stored_others, probe, probe_others, attrs.get("attack_input"),
                                    str(attrs.get("model_sha256", "")), tokens, given)
@@ -141,7 +149,7 @@ def _transfer_one(results_path: str | os.PathLike, model_file: ModelFile, arg: M
                             sequence="states" in fed_as_run)
     settings = LoadSettings(device=device, convert=False, box=adapter.target,
                             attack_input=attacked if attacked in takes else None, scores=read_as.scores,
-                            threshold=read_as.threshold, tokens=tokens, **fed_as_run)
+                            threshold=read_as.threshold, tokens=tokens, runtime=arg.runtime, **fed_as_run)
     other = load(model_file, settings, probe=adapter(probe), probe_name=f"{Path(results_path).name}:x",
                  probe_others={name: probe_others[name] for name in fed})
     match = label_matching(labels, other.labels, read_labels(model_file.info) is not None, read_as, task,
@@ -167,7 +175,9 @@ def _transfer_one(results_path: str | os.PathLike, model_file: ModelFile, arg: M
                        "attacked": attacked_count,
                        "success_rate": successes / attacked_count if attacked_count else 0.0,
                        "flip_rate": flips / attacked_count if attacked_count else 0.0,
-                       "scores_kind": other.reader.kind.value, "input_mapping": adapter.describe(),
+                       "scores_kind": other.reader.kind.value, "runtime": arg.runtime,
+                       "runtime_detail": f"{get_runtime(arg.runtime).describe()} ({', '.join(other.scorer.providers)})",
+                       "input_mapping": adapter.describe(),
                        "label_match": match.describe()}
         writer.finish(**{**model_rates, "input_mapping": adapter.to_json(), "label_match": match.to_json()})
     return model_rates

@@ -211,3 +211,40 @@ def test_report_png_prints_the_file_it_wrote(yeast, tmp_path):
     result = invoke("report", out, "--png", tmp_path / "fig")
     assert result.exit_code == 0, result.output
     assert f"figure: {tmp_path / 'fig.png'}" in result.output and (tmp_path / "fig.png").is_file()
+
+
+class PathOpens:
+    """Counts the opens of each of several files through Python's audit events (armed per test)."""
+
+    counts: dict[str, int] = {}
+
+    @classmethod
+    def hook(cls, event: str, args: tuple) -> None:
+        if event == "open" and args and str(args[0]) in cls.counts:
+            cls.counts[str(args[0])] += 1
+
+
+sys.addaudithook(PathOpens.hook)
+
+
+def test_crosscheck_reads_each_model_file_once(yeast, tmp_path):
+    """The reference (its variants are made from it in memory), a second model, and each variant file once
+    written: one read each, however many runs each judges (it was 5 and 4 per file for three models)."""
+    import importlib.util
+
+    model, inputs = yeast
+    other = tmp_path / "other.onnx"
+    other.write_bytes(model.read_bytes())
+    kept = tmp_path / "kept"
+    variants = ["int8"] + [name for name, package in (("fp16", "onnxconverter_common"), ("openvino", "openvino"))
+                           if importlib.util.find_spec(package) is not None]
+    made = [kept / f"yeast-mlp.{name}.onnx" for name in variants if name != "openvino"]
+    PathOpens.counts = {str(path): 0 for path in (model, other, *made)}
+    try:
+        result = invoke("crosscheck", model, inputs, "-o", tmp_path / "c.h5", "--variants", ",".join(variants),
+                        "--keep-variants", kept, "--model", other, *FAST, "--json")
+    finally:
+        counts, PathOpens.counts = PathOpens.counts, {}
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["models"]) == len(variants) + 2
+    assert counts == {str(path): 1 for path in (model, other, *made)}
