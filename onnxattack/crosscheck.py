@@ -377,12 +377,16 @@ def format_crosscheck(summary: dict) -> str:
     """The summary as terminal tables: agreement, largest score difference, transfer."""
     names = summary["models"]
     lines = [f"crosscheck of {len(names)} models on {summary['inputs']} inputs -> {summary['path']}"]
+    runtimes, routes = summary.get("runtimes", {}), summary.get("gradients", {})
     for name in names:
         lines.append(f"  {name}: input {summary['mappings'][name]}; labels: {summary['labels'][name]}")
-        lines.append(f"      scored by {summary['runtimes'][name]}; "
-                     + ("not attacked (" + summary["not_attacked"][name] + ")" if name not in summary["gradients"]
-                        else "attacked through its torch graph" if summary["gradients"][name] == "torch"
-                        else "attacked with gradients " + summary["gradients"][name]))
+        route = routes.get(name, "")  # a summary read back from a file (report) may lack runtimes and routes
+        how = [f"scored by {runtimes[name]}"] if name in runtimes else []
+        how += ([f"not attacked ({summary['not_attacked'][name]})"] if name in summary["not_attacked"]
+                else ["attacked through its torch graph"] if route == "torch"
+                else [f"attacked with gradients {route}"] if route else [])
+        if how:
+            lines.append("      " + "; ".join(how))
     lines += _table("clean agreement (equal predicted label sets on shared labels)", names, summary["agreement"], True)
     lines += _table("largest clean score difference", names, summary["max_score_diff"], False)
     lines += _table("transfer success (row: crafted on, column: judged on; diagonal: own success)", names,
