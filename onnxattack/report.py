@@ -69,6 +69,8 @@ def summarize_run(results: ResultFile) -> dict:
         "gradients": gradients,
         "model_calls_mean": stat(calls[attacked], np.mean) if calls.size else None,
         "model_calls_total": int(calls.sum()) if calls.size else None,
+        "model_calls_max": int(calls[attacked].max()) if calls.size and n_attacked else None,
+        "call_budget": _budget(results.params),
         "queries_mean": stat(queries[attacked], np.mean) if queries.size else None,
         "queries_max": int(queries[attacked].max()) if queries.size and n_attacked else None,
         "queries_mean_success": stat(queries[success], np.mean) if queries.size else None,
@@ -78,6 +80,12 @@ def summarize_run(results: ResultFile) -> dict:
         "notes": results.json_attr("notes", []),
         "transfer": transfer,
     }
+
+
+def _budget(params: dict) -> int | None:
+    """--budget CALLS of the run (None when it had none, or the stored value is not a count)."""
+    value = params.get("budget") if isinstance(params, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def format_summary(summary: dict) -> str:
@@ -98,6 +106,10 @@ def format_summary(summary: dict) -> str:
         ("model calls per input", f"{num(summary.get('model_calls_mean'), '{:.0f}')} (forward + backward passes, "
                                   f"{summary.get('model_calls_total') or 0} in all)"),
     ]
+    if summary.get("call_budget") is not None:
+        lines.append(("call budget", f"{summary['call_budget']} per input; used mean "
+                                      f"{num(summary.get('model_calls_mean'), '{:.0f}')}, max "
+                                      f"{summary.get('model_calls_max')}"))
     if summary.get("gradients") in ("estimated", "none"):
         how = "estimated" if summary["gradients"] == "estimated" else "none (a black box)"
         lines.append(("gradients", f"{how}: {num(summary['queries_mean'], '{:.0f}')} onnxruntime queries per "

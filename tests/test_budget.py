@@ -55,4 +55,7 @@ def test_cli_budget_is_stored_and_held(zoo_model, zoo_inputs, tmp_path) -> None:
     assert done.exit_code == 0, done.output
     with h5py.File(out, "r") as handle:
         assert '"budget": 100' in handle.attrs["params"]
-        assert (handle["model_calls"][:] <= 100).all()
+        calls = handle["model_calls"][:][handle["attacked"][:].astype(bool)]
+        assert (calls <= 100).all()
+    assert f"call budget 100 per input; used mean {calls.mean():.0f}, max {calls.max()}" in " ".join(
+        done.output.split()), done.output
