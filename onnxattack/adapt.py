@@ -21,6 +21,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,27 +114,32 @@ class Adapter:
         x = np.asarray(x, dtype=np.float64)
         if self.axes is not None:
             x = x.transpose(0, *(axis + 1 for axis in self.axes))
+        x = self._rescaled(x)
+        if np.issubdtype(self.dtype, np.integer):
+            x = np.clip(np.rint(x), *self._integer_bounds())
+        return x.astype(self.dtype)
+
+    def _rescaled(self, x: Any) -> Any:
+        """Rows (numpy or torch, axes already in the target's order) reshaped and moved into the target's box."""
         x = x.reshape(len(x), *self.shape)
         (slo, shi), (tlo, thi) = self.source, self.target
         if (slo, shi) != (tlo, thi):
             x = (x - slo) / (shi - slo) * (thi - tlo) + tlo
-        if np.issubdtype(self.dtype, np.integer):
-            info = np.iinfo(self.dtype)
-            x = np.clip(np.rint(x), max(info.min, np.ceil(tlo)), min(info.max, np.floor(thi)))
-        return x.astype(self.dtype)
+        return x
+
+    def _integer_bounds(self) -> tuple[float, float]:
+        """The values an integer target input can take inside its box."""
+        info = np.iinfo(self.dtype)
+        return max(info.min, np.ceil(self.target[0])), min(info.max, np.floor(self.target[1]))
 
     def on_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """The same mapping on torch rows, differentiable; an integer input's rounding passes gradients
         straight through, and the rows stay in x's float dtype (the torch graph takes them so)."""
         if self.axes is not None:
             x = x.permute(0, *(axis + 1 for axis in self.axes))
-        x = x.reshape(len(x), *self.shape)
-        (slo, shi), (tlo, thi) = self.source, self.target
-        if (slo, shi) != (tlo, thi):
-            x = (x - slo) / (shi - slo) * (thi - tlo) + tlo
+        x = self._rescaled(x)
         if np.issubdtype(self.dtype, np.integer):
-            info = np.iinfo(self.dtype)
-            rounded = torch.round(x).clamp(max(info.min, np.ceil(tlo)), min(info.max, np.floor(thi)))
+            rounded = torch.round(x).clamp(*self._integer_bounds())
             x = x + (rounded - x).detach()
         return x
 

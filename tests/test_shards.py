@@ -175,7 +175,11 @@ def test_open_dataset_under_a_dataloader_with_two_workers(runs):
     _, _, reference, _ = runs
     dataset = open_dataset(reference, split="both")
     dataset[0]  # a handle open in the parent must not be shared with the workers
-    loader = torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=True, num_workers=2)
+    # spawned workers take the dataset pickled (its handle dropped); forked ones could inherit torch's
+    # native locks mid-use (seen: a forked worker stuck in torch's own per-worker seeding). timeout: a hung
+    # worker fails the test instead of stalling the suite
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=True, num_workers=2,
+                                         multiprocessing_context="spawn", timeout=300)
     seen = [(int(i), bool(a)) for batch in loader for i, a in zip(batch["index"], batch["adv"], strict=True)]
     assert sorted(seen) == sorted((int(r), a) for r in dataset.rows for a in (False, True))
     batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=4)))
