@@ -21,9 +21,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from click.testing import CliRunner
-from onnxattack.cli.main import main
 from torch import nn
+
+from .test_multi_input import run  # one CLI runner: exit code and output, internal errors raised
 
 FEATURES, HIDDEN, LABELS = 6, 8, 4
 CHUNK, STATE = 16, 12
@@ -70,13 +70,6 @@ class StreamingDetector(nn.Module):
         frames = chunk.reshape(chunk.shape[0], -1, 4) * (sr.to(torch.float32) / 16000.0)
         out, next_state = self.gru(5 * frames, state)
         return torch.sigmoid(4 * self.head(out[:, -1])), next_state
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args))
-    if result.exit_code == 1:
-        raise result.exception  # an internal error: show its traceback
-    return result.exit_code, result.output
 
 
 @pytest.fixture(scope="module")

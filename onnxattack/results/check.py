@@ -166,8 +166,7 @@ class CheckFile:
         if key not in self.handle:
             return None
         results = ResultFile(self.handle[key], self.path)
-        for dataset in (*results.row_datasets(), *results.transfer_datasets()):
-            checked_hdf5_dataset(self.handle, f"{key}/{dataset}", str(self.path))
+        results.check_storage()
         return results
 
     @property

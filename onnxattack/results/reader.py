@@ -97,12 +97,17 @@ class ResultFile:
         handle = open_hdf5(path, mode)
         results = cls(handle, Path(path), owner=handle)
         try:
-            for name in (*results.row_datasets(), *results.transfer_datasets()):
-                checked_hdf5_dataset(handle, name, str(path))
+            results.check_storage()
         except BadInputError:
             results.close()
             raise
         return results
+
+    def check_storage(self) -> None:
+        """Every dataset a reader may touch is plain data stored in this file (BadInputError otherwise)."""
+        prefix = "" if self.group.name == "/" else f"{self.group.name.lstrip('/')}/"
+        for name in (*self.row_datasets(), *self.transfer_datasets()):
+            checked_hdf5_dataset(self.group.file, prefix + name, str(self.path))
 
     def transfer_datasets(self) -> list[str]:
         group = self.group.get(TRANSFER_GROUP)
