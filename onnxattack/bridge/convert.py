@@ -18,7 +18,12 @@ from ..runtime import OrtScorer
 from ..scores import ScoreReader
 from . import converters  # noqa: F401  (registers the project's converters)
 from .converters._common import converting, subgraphs
-from .normalise import explicit_squeeze_axes, fold_constant_dequantize, split_multi_output_results
+from .normalise import (
+    drop_zero_initial_states,
+    explicit_squeeze_axes,
+    fold_constant_dequantize,
+    split_multi_output_results,
+)
 
 
 def _op_version(node: onnx.NodeProto, opsets: dict[str, int]) -> int:
@@ -117,7 +122,8 @@ def forward_failure(exc: BaseException) -> ConversionError:
 def to_torch(model: onnx.ModelProto) -> torch.nn.Module:
     """A frozen, eval-mode torch graph of `model`; ConversionError names what blocks it."""
     try:
-        model = explicit_squeeze_axes(fold_constant_dequantize(split_multi_output_results(model)))
+        model = drop_zero_initial_states(
+            explicit_squeeze_axes(fold_constant_dequantize(split_multi_output_results(model))))
     except Exception as exc:  # a malformed graph: say so in one line, never a traceback
         raise ConversionError(f"the score graph cannot be prepared for conversion: {_one_line(exc)}") from None
     missing = blocking_ops(model)

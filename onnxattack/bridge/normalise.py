@@ -344,3 +344,59 @@ def _run_constant_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
         return [numpy_helper.from_array(value, name) for name, value in zip(wanted, values, strict=True)]
     except Exception:  # an op or type onnxruntime cannot run here: leave the nodes to the converters
         return None
+
+
+# The initial-state inputs of the recurrent ops (initial_h; LSTM's initial_c too): zeros when left out.
+_INITIAL_STATE_INPUTS = {"RNN": (5,), "GRU": (5,), "LSTM": (5, 6)}
+
+
+def _is_zero_fill(node: onnx.NodeProto) -> bool:
+    """A ConstantOfShape whose value is 0 (its default when the attribute is absent)."""
+    if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx"):
+        return False
+    value = next((attribute.t for attribute in node.attribute if attribute.name == "value"), None)
+    return value is None or not np.any(numpy_helper.to_array(value))
+
+
+def drop_zero_initial_states(model: onnx.ModelProto) -> onnx.ModelProto:
+    """RNN / GRU / LSTM initial states built as zeros in the graph -> left out, which means zeros.
+
+    torch's exporter gives every nn.GRU / nn.LSTM called without a state a Shape -> Gather ->
+    Unsqueeze -> Concat -> ConstantOfShape chain making the [directions, batch, hidden] zeros from
+    the input's batch size: five nodes run on every call for what the op supplies itself. The
+    chain, left without readers, is removed with every other node nothing reads.
+    """
+    fills = {node.output[0] for node in model.graph.node if node.output and _is_zero_fill(node)}
+    states = [(index, position) for index, node in enumerate(model.graph.node)
+              if node.domain in ("", "ai.onnx") for position in _INITIAL_STATE_INPUTS.get(node.op_type, ())
+              if position < len(node.input) and node.input[position] in fills]
+    if not states:
+        return model
+    model = copy.deepcopy(model)
+    for index, position in states:
+        model.graph.node[index].input[position] = ""
+    _drop_dead_nodes(model)
+    return model
+
+
+def _drop_dead_nodes(model: onnx.ModelProto) -> None:
+    """In place: nodes none of whose outputs is read (by a node, a subgraph or as a graph output), and then
+    the initializers and value_info nothing reads any more."""
+    read = {value.name for value in model.graph.output}
+    dead: list[int] = []
+    for index in reversed(range(len(model.graph.node))):  # a topological order: readers come after what they read
+        node = model.graph.node[index]
+        if any(name in read for name in node.output if name):
+            read.update(node_reads(node))
+        else:
+            dead.append(index)
+    gone = {name for index in dead for name in model.graph.node[index].output}
+    for index in dead:  # descending: earlier indices stay valid
+        del model.graph.node[index]
+    used = read | {value.name for value in model.graph.input}
+    for index in reversed(range(len(model.graph.initializer))):
+        if model.graph.initializer[index].name not in used:
+            del model.graph.initializer[index]
+    for index in reversed(range(len(model.graph.value_info))):
+        if model.graph.value_info[index].name in gone:
+            del model.graph.value_info[index]

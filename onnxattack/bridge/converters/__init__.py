@@ -9,6 +9,8 @@ handles back to its converter (upstream_converter, looked up before the replacem
 per op family:
 - reduce.py: Reduce*-18/20 (axes moved from an attribute to an input)
 - reshape.py: Reshape-19/21 (allowzero honoured)
+- indexing.py: Squeeze-13/21 with constant axes and Gather with a constant scalar index, as static
+  modules (replacing onnx2torch's, which read the constant tensor on every call)
 - activations.py: Gelu-20, Mish, ThresholdedRelu, Shrink, Clip-11/12/13 (bounds computed in the graph)
 - structure.py: Split-18 (num_outputs), Pad (every version; reflect/edge/wrap on any dim)
 - padding.py: explicit pads from auto_pad / pads and the input's size at run time (shared)
@@ -53,6 +55,7 @@ from . import (  # noqa: F401
     control,
     conv,
     dynamic_quantize,
+    indexing,
     misc,
     ml,
     normalization,

@@ -106,6 +106,18 @@ class Recurrent(nn.Module, OnnxToTorchModule):
         self.linear_before_reset = linear_before_reset
         self.layout = layout
         self.outputs = outputs
+        self.torch_equations = self._torch_equations()
+        self.prepared: list[str] = []  # the torch-order weight buffers prepare_torch_parameters registered
+        self.prepared_bias = False
+
+    def prepare_torch_parameters(self, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None) -> None:
+        """Constant W, R, B reordered to torch's gate order once, at conversion, as buffers: torch.gru / lstm /
+        rnn_* then read them as they are instead of slicing and concatenating four tensors per call."""
+        parameters = self.torch_parameters(w, r, b)
+        self.prepared = [f"torch_parameter_{index}" for index in range(len(parameters))]
+        for name, tensor in zip(self.prepared, parameters, strict=True):
+            self.register_buffer(name, tensor.contiguous())
+        self.prepared_bias = b is not None
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None = None,
                 sequence_lens: torch.Tensor | None = None, initial_h: torch.Tensor | None = None,
@@ -175,12 +187,16 @@ class Recurrent(nn.Module, OnnxToTorchModule):
         GRU / LSTM / RNN use (GRU with linear_before_reset), no clip, peepholes or sequence lengths,
         float weights read by this class's own products. It runs the whole sequence in one call instead
         of a Python loop of a dozen ops per step (2x the fwd+bwd time of a small GRU: bench/overhead.py)."""
-        if self.clip is not None or sequence_lens is not None or p is not None:
+        if sequence_lens is not None or p is not None or not self.torch_equations:
+            return False
+        return isinstance(w, torch.Tensor) and isinstance(r, torch.Tensor) and w.is_floating_point()
+
+    def _torch_equations(self) -> bool:
+        """The part of native_kernel fixed at conversion (the node's attributes, this class's products)."""
+        if self.clip is not None:
             return False
         if type(self).input_product is not Recurrent.input_product \
                 or type(self).hidden_product is not Recurrent.hidden_product:
-            return False
-        if not (isinstance(w, torch.Tensor) and isinstance(r, torch.Tensor) and w.is_floating_point()):
             return False
         names = {tuple(name for name, _, _ in functions) for functions in self.activations}
         if len(names) != 1:
@@ -192,12 +208,10 @@ class Recurrent(nn.Module, OnnxToTorchModule):
             return functions == ("sigmoid", "tanh", "tanh")
         return functions in (("tanh",), ("relu",))
 
-    def _native(self, x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None,
-                initial_h: torch.Tensor | None, initial_c: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The recurrence by torch.gru / torch.lstm / torch.rnn_*: ONNX gate blocks reordered to torch's
-        (GRU z,r,h -> r,z,n; LSTM i,o,f,c -> i,f,g,o); a reverse-only node runs forward on the flipped sequence."""
-        size, directions = self.hidden_size, len(self.directions)
+    def torch_parameters(self, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None) -> list[torch.Tensor]:
+        """torch's flat weight list (per direction w_ih, w_hh[, b_ih, b_hh]) from ONNX's W, R, B: gate blocks
+        reordered (GRU z,r,h -> r,z,n; LSTM i,o,f,c -> i,f,g,o)."""
+        size = self.hidden_size
         order = {"GRU": (1, 0, 2), "LSTM": (0, 2, 3, 1), "RNN": (0,)}[self.kind]
 
         def torch_order(matrix: torch.Tensor) -> torch.Tensor:
@@ -205,10 +219,22 @@ class Recurrent(nn.Module, OnnxToTorchModule):
 
         gates = _GATES[self.kind] * size
         params: list[torch.Tensor] = []
-        for d in range(directions):
+        for d in range(len(self.directions)):
             params += [torch_order(w[d]), torch_order(r[d])]
             if b is not None:
                 params += [torch_order(b[d, :gates]), torch_order(b[d, gates:])]
+        return params
+
+    def _native(self, x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None,
+                initial_h: torch.Tensor | None, initial_c: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The recurrence by torch.gru / torch.lstm / torch.rnn_* on torch_parameters (prepared at conversion when
+        W, R and B are constants); a reverse-only node runs forward on the flipped sequence."""
+        size, directions = self.hidden_size, len(self.directions)
+        if self.prepared and self.prepared_bias == (b is not None):
+            params = [getattr(self, name) for name in self.prepared]
+        else:
+            params = self.torch_parameters(w, r, b)
         reverse_only = self.directions == ["reverse"]
         if reverse_only:
             x = x.flip(0)
@@ -220,8 +246,8 @@ class Recurrent(nn.Module, OnnxToTorchModule):
             c0 = zeros if initial_c is None else initial_c
             out, h_n, c_n = torch.lstm(x, (h0, c0), params, b is not None, 1, 0.0, True, bidirectional, False)
         else:
-            function = {"GRU": torch.gru, "RNN": torch.rnn_tanh if self.activations[0][0][0] == "tanh"
-                        else torch.rnn_relu}[self.kind]
+            function = torch.gru if self.kind == "GRU" else \
+                torch.rnn_tanh if self.activations[0][0][0] == "tanh" else torch.rnn_relu
             out, h_n = function(x, h0, params, b is not None, 1, 0.0, True, bidirectional, False)
             c_n = zeros
         y = out.reshape(out.shape[0], out.shape[1], directions, size).permute(0, 2, 1, 3)
@@ -270,7 +296,6 @@ class Recurrent(nn.Module, OnnxToTorchModule):
 
 
 def _convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
-    del graph
     kind = node.operation_type
     attributes = node.attributes
     if kind == "LSTM" and attributes.get("input_forget", 0):
@@ -286,6 +311,12 @@ def _convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     module = Recurrent(kind, int(attributes["hidden_size"]), direction, activations,
                        None if clip is None else float(clip), bool(attributes.get("linear_before_reset", 0)),
                        int(attributes.get("layout", 0)), outputs)
+    names = list(node.input_values) + [""] * 3
+    constants = [graph.initializers[name].to_torch() if name in graph.initializers else None for name in names[1:4]]
+    w, r, b = constants
+    if w is not None and r is not None and (b is not None or not names[3]) and w.is_floating_point() \
+            and module.native_kernel(w, r, None, None):
+        module.prepare_torch_parameters(w, r, b)
     return OperationConverterResult(torch_module=module,
                                     onnx_mapping=OnnxMapping(inputs=node.input_values, outputs=node.output_values))
 
