@@ -350,23 +350,41 @@ def _run_constant_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
 _INITIAL_STATE_INPUTS = {"RNN": (5,), "GRU": (5,), "LSTM": (5, 6)}
 
 
-def _is_zero_fill(node: onnx.NodeProto) -> bool:
-    """A ConstantOfShape whose value is 0 (its default when the attribute is absent)."""
-    if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx"):
-        return False
-    value = next((attribute.t for attribute in node.attribute if attribute.name == "value"), None)
-    return value is None or not np.any(numpy_helper.to_array(value))
+# Ops whose output holds only values of their first input (moved, repeated, cut or cast): zeros stay zeros.
+_MOVES_VALUES = frozenset({"Identity", "Cast", "Expand", "Slice", "Transpose", "Reshape", "Squeeze", "Unsqueeze",
+                           "Flatten", "Tile", "Gather"})
+
+
+def _zero_values(model: onnx.ModelProto) -> set[str]:
+    """Names of values that are all zeros whatever their shape: zero initializers, ConstantOfShape of 0 (its
+    default when the attribute is absent), and those moved, cut or cast by _MOVES_VALUES (the dynamo
+    exporter's Expand of a scalar 0, then a Slice)."""
+    zeros = {init.name for init in model.graph.initializer
+             if init.data_type != onnx.TensorProto.STRING and not np.any(numpy_helper.to_array(init))}
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or not node.output:
+            continue
+        if node.op_type == "ConstantOfShape":
+            value = next((attribute.t for attribute in node.attribute if attribute.name == "value"), None)
+            if value is None or not np.any(numpy_helper.to_array(value)):
+                zeros.add(node.output[0])
+        elif node.op_type in _MOVES_VALUES and node.input and node.input[0] in zeros:
+            zeros.add(node.output[0])
+    return zeros
 
 
 def drop_zero_initial_states(model: onnx.ModelProto) -> onnx.ModelProto:
     """RNN / GRU / LSTM initial states built as zeros in the graph -> left out, which means zeros.
 
-    torch's exporter gives every nn.GRU / nn.LSTM called without a state a Shape -> Gather ->
+    torch's legacy exporter gives every nn.GRU / nn.LSTM called without a state a Shape -> Gather ->
     Unsqueeze -> Concat -> ConstantOfShape chain making the [directions, batch, hidden] zeros from
-    the input's batch size: five nodes run on every call for what the op supplies itself. The
-    chain, left without readers, is removed with every other node nothing reads.
+    the input's batch size (the dynamo exporter: Shape -> Concat -> Expand -> Slice): nodes run on
+    every call for what the op supplies itself. The chain, left without readers, is removed with
+    every other node nothing reads.
     """
-    fills = {node.output[0] for node in model.graph.node if node.output and _is_zero_fill(node)}
+    if not any(node.op_type in _INITIAL_STATE_INPUTS for node in model.graph.node):
+        return model
+    fills = _zero_values(model)
     states = [(index, position) for index, node in enumerate(model.graph.node)
               if node.domain in ("", "ai.onnx") for position in _INITIAL_STATE_INPUTS.get(node.op_type, ())
               if position < len(node.input) and node.input[position] in fills]
