@@ -17,7 +17,8 @@ from onnxattack.zoo.sample_inputs import test_inputs
 
 def startup(rows: int = 32, device: str = "cpu", extra: tuple[str, ...] = ()) -> dict:
     """startup_s (process start -> first model call of the attack), its parts (imports; load, conversion
-    and fidelity check) and the whole process's wall time for a default ml-cw run on `rows` rows."""
+    and fidelity check), exit_s (the command done -> the process gone: the interpreter's exit) and the
+    whole process's wall time for a default ml-cw run on `rows` rows."""
     model = build("digits-mosaic").path
     with tempfile.TemporaryDirectory() as folder:
         inputs, out, stamps = Path(folder) / "x.npy", Path(folder) / "r.h5", Path(folder) / "stamps.json"
@@ -34,7 +35,8 @@ def startup(rows: int = 32, device: str = "cpu", extra: tuple[str, ...] = ()) ->
     first = marks["first_step"] - started
     return {"startup_s": round(first, 3), "startup_share": first / total, "rows": rows,
             "imports_s": round(marks["imported"] - started, 3),
-            "load_s": round(marks["first_step"] - marks["imported"], 3), "process_s": round(total, 3)}
+            "load_s": round(marks["first_step"] - marks["imported"], 3), "exit_s": round(ended - marks["exiting"], 3),
+            "process_s": round(total, 3)}
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""`python -m bench.startup_probe STAMPS -- onnxattack ARGS...`: the CLI as usual, writing to STAMPS (JSON) the
-wall-clock time once the CLI's imports are done and at the attack's first model call (the first step)."""
+"""`python -m bench.startup_probe STAMPS -- onnxattack ARGS...`: the CLI as its console script runs it, writing to
+STAMPS (JSON) the wall-clock time once the CLI's imports are done, at the attack's first model call (the first
+step), and once the command and its atexit handlers are done (what follows is the process's exit)."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import sys
 import time
@@ -12,7 +14,13 @@ from pathlib import Path
 def main() -> None:
     stamps_path, args = Path(sys.argv[1]), sys.argv[sys.argv.index("--") + 1:]
     stamps: dict[str, float] = {}
-    from onnxattack.cli.main import main as cli_main
+
+    def exiting() -> None:  # registered first, so run last of the atexit handlers
+        stamps["exiting"] = time.time()
+        stamps_path.write_text(json.dumps(stamps))
+
+    atexit.register(exiting)
+    from onnxattack.cli.main import entry
 
     from onnxattack.victim import Victim
 
@@ -28,7 +36,7 @@ def main() -> None:
     Victim.attack_space = first_step  # type: ignore[method-assign]
     stamps_path.write_text(json.dumps(stamps))
     sys.argv = ["onnxattack", *args]
-    cli_main()
+    entry()
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ from onnxattack.results import StoreWriteError, write_texts
 from onnxattack.safety import check_image_output
 from onnxattack.tokenizer import load_decoder
 
+from .fast_exit import exit_now
+
 EXIT_CODES = ("Exit codes: 0 done (whatever the success rate), 1 internal error, 2 bad usage or input, "
               "3 the model cannot be handled, 130 interrupted (the file stays readable; --resume continues).")
 # Config fields whose flag is not "--" + the field name with dashes.
@@ -43,11 +45,17 @@ FIELD_FLAGS = {"box": "--range", "output": "--output", "labels_file": "--labels"
                "set_values": "--set"}
 
 
+# Each method's declared options and defaults, asked once: every call inspects the constructor's
+# signature, and building the options' help asked about a thousand times (50 ms of every start).
+METHOD_OPTIONS: dict[str, dict[str, Option]] = {name: cls.declared_options() for name, cls in METHODS.items()}
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {name: cls.default_values() for name, cls in METHODS.items()}
+
+
 def declared_options() -> dict[str, Option]:
     """Every method hyperparameter offered on the command line, as the methods declare them."""
     options: dict[str, Option] = {}
-    for method in METHODS.values():
-        options.update(method.declared_options())
+    for declared in METHOD_OPTIONS.values():
+        options.update(declared)
     return options
 
 
@@ -221,10 +229,11 @@ def _method_help(name: str, option: Option, methods: dict) -> str:
         return f"{value:g}" if isinstance(value, float | int) and not isinstance(value, bool) else str(value)
 
     what = option.help[0].upper() + option.help[1:]
-    takers = [cls for cls in methods.values() if name in cls.declared_options()]
+    takers = [method for method in methods if name in METHOD_OPTIONS[method]]
     if option.switch:
-        return f"{what} ({', '.join(sorted(cls.name for cls in takers))})."
-    return f"{what} (method default: {', '.join(f'{cls.name} {shown(cls.default_values()[name])}' for cls in takers)})."
+        return f"{what} ({', '.join(sorted(takers))})."
+    defaults = ", ".join(f"{method} {shown(METHOD_DEFAULTS[method][name])}" for method in takers)
+    return f"{what} (method default: {defaults})."
 
 
 def _method_option(name: str, option: Option, methods: dict) -> Callable:
@@ -266,7 +275,7 @@ def run_options(command: Callable, curve: bool = False) -> Callable:
     can be asked for, and no --shard: a curve runs every epsilon over the whole input set)."""
     methods = {name: cls for name, cls in METHODS.items() if cls.budgeted or not curve}
     method_options = {name: option for name, option in ATTACK_OPTIONS.items() if not (curve and name == "eps")
-                      and any(name in cls.declared_options() for cls in methods.values())}
+                      and any(name in METHOD_OPTIONS[method] for method in methods)}
     curve_options = [
         click.option("--eps", "eps_list", required=True, metavar="E1,E2,...",
                      help="The budgets, in input units: one full pass per epsilon."),
@@ -711,5 +720,15 @@ def zoo_build(names: tuple[str, ...], force: bool) -> None:
         click.echo(f"{name}: {built.path} ({metrics})")
 
 
+def entry() -> None:
+    """The `onnxattack` process (console script, `python -m onnxattack.cli.main`): the command, then
+    fast_exit.exit_now (no interpreter teardown). In-process callers (click's CliRunner) use `main`."""
+    try:
+        main()
+    except SystemExit as done:
+        exit_now(done.code)
+    exit_now(0)
+
+
 if __name__ == "__main__":
-    main()
+    entry()
