@@ -229,3 +229,21 @@ def test_one_iteration_is_torch_adam_on_the_penalised_loss(yeast, initial_const)
     torch.testing.assert_close(state.w, torch.stack([leaf.detach() for leaf in reference]), rtol=1e-4, atol=1e-5)
     assert bool((state.it == 3).all()) and bool((state.calls == 6).all())
     assert bool(torch.isfinite(state.const).all()) and not state.unset
+
+
+def test_adam_step_past_the_tables_end_is_still_adam():
+    """A row that has taken more steps than adam_schedule tabulates reads the settled corrections: still Adam."""
+    from onnxattack.attacks._search import adam_schedule, adam_step
+
+    generator = torch.Generator().manual_seed(1)
+    w, m, v, grad = (torch.randn(2, 4, generator=generator) for _ in range(4))
+    v = v.abs()
+    taken = torch.tensor([10, 50_000])
+    expected = []
+    for row, k in enumerate(taken.tolist()):
+        m_new = 0.9 * m[row] + 0.1 * grad[row]
+        v_new = 0.999 * v[row] + 0.001 * grad[row] ** 2
+        c1, c2 = 1 - 0.9 ** (k + 1), 1 - 0.999 ** (k + 1)
+        expected.append(w[row] - 0.01 / c1 * m_new / (v_new.sqrt() / c2 ** 0.5 + 1e-8))
+    adam_step(w, m, v, grad, taken, adam_schedule(20, 0.01, w))
+    torch.testing.assert_close(w, torch.stack(expected), rtol=1e-5, atol=1e-6)

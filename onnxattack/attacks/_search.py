@@ -50,6 +50,7 @@ _NO_UPPER_BOUND = 1e10
 CONST_FACTOR = 4.0  # c0 = CONST_FACTOR x the linearised multiplier (measured: bench/run.py search cases)
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 _ABORT_RATIO = 0.9999
+_CORRECTIONS_SETTLED = 18_000  # beta2^k < 2^-25 from here: 1 - beta2^k rounds to 1 in float32
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,10 @@ def adam_schedule(max_iter: int, learning_rate: float, like: torch.Tensor) -> tu
     taken before, step k+1 is  w -= m / (sqrt(v) * scale[k] + offset[k]),  the same update as
     w -= lr / c1 * m / (sqrt(v) / sqrt(c2) + eps),  c1 = 1 - beta1^(k+1), c2 = 1 - beta2^(k+1)
     (torch.optim.Adam's), up to float rounding. A row reads its own step's entry, so rows that started
-    their constant steps at different times each keep their own corrections."""
-    steps = torch.arange(1, max_iter + 2, dtype=torch.float64)
+    their constant steps at different times each keep their own corrections. The tables run on until
+    both corrections are 1 to float32 precision, so a step count past their end reads the last entry
+    (adam_step clamps) and the update stays exact for any number of steps."""
+    steps = torch.arange(1, max(max_iter + 1, _CORRECTIONS_SETTLED) + 1, dtype=torch.float64)
     step_size = learning_rate / (1 - _BETA1 ** steps)
     root_correction2 = torch.sqrt(1 - _BETA2 ** steps)
     scale = 1 / (root_correction2 * step_size)
@@ -95,7 +98,8 @@ def adam_step(w: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad: torch.Ten
     """One Adam step on w, m, v in place, row i having taken taken[i] steps before (adam_schedule's tables)."""
     m.lerp_(grad, 1 - _BETA1)
     v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
-    scale, offset = (torch.index_select(table, 0, taken) for table in schedule)
+    index = taken.clamp_max(len(schedule[0]) - 1)
+    scale, offset = (torch.index_select(table, 0, index) for table in schedule)
     w.addcdiv_(m, torch.addcmul(offset, v.sqrt(), scale), value=-1)
 
 
