@@ -167,7 +167,7 @@ def _iterate(state: _Rows, victim: Victim, loss_term: LossTerm, criterion: Crite
     w = state.w.detach().requires_grad_(True)
     with victim.on_rows(None if len(state.ids) == full_batch else state.ids):
         unit = torch.sigmoid(w * 2)  # = (tanh(w) + 1) / 2, and several times cheaper than tanh on CPU
-        x_adv = unit * (hi - lo) + lo
+        x_adv = unit if (lo, hi) == (0.0, 1.0) else unit * (hi - lo) + lo
         scores = victim.attack_space(x_adv)
         term = loss_term(scores, state.target, state.ids)
         with torch.no_grad():
