@@ -139,12 +139,16 @@ class _Decisions:
     def satisfied_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def reached_from(self, satisfied: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Success per sample from satisfied_tensor's constraints."""
+        return satisfied.all(dim=-1)
+
     def reached_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.satisfied_tensor(scores, target).all(dim=-1)
+        return self.reached_from(self.satisfied_tensor(scores, target), target)
 
     def progress(self, scores: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        held = self.satisfied_tensor(scores, target).sum(dim=-1).to(scores.dtype)
-        return held, self.reached_tensor(scores, target)
+        satisfied = self.satisfied_tensor(scores, target)  # once: progress runs every search iteration
+        return satisfied.sum(dim=-1).to(scores.dtype), self.reached_from(satisfied, target)
 
     def predict(self, scores: ArrayLike) -> np.ndarray:
         return _numpy(self.predict_tensor(_as_tensor(scores))).astype(np.int8)
@@ -206,8 +210,8 @@ class RankingCriterion(_Decisions):
         pairs = in_target.unsqueeze(-1) & ~in_target.unsqueeze(-2)
         return (above | ~pairs).flatten(-2)
 
-    def reached_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return super().reached_tensor(scores, target) & target.bool().any(dim=-1)  # an empty T is no target
+    def reached_from(self, satisfied: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().reached_from(satisfied, target) & target.bool().any(dim=-1)  # an empty T is no target
 
     def in_attack_space(self, reader: ScoreReader) -> RankingCriterion:
         del reader  # sigmoid and log-softmax keep the order of the labels
@@ -238,8 +242,8 @@ class TopKExclusionCriterion(_Decisions):
         below = scores + self.gap < self.kth_outside(scores, target).unsqueeze(-1)
         return below | ~target.bool()
 
-    def reached_tensor(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return super().reached_tensor(scores, target) & target.bool().any(dim=-1)  # an empty S is no target
+    def reached_from(self, satisfied: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().reached_from(satisfied, target) & target.bool().any(dim=-1)  # an empty S is no target
 
     def in_attack_space(self, reader: ScoreReader) -> TopKExclusionCriterion:
         del reader  # sigmoid and log-softmax keep the order of the labels

@@ -168,3 +168,86 @@ def test_the_search_is_deterministic(yeast):
     second = MLCarliniWagner(**SMALL)(model.victim(BOX), x, target, criterion)
     assert torch.equal(first.x_adv, second.x_adv) and torch.equal(first.model_calls, second.model_calls)
     assert np.all(first.x_adv.numpy() >= BOX[0]) and np.all(first.x_adv.numpy() <= BOX[1])
+
+
+def test_per_row_adam_is_torch_adam_for_rows_started_at_different_times():
+    """adam_step with adam_schedule's tables against torch.optim.Adam run on each row alone, on a fixed
+    gradient sequence, rows joining after 0, 3 and 7 steps (as rows restart constant steps at different times)."""
+    from onnxattack.attacks._search import adam_schedule, adam_step
+
+    generator = torch.Generator().manual_seed(0)
+    rows, steps, lr = 3, 12, 0.05
+    w0 = torch.randn(rows, 2, 5, generator=generator)
+    grads = torch.randn(steps, rows, 2, 5, generator=generator) * torch.logspace(-4, 1, steps).view(-1, 1, 1, 1)
+    joins = [0, 3, 7]
+    w, m, v = w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)
+    taken = torch.zeros(rows, dtype=torch.long)
+    schedule = adam_schedule(steps, lr, w0)
+    for k in range(steps):
+        active = torch.tensor([k >= j for j in joins])
+        before = w.clone()
+        adam_step(w, m, v, grads[k] * active.view(-1, 1, 1).float(), taken, schedule)
+        w = torch.where(active.view(-1, 1, 1), w, before)  # a row that has not joined yet stays put
+        m = torch.where(active.view(-1, 1, 1), m, torch.zeros_like(m))
+        v = torch.where(active.view(-1, 1, 1), v, torch.zeros_like(v))
+        taken += active.long()
+    for row, join in enumerate(joins):
+        leaf = w0[row].clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([leaf], lr=lr)
+        for k in range(join, steps):
+            leaf.grad = grads[k, row].clone()
+            optimiser.step()
+        torch.testing.assert_close(w[row], leaf.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("initial_const", "box"), [(0.7, BOX), (None, BOX), (0.7, (0.0, 1.0))])
+def test_one_iteration_is_torch_adam_on_the_penalised_loss(yeast, initial_const, box):
+    """_iterate's gradient (one seeded autograd call; the hand chain on the iteration that reads c0) and
+    update equal torch.optim.Adam on ||box(w) - x||^2 + c * term, with the old tanh box."""
+    from onnxattack.attacks._search import SearchSettings, _iterate, _start, to_box
+
+    model, x, target, criterion = yeast
+    victim = model.victim(box)
+    x = x.clamp(*box)
+    labels = criterion.in_attack_space(victim.reader)
+
+    def term(scores, goal, rows):
+        return (labels.margin - labels.label_margins(scores, goal)).clamp_min(0).sum(dim=1)
+
+    settings = SearchSettings(max_iter=20, binary_steps=2, initial_const=initial_const, learning_rate=0.05)
+    state = _start(x, target, settings, *box, torch.zeros(len(x), dtype=torch.long))
+    reference = [state.w[row].clone().requires_grad_(True) for row in range(len(x))]
+    optimisers = [torch.optim.Adam([leaf], lr=0.05) for leaf in reference]
+    for _ in range(3):
+        _iterate(state, victim, term, labels, settings, len(x))
+        for row, (leaf, optimiser) in enumerate(zip(reference, optimisers, strict=True)):
+            x_adv = to_box(leaf, *box)
+            scores = victim.attack_space(x_adv.unsqueeze(0))
+            loss = (x_adv - x[row]).pow(2).sum() + state.const[row] * term(scores, target[row:row + 1], None).sum()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    expected = torch.stack([leaf.detach() for leaf in reference])
+    # compared in the box: where tanh saturates (pixels on the box's edge) the reference's 1 - tanh^2 cancels
+    # and Adam's normalisation magnifies that rounding in w, not in x' = box(w)
+    torch.testing.assert_close(to_box(state.w, *box), to_box(expected, *box), rtol=1e-5, atol=1e-6)
+    assert bool((state.it == 3).all()) and bool((state.calls == 6).all())
+    assert bool(torch.isfinite(state.const).all()) and not state.unset
+
+
+def test_adam_step_past_the_tables_end_is_still_adam():
+    """A row that has taken more steps than adam_schedule tabulates reads the settled corrections: still Adam."""
+    from onnxattack.attacks._search import adam_schedule, adam_step
+
+    generator = torch.Generator().manual_seed(1)
+    w, m, v, grad = (torch.randn(2, 4, generator=generator) for _ in range(4))
+    v = v.abs()
+    taken = torch.tensor([10, 50_000])
+    expected = []
+    for row, k in enumerate(taken.tolist()):
+        m_new = 0.9 * m[row] + 0.1 * grad[row]
+        v_new = 0.999 * v[row] + 0.001 * grad[row] ** 2
+        c1, c2 = 1 - 0.9 ** (k + 1), 1 - 0.999 ** (k + 1)
+        expected.append(w[row] - 0.01 / c1 * m_new / (v_new.sqrt() / c2 ** 0.5 + 1e-8))
+    adam_step(w, m, v, grad, taken, adam_schedule(20, 0.01, w))
+    torch.testing.assert_close(w, torch.stack(expected), rtol=1e-5, atol=1e-6)

@@ -21,9 +21,13 @@ The search is per row, and the batch shrinks (departures from the paper's batch-
 `exhaustive` settings (fixed c0, no abort, no convergence, cold starts) are the old search.
 
 Adam is written out per row (its own step count per row) so rows can start steps at different
-times and leave without disturbing the others; it is the same update as torch.optim.Adam.
-The gradient is taken with respect to x' (one backward through the model) and chained to w by
-hand: dx'/dw = (hi - lo) / 2 * (1 - tanh(w)^2).
+times and leave without disturbing the others; it is the same update as torch.optim.Adam, its bias
+corrections read from per-step tables (`adam_schedule`). The gradient with respect to w comes from
+one autograd call through the model, seeded with c on the term and 2 (x' - x) on x'; the first
+iteration, which needs the term's own gradient for c0, chains to w by hand:
+dx'/dw = (hi - lo) / 2 * (1 - tanh(w)^2) = 2 (hi - lo) u (1 - u), u = sigmoid(2w) = (tanh(w) + 1) / 2.
+An iteration is a few dozen small tensor ops besides the model's; each costs microseconds of dispatch
+and a pass over memory, so they are kept few (bench/overhead.py step_overhead measures them).
 
 model_calls: 1 forward + 1 backward per row and iteration = 2 per row that takes part.
 """
@@ -46,6 +50,7 @@ _NO_UPPER_BOUND = 1e10
 CONST_FACTOR = 4.0  # c0 = CONST_FACTOR x the linearised multiplier (measured: bench/run.py search cases)
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 _ABORT_RATIO = 0.9999
+_CORRECTIONS_SETTLED = 18_000  # beta2^k < 2^-25 from here: 1 - beta2^k rounds to 1 in float32
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,34 @@ def from_box(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return torch.atanh(unit)
 
 
+def adam_schedule(max_iter: int, learning_rate: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adam's bias corrections folded into two per-step tables, [max_iter + 1, 1, ...] each (shaped to
+    broadcast over rows like `like`'s, in its dtype and device): with k steps
+    taken before, step k+1 is  w -= m / (sqrt(v) * scale[k] + offset[k]),  the same update as
+    w -= lr / c1 * m / (sqrt(v) / sqrt(c2) + eps),  c1 = 1 - beta1^(k+1), c2 = 1 - beta2^(k+1)
+    (torch.optim.Adam's), up to float rounding. A row reads its own step's entry, so rows that started
+    their constant steps at different times each keep their own corrections. The tables run on until
+    both corrections are 1 to float32 precision, so a step count past their end reads the last entry
+    (adam_step clamps) and the update stays exact for any number of steps."""
+    steps = torch.arange(1, max(max_iter + 1, _CORRECTIONS_SETTLED) + 1, dtype=torch.float64)
+    step_size = learning_rate / (1 - _BETA1 ** steps)
+    root_correction2 = torch.sqrt(1 - _BETA2 ** steps)
+    scale = 1 / (root_correction2 * step_size)
+    offset = _EPS / step_size
+    shape = (-1,) + (1,) * (like.dim() - 1)
+    return scale.to(like).view(shape), offset.to(like).view(shape)
+
+
+def adam_step(w: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, taken: torch.Tensor,
+              schedule: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """One Adam step on w, m, v in place, row i having taken taken[i] steps before (adam_schedule's tables)."""
+    m.lerp_(grad, 1 - _BETA1)
+    v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
+    index = taken.clamp_max(len(schedule[0]) - 1)
+    scale, offset = (torch.index_select(table, 0, index) for table in schedule)
+    w.addcdiv_(m, torch.addcmul(offset, v.sqrt(), scale), value=-1)
+
+
 @dataclass
 class _Rows:
     """The working state of the rows still in the batch (compacted: row i of every tensor is ids[i])."""
@@ -80,7 +113,6 @@ class _Rows:
     w: torch.Tensor
     m: torch.Tensor
     v: torch.Tensor
-    t: torch.Tensor  # Adam steps taken in this constant step
     const: torch.Tensor
     lower: torch.Tensor
     upper: torch.Tensor
@@ -92,15 +124,16 @@ class _Rows:
     step_start_l2: torch.Tensor
     previous_loss: torch.Tensor
     loss: torch.Tensor
-    it: torch.Tensor  # iterations into the current constant step
+    it: torch.Tensor  # iterations into the current constant step = Adam steps taken with the current state
     steps: torch.Tensor  # constant steps finished
     iterations: torch.Tensor  # iterations before the first success (AttackResult.iterations)
     calls: torch.Tensor
+    schedule: tuple[torch.Tensor, torch.Tensor]  # adam_schedule's (scale, offset), shared by every row
     unset: bool = False  # the first constant is still to be read from the first iteration
 
     def keep(self, mask: torch.Tensor) -> _Rows:
         kept = {name: value[mask] for name, value in vars(self).items() if isinstance(value, torch.Tensor)}
-        return _Rows(**kept, unset=self.unset)
+        return _Rows(**kept, schedule=self.schedule, unset=self.unset)
 
 
 def _start(x: torch.Tensor, target: torch.Tensor, settings: SearchSettings, lo: float, hi: float,
@@ -112,57 +145,63 @@ def _start(x: torch.Tensor, target: torch.Tensor, settings: SearchSettings, lo: 
     zeros_long = torch.zeros(n, dtype=torch.long, device=x.device)
     return _Rows(
         ids=torch.arange(n, device=x.device), x=x.detach(), target=target, w=w.clone(),
-        m=torch.zeros_like(w), v=torch.zeros_like(w), t=like.clone(), const=const, lower=like.clone(),
+        m=torch.zeros_like(w), v=torch.zeros_like(w), const=const, lower=like.clone(),
         upper=like + _NO_UPPER_BOUND, best_x=x.detach().clone(), best_quality=like - 1,
         best_l2=like + float("inf"), best_success=zeros_long.bool(), step_success=zeros_long.bool(),
         step_start_l2=like + float("inf"), previous_loss=like + float("inf"), loss=like.clone(),
         it=zeros_long.clone(), steps=zeros_long.clone(), iterations=zeros_long.clone(), calls=calls.clone(),
+        schedule=adam_schedule(settings.max_iter, settings.learning_rate, x),
         unset=settings.initial_const is None)
 
 
 def _iterate(state: _Rows, victim: Victim, loss_term: LossTerm, criterion: Criterion, settings: SearchSettings,
              full_batch: int) -> None:
-    """One Adam iteration of every row in the batch, with best-iterate bookkeeping."""
+    """One Adam iteration of every row in the batch, with best-iterate bookkeeping.
+
+    Written for few tensor ops (each costs microseconds of dispatch, comparable to the arithmetic at
+    these sizes): the gradient of ||x' - x||^2 + c * term with respect to w comes out of one
+    autograd call, seeded with c on the term and 2 (x' - x) on x', so the chain through x'(w) runs in
+    the engine; Adam reads its bias corrections from `adam_schedule`."""
     lo, hi = victim.box
-    tanh = torch.tanh(state.w)
-    x_adv = (lo + (hi - lo) * (tanh + 1) / 2).requires_grad_(True)
+    dims = tuple(range(1, state.x.dim()))
+    w = state.w.detach().requires_grad_(True)
     with victim.on_rows(None if len(state.ids) == full_batch else state.ids):
+        unit = torch.sigmoid(w * 2)  # = (tanh(w) + 1) / 2, and several times cheaper than tanh on CPU
+        x_adv = unit if (lo, hi) == (0.0, 1.0) else unit * (hi - lo) + lo
         scores = victim.attack_space(x_adv)
         term = loss_term(scores, state.target, state.ids)
-        (g_term,) = torch.autograd.grad(term.sum(), x_adv)
+        with torch.no_grad():
+            delta = x_adv - state.x
+            distance = delta.square().sum(dim=dims)
+        if state.unset:  # the first constant needs the term's own gradient: chained to w by hand once
+            (g_term,) = torch.autograd.grad(term.sum(), x_adv)
+            with torch.no_grad():
+                state.unset = False
+                norm2 = g_term.flatten(1).pow(2).sum(dim=1)
+                guess = CONST_FACTOR * 2 * term / norm2.clamp_min(1e-12)
+                usable = (term > 0) & (norm2 > 0) & torch.isfinite(guess)
+                state.const = torch.where(torch.isnan(state.const),
+                                          torch.where(usable, guess, torch.ones_like(guess)), state.const)
+                shape = (-1,) + (1,) * len(dims)
+                grad = (2 * delta + state.const.view(shape) * g_term) * (2 * (hi - lo) * unit * (1 - unit))
+        else:
+            (grad,) = torch.autograd.grad((term, x_adv), w, (state.const, 2 * delta))
     state.calls += 2
     with torch.no_grad():
-        x_adv = x_adv.detach()
-        if state.unset:
-            state.unset = False
-            unset = torch.isnan(state.const)
-            norm2 = g_term.flatten(1).pow(2).sum(dim=1)
-            guess = CONST_FACTOR * 2 * term / norm2.clamp_min(1e-12)
-            usable = (term > 0) & (norm2 > 0) & torch.isfinite(guess)
-            state.const = torch.where(unset, torch.where(usable, guess, torch.ones_like(guess)), state.const)
-        delta = x_adv - state.x
-        distance = delta.flatten(1).pow(2).sum(dim=1)
-        state.loss = distance + state.const * term.detach()
-        shape = (-1,) + (1,) * (x_adv.dim() - 1)
-        grad = (2 * delta + state.const.view(shape) * g_term) * ((hi - lo) / 2 * (1 - tanh * tanh))
-        state.t += 1
-        state.m.mul_(_BETA1).add_(grad, alpha=1 - _BETA1)
-        state.v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
-        correction1 = (1 - _BETA1 ** state.t).view(shape)
-        correction2 = (1 - _BETA2 ** state.t).view(shape)
-        denominator = (state.v / correction2).sqrt_().add_(_EPS)
-        state.w.addcdiv_(state.m, denominator * correction1, value=-settings.learning_rate)
+        term = term.detach()
+        state.loss = torch.addcmul(distance, state.const, term)
+        adam_step(state.w, state.m, state.v, grad, state.it, state.schedule)
+        state.it += 1
 
         value, success = criterion.progress(scores.detach(), state.target)
         l2 = distance.sqrt()
-        better = (value > state.best_quality) | ((value == state.best_quality) & (l2 < state.best_l2))
+        better = torch.where(value == state.best_quality, l2 < state.best_l2, value > state.best_quality)
         state.best_quality = torch.where(better, value, state.best_quality)
         state.best_l2 = torch.where(better, l2, state.best_l2)
-        state.best_x = torch.where(better.view(shape), x_adv, state.best_x)
+        state.best_x = torch.where(better.view((-1,) + (1,) * len(dims)), x_adv, state.best_x)
         state.best_success |= success
         state.step_success |= success
-        state.iterations += (~state.best_success).long()
-        state.it += 1
+        state.iterations += ~state.best_success
 
 
 def _end_steps(state: _Rows, ended: torch.Tensor, w0: torch.Tensor, settings: SearchSettings,
@@ -193,7 +232,6 @@ def _end_steps(state: _Rows, ended: torch.Tensor, w0: torch.Tensor, settings: Se
     state.w = torch.where(again, resume, state.w)
     state.m = torch.where(again, torch.zeros_like(state.m), state.m)
     state.v = torch.where(again, torch.zeros_like(state.v), state.v)
-    state.t = torch.where(restart, torch.zeros_like(state.t), state.t)
     state.it = torch.where(restart, torch.zeros_like(state.it), state.it)
     state.previous_loss = torch.where(restart, torch.full_like(state.previous_loss, float("inf")),
                                       state.previous_loss)
