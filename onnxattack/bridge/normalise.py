@@ -309,15 +309,21 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.graph.node[:]
     model.graph.node.extend(node for node in kept)
     model.graph.initializer.extend(tensors)
-    used = {name for node in model.graph.node for name in node_reads(node)} \
-        | {value.name for value in [*model.graph.input, *model.graph.output]}
+    read = {name for node in model.graph.node for name in node_reads(node)} \
+        | {value.name for value in model.graph.output}
+    _drop_unread_values(model, read, set(produced))
+    return model
+
+
+def _drop_unread_values(model: onnx.ModelProto, read: set[str], gone: set[str]) -> None:
+    """In place: the initializers neither `read` nor a graph input, and the value_info of the `gone` values."""
+    used = read | {value.name for value in model.graph.input}
     for index in reversed(range(len(model.graph.initializer))):
         if model.graph.initializer[index].name not in used:
             del model.graph.initializer[index]
     for index in reversed(range(len(model.graph.value_info))):
-        if model.graph.value_info[index].name in produced:
+        if model.graph.value_info[index].name in gone:
             del model.graph.value_info[index]
-    return model
 
 
 def _run_constant_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
@@ -359,8 +365,12 @@ def _zero_values(model: onnx.ModelProto) -> set[str]:
     """Names of values that are all zeros whatever their shape: zero initializers, ConstantOfShape of 0 (its
     default when the attribute is absent), and those moved, cut or cast by _MOVES_VALUES (the dynamo
     exporter's Expand of a scalar 0, then a Slice)."""
-    zeros = {init.name for init in model.graph.initializer
-             if init.data_type != onnx.TensorProto.STRING and not np.any(numpy_helper.to_array(init))}
+    # only initializers that could start a zero state are read (not every weight of the model)
+    candidates = {node.input[position] for node in model.graph.node
+                  for position in _INITIAL_STATE_INPUTS.get(node.op_type, ()) if position < len(node.input)}
+    candidates |= {node.input[0] for node in model.graph.node if node.op_type in _MOVES_VALUES and node.input}
+    zeros = {init.name for init in model.graph.initializer if init.name in candidates
+             and init.data_type != onnx.TensorProto.STRING and not np.any(numpy_helper.to_array(init))}
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx") or not node.output:
             continue
@@ -411,10 +421,4 @@ def _drop_dead_nodes(model: onnx.ModelProto) -> None:
     gone = {name for index in dead for name in model.graph.node[index].output}
     for index in dead:  # descending: earlier indices stay valid
         del model.graph.node[index]
-    used = read | {value.name for value in model.graph.input}
-    for index in reversed(range(len(model.graph.initializer))):
-        if model.graph.initializer[index].name not in used:
-            del model.graph.initializer[index]
-    for index in reversed(range(len(model.graph.value_info))):
-        if model.graph.value_info[index].name in gone:
-            del model.graph.value_info[index]
+    _drop_unread_values(model, read, gone)
