@@ -77,13 +77,21 @@ def _patch_node_naming() -> None:
 _patch_node_naming()
 
 
-def optional_constant_list(graph: OnnxGraph, name: str | None) -> list[Any] | None:
-    """The value of a constant input as a Python list; None when absent or computed at run time."""
+def optional_constant(graph: OnnxGraph, name: str | None) -> Any | None:
+    """The value of a constant input (a tensor, or what a Constant node holds); None when absent or computed
+    at run time."""
     if not name:
         return None
     try:
-        value = get_const_value(name, graph)
+        return get_const_value(name, graph)
     except KeyError:
+        return None
+
+
+def optional_constant_list(graph: OnnxGraph, name: str | None) -> list[Any] | None:
+    """The value of a constant input as a Python list; None when absent or computed at run time."""
+    value = optional_constant(graph, name)
+    if value is None:
         return None
     values = value.tolist() if hasattr(value, "tolist") else value
     return values if isinstance(values, list) else [values]

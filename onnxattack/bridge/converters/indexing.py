@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
-from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult, get_const_value
+from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult
 from torch import nn
 
-from ._common import mapping, register, upstream_converter
+from ._common import mapping, optional_constant, register, upstream_converter
 
 
 class SqueezeAxes(nn.Module, OnnxToTorchModule):
@@ -41,12 +41,7 @@ class SelectIndex(nn.Module, OnnxToTorchModule):
 
 def _constant_ints(graph: OnnxGraph, names: list[str], rank: int) -> torch.Tensor | None:
     """The second input as an integer tensor of `rank` dims when it is a constant, else None."""
-    if len(names) < 2 or not names[1]:
-        return None
-    try:
-        value = get_const_value(names[1], graph)
-    except KeyError:
-        return None
+    value = optional_constant(graph, names[1] if len(names) > 1 else None)
     if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.dim() != rank:
         return None
     return value
