@@ -164,6 +164,7 @@ def _iterate(state: _Rows, victim: Victim, loss_term: LossTerm, criterion: Crite
     the engine; Adam reads its bias corrections from `adam_schedule`."""
     lo, hi = victim.box
     dims = tuple(range(1, state.x.dim()))
+    shape = (-1,) + (1,) * len(dims)  # a per-row value broadcast over a row's dims
     w = state.w.detach().requires_grad_(True)
     with victim.on_rows(None if len(state.ids) == full_batch else state.ids):
         unit = torch.sigmoid(w * 2)  # = (tanh(w) + 1) / 2, and several times cheaper than tanh on CPU
@@ -182,7 +183,6 @@ def _iterate(state: _Rows, victim: Victim, loss_term: LossTerm, criterion: Crite
                 usable = (term > 0) & (norm2 > 0) & torch.isfinite(guess)
                 state.const = torch.where(torch.isnan(state.const),
                                           torch.where(usable, guess, torch.ones_like(guess)), state.const)
-                shape = (-1,) + (1,) * len(dims)
                 grad = (2 * delta + state.const.view(shape) * g_term) * (2 * (hi - lo) * unit * (1 - unit))
         else:
             (grad,) = torch.autograd.grad((term, x_adv), w, (state.const, 2 * delta))
@@ -198,7 +198,7 @@ def _iterate(state: _Rows, victim: Victim, loss_term: LossTerm, criterion: Crite
         better = torch.where(value == state.best_quality, l2 < state.best_l2, value > state.best_quality)
         state.best_quality = torch.where(better, value, state.best_quality)
         state.best_l2 = torch.where(better, l2, state.best_l2)
-        state.best_x = torch.where(better.view((-1,) + (1,) * len(dims)), x_adv, state.best_x)
+        state.best_x = torch.where(better.view(shape), x_adv, state.best_x)
         state.best_success |= success
         state.step_success |= success
         state.iterations += ~state.best_success
