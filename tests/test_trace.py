@@ -116,3 +116,19 @@ def test_control_flow_graphs_are_never_traced() -> None:
     model = model_of([node], [("c", TensorProto.BOOL, []), ("x", TensorProto.FLOAT, [1])], ["y"])
     assert not traceable(model)
     assert traceable(model_of([helper.make_node("Relu", ["x"], ["y"])], [("x", TensorProto.FLOAT, [1])], ["y"]))
+
+
+def test_a_trace_that_does_not_pay_is_timed_but_never_checked(attention_model) -> None:
+    """The probe times first and stops there: the checks (two more batches through both graphs) are only
+    paid for a trace that will be kept."""
+    graph = load(attention_model, device="cpu", trace=False).graph
+    calls = []
+    graph.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    traced = TracedGraph(graph, min_saving=1.0)  # a trace would have to cost nothing: it never pays
+    x = torch.rand(3, 1, 4, 4)
+    z = traced(x)
+    assert traced.status.startswith("untraced: the trace did not pay")
+    torch.testing.assert_close(z, graph(x))
+    # tracing runs the graph twice, then at most five timed passes and the untraced answer (checking the
+    # trace first ran the graph four more times)
+    assert 3 <= len(calls) <= 2 + 5 + 1
