@@ -19,6 +19,7 @@ IMAGE_LAYOUTS = ("chw", "hwc")
 GRADIENT_CHOICES = ("auto", "torch", "estimate")
 REDUCE_CHOICES = ("max", "mean")
 ENGINE_CHOICES = ("local", "ray")
+MEMORY_FORMATS = ("auto", "channels-last", "contiguous")  # the converted graph's 4-D weights (bridge/layout.py)
 MAX_SEED = 2**63 - 1
 
 
@@ -66,6 +67,10 @@ class AttackConfig:
     limit: int | None = field(default=None, metadata=_help("Attack only the first N inputs."))
     seed: int = field(default=0, metadata=_help("Seed of the random targets and starts (0 .. 2^63 - 1)."))
     device: str = field(default="auto", metadata=_help("Where torch runs the attack."))
+    memory_format: str = field(default="auto", metadata=_help(
+        "The converted graph's 4-D weights (convolutions): auto measures once per model, device and torch on this "
+        "machine whether channels-last is faster and keeps the answer for every later run (a run's processes "
+        "must agree: the layouts round differently); channels-last | contiguous skip the measurement."))
     resume: bool = field(default=False, metadata=_help("Continue an interrupted result file."))
     overwrite: bool = field(default=False, metadata=_help("Replace an existing result file."))
     labels_file: str | None = field(default=None, metadata=_help("Label names (JSON list or one per line)."))
@@ -135,6 +140,7 @@ class AttackConfig:
         _choice("image_layout", self.image_layout, IMAGE_LAYOUTS)
         _choice("gradients", self.gradients, GRADIENT_CHOICES)
         _choice("reduce", self.reduce, REDUCE_CHOICES)
+        _choice("memory_format", self.memory_format, MEMORY_FORMATS)
         _at_least("max_queries", self.max_queries, 41)  # one forward + one default gradient estimate
         for name in ("batch_size", "limit", "top_k", "max_iter"):
             _at_least(name, getattr(self, name), 1)

@@ -14,6 +14,7 @@ import onnx
 import torch
 
 from .bridge.convert import check_fidelity, to_torch
+from .bridge.layout import choose_layout, layout_key
 from .bridge.normalise import (
     attack_tensor,
     constants_to_initializers,
@@ -24,6 +25,7 @@ from .bridge.normalise import (
     symbolic_batch,
 )
 from .bridge.trace import TracedGraph, traceable
+from .config import MEMORY_FORMATS
 from .errors import BadInputError, ConversionError, FidelityError, OnnxAttackError, UnsupportedModelError, first_line
 from .estimated import QueryModel
 from .feeds import input_batch_axes, without
@@ -92,6 +94,8 @@ class LoadSettings:
     seed: int = 0
     convert: bool = True  # False: onnxruntime only (validate's other models)
     trace: bool = True  # run the converted graph as a checked TorchScript trace where that pays (bridge/trace.py)
+    memory_format: str = "auto"  # the graph's 4-D weights: auto (measured once per model, bridge/layout.py) |
+    # channels-last | contiguous
     runtime: str = "onnxruntime"  # what gives the verdict's scores (runtimes.RUNTIMES; others need convert=False)
 
     @classmethod
@@ -445,6 +449,9 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
         raise BadInputError(f"unknown reduction {reduce!r} (expected one of: {', '.join(REDUCTIONS)})")
     if gradients not in GRADIENT_SOURCES:
         raise BadInputError(f"unknown gradient source {gradients!r} (expected one of: {', '.join(GRADIENT_SOURCES)})")
+    if settings.memory_format not in MEMORY_FORMATS:
+        raise BadInputError(f"unknown memory format {settings.memory_format!r} (expected one of: "
+                            f"{', '.join(MEMORY_FORMATS)})")
     torch_device = resolve_device(device)
     model_file = model if isinstance(model, ModelFile) else open_model(model)
     if settings.states:  # a streaming model: called chunk by chunk, its state carried
@@ -553,7 +560,7 @@ def load(model: str | os.PathLike | ModelFile, settings: LoadSettings | None = N
         try:
             loaded.source = _torch_source(loaded, _score_graph(proto, tensor_name, score_output.name), fixed, probe,
                                           settings.tolerance, reduce, surrogate=gradients == "auto",
-                                          trace=settings.trace)
+                                          trace=settings.trace, memory_format=settings.memory_format)
         except (ConversionError, FidelityError) as exc:
             if gradients == "torch":
                 raise
@@ -586,7 +593,8 @@ def _label_names(info: ModelInfo, labels_file: str | os.PathLike | None, num_lab
 
 
 def _torch_source(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int | None, probe: np.ndarray,
-                  tolerance: float, reduce: str, surrogate: bool = False, trace: bool = True) -> TorchGraphSource:
+                  tolerance: float, reduce: str, surrogate: bool = False, trace: bool = True,
+                  memory_format: str = "auto") -> TorchGraphSource:
     """The converted score graph as x -> scores (row by row for a model without a batch dim, with the
     pass-through inputs bound, frame scores folded), checked against onnxruntime on the probe. With
     `surrogate`, a graph that misses the tolerance is kept as a surrogate (the pipeline then measures
@@ -611,9 +619,30 @@ def _torch_source(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int 
         loaded.notes.append(f"the torch graph differs from onnxruntime by {exc.difference:.3g} (over --tolerance "
                             f"{tolerance:g}): attacked through it as a surrogate, every verdict onnxruntime's")
         return TorchGraphSource(graph, exc.difference, surrogate=True)
+    graph, fidelity = _in_faster_layout(loaded, graph, probe, tolerance, memory_format, fidelity)
     if trace and fixed is None and not loaded.per_sample and not loaded.passthrough_inputs and traceable(score_graph):
         graph = TracedGraph(graph, tolerance=max(tolerance, 1e-5))
     return TorchGraphSource(graph, fidelity)
+
+
+def _in_faster_layout(loaded: LoadedModel, graph: torch.nn.Module, probe: np.ndarray, tolerance: float,
+                      memory_format: str, fidelity: float) -> tuple[torch.nn.Module, float]:
+    """The graph with its 4-D weights channels-last where that was asked for or measured faster
+    (bridge/layout.py), checked against onnxruntime again; said in a note."""
+    x = torch.as_tensor(probe, dtype=loaded.torch_dtype, device=loaded.device)
+    if not x.is_floating_point():
+        return graph, fidelity
+    key = layout_key(loaded.info.sha256, loaded.score_output.name, loaded.input.name, loaded.device)
+    choice = choose_layout(graph, x, memory_format, key, tolerance)
+    if choice.memory_format != "channels-last":
+        return graph, fidelity
+    try:
+        fidelity = check_fidelity(choice.graph, loaded.reader, loaded.scorer, probe, tolerance, loaded.torch_dtype,
+                                  loaded.device)
+    except (ConversionError, FidelityError):
+        return graph, fidelity
+    loaded.notes.append(f"memory format {choice.why}")
+    return choice.graph, fidelity
 
 
 def _logits_scorer(proto: onnx.ModelProto, input_info: TensorInfo, tensor_name: str, score_output: str, device: str,

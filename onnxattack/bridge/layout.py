@@ -1,0 +1,139 @@
+"""The converted graph's 4-D weights in channels-last memory format where that is measured faster.
+
+On the CPU, oneDNN's convolutions and torch's max-pool run much faster on NHWC data than on NCHW:
+a fwd+bwd of the zoo's digits CNN 1.3-1.4x, a [187, 96] audio tagger 1.5-1.7x (bench/layouts.py).
+Converting the weights is enough: a convolution whose weight is channels-last returns channels-last
+output, every later op keeps that format, and the attacked input (and so its gradient) stays as it
+came (converting the input too made openwakeword's tf2onnx embedding model, NHWC and transposed in the
+graph, 0.8x). Not every graph gains: that model runs 0.99x with its weights converted. So the choice
+is measured, never guessed: both layouts' fwd+bwd
+timed on the probe (interleaved, fastest of `_TIMING_REPEATS`), scores and input gradients compared,
+channels-last kept when it agrees and saves `MIN_SAVING` of the time.
+
+The two layouts' convolutions sum in different orders (results differ by ~1e-6), so every process
+of a run must make the same choice: a resumed run, the shards of a Ray run or of `--shard` runs,
+and a later single-process run that should equal them bit for bit. A measured choice is therefore
+made once per (model, score output, attacked input, device, torch version, thread count) on this
+machine and kept in `home()/layouts/<key>.json` (a lock serialises processes that start together);
+every later process reads it. `--memory-format channels-last | contiguous` skips the measurement.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .trace import _close, _scores_and_gradient
+
+MIN_SAVING = 0.15  # channels-last must take at most 85% of the NCHW fwd+bwd time
+_TIMING_REPEATS = 5
+
+
+@dataclass(frozen=True)
+class LayoutChoice:
+    graph: torch.nn.Module
+    memory_format: str  # "channels-last" | "contiguous"
+    why: str  # one line: what was measured or asked for
+
+
+def has_4d_weights(graph: torch.nn.Module) -> bool:
+    return any(tensor.dim() == 4 for tensor in (*graph.parameters(), *graph.buffers()))
+
+
+def channels_last(graph: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the graph whose 4-D parameters and buffers are channels-last (the original is untouched)."""
+    return copy.deepcopy(graph).to(memory_format=torch.channels_last)
+
+
+def choose_layout(graph: torch.nn.Module, probe: torch.Tensor, requested: str, key: str,
+                  tolerance: float) -> LayoutChoice:
+    """The graph in the memory format asked for, or for "auto" the one measured faster (kept per `key`)."""
+    if requested == "contiguous" or probe.device.type != "cpu" or not has_4d_weights(graph):
+        return LayoutChoice(graph, "contiguous", "contiguous")
+    candidate = channels_last(graph)
+    if not _agrees(graph, candidate, probe, tolerance):
+        return LayoutChoice(graph, "contiguous", "channels-last scores or input gradients differ: kept contiguous")
+    if requested == "channels-last":
+        return LayoutChoice(candidate, "channels-last", "channels-last (asked for)")
+    decision = remembered(key, lambda: _measure(graph, candidate, probe))
+    chosen = candidate if decision["memory_format"] == "channels-last" else graph
+    return LayoutChoice(chosen, decision["memory_format"], decision["why"])
+
+
+def _agrees(graph: torch.nn.Module, candidate: torch.nn.Module, x: torch.Tensor, tolerance: float) -> bool:
+    try:
+        with torch.enable_grad():
+            reference, reference_grad = _scores_and_gradient(graph, x, None)
+            mine, mine_grad = _scores_and_gradient(candidate, x, None)
+    except Exception:  # an op that cannot take a channels-last tensor: the graph stays as it is
+        return False
+    return _close(mine, reference, tolerance) and _close(mine_grad, reference_grad, 10 * tolerance)
+
+
+def _measure(graph: torch.nn.Module, candidate: torch.nn.Module, x: torch.Tensor) -> dict[str, str]:
+    spent: dict[str, list[float]] = {"contiguous": [], "channels-last": []}
+    with torch.enable_grad():
+        for _ in range(_TIMING_REPEATS):
+            for name, fn in (("contiguous", graph), ("channels-last", candidate)):
+                started = time.perf_counter()
+                _scores_and_gradient(fn, x, None)
+                spent[name].append(time.perf_counter() - started)
+    best = {name: min(values) for name, values in spent.items()}  # a shared machine's stalls only add time
+    pays = best["channels-last"] <= (1 - MIN_SAVING) * best["contiguous"]
+    chosen = "channels-last" if pays else "contiguous"
+    return {"memory_format": chosen,
+            "why": (f"{chosen}: a fwd+bwd of {x.shape[0]} rows took {best['channels-last'] * 1e3:.2f} ms in "
+                    f"channels-last vs {best['contiguous'] * 1e3:.2f} ms contiguous, measured "
+                    f"{time.strftime('%Y-%m-%d')}")}
+
+
+def layout_key(model_sha256: str, score_output: str, attack_input: str, device: torch.device) -> str:
+    parts = (model_sha256, score_output, attack_input, device.type, torch.__version__, str(torch.get_num_threads()))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def layouts_dir() -> Path:
+    from ..zoo.registry import home
+
+    return home() / "layouts"
+
+
+def remembered(key: str, decide: Callable[[], dict[str, str]]) -> dict[str, str]:
+    """The decision stored under `key`, else decide() stored there. Processes starting together wait
+    on one lock, so only the first measures. An unreadable or unwritable folder: decide() unstored."""
+    folder = layouts_dir()
+    path = folder / f"{key}.json"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored = _read(path)
+            if stored is not None:
+                return stored
+            decision = decide()
+            temporary = path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(decision))
+            os.replace(temporary, path)
+            return decision
+    except OSError:
+        return decide()
+
+
+def _read(path: Path) -> dict[str, str] | None:
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if (isinstance(stored, dict) and stored.get("memory_format") in ("channels-last", "contiguous")
+            and isinstance(stored.get("why"), str)):
+        return {"memory_format": stored["memory_format"], "why": stored["why"]}
+    return None  # a damaged or foreign file is measured again and replaced
