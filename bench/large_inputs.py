@@ -92,6 +92,8 @@ def measure(count: int = 2, device: str = "cpu") -> dict:
                                 "mean_l2": float(result.l2[attacked & result.success].mean())
                                 if (attacked & result.success).any() else None}
             case["trace"] = getattr(model.graph, "status", "not traceable")
+            case["memory_format"] = next((note for note in model.notes if note.startswith("memory format ")),
+                                         "contiguous")
             out[name] = case
     return out
 

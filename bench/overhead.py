@@ -49,8 +49,8 @@ def syncer(model: LoadedModel) -> Callable[[], None]:
     return torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
 
 
-def _mosaic(device: str, batch: int) -> tuple[LoadedModel, torch.Tensor]:
-    model = load(build("digits-mosaic").path, device=device)
+def _mosaic(device: str, batch: int, memory_format: str = "auto") -> tuple[LoadedModel, torch.Tensor]:
+    model = load(build("digits-mosaic").path, device=device, memory_format=memory_format)
     return model, model.as_tensor(test_inputs("digits-mosaic", batch))
 
 
@@ -166,8 +166,9 @@ def _graph_case(model: LoadedModel, native: nn.Module, x: torch.Tensor, repeats:
 
 def graph_overhead(device: str, batch: int = 32, repeats: int = 15, inner: int = 20) -> dict:
     """Converted graph / native torch module, fwd+bwd on the same batch (interleaved medians): the zoo CNN, a
-    GRU tagger and an attention tagger (exported here with seeded random weights)."""
-    model, x = _mosaic(device, batch)
+    GRU tagger and an attention tagger (exported here with seeded random weights). Like for like: the
+    converted CNN in the native module's contiguous layout (layout_speedup measures channels-last)."""
+    model, x = _mosaic(device, batch, "contiguous")
     native = native_mosaic(model.info.path).to(model.device)
     cases = {"digits-mosaic": _graph_case(model, native, x, repeats, inner)}
     with tempfile.TemporaryDirectory() as folder:
@@ -178,6 +179,21 @@ def graph_overhead(device: str, batch: int = 32, repeats: int = 15, inner: int =
             sequence = torch.rand(batch, 12, 16, generator=torch.Generator().manual_seed(0)).to(loaded.device)
             cases[name] = _graph_case(loaded, net.to(loaded.device), sequence, repeats, inner)
     return {"ratio": {name: case["ratio"] for name, case in cases.items()}, "batch": batch, "cases": cases}
+
+
+def layout_speedup(device: str, batch: int = 32, repeats: int = 15, inner: int = 20) -> dict:
+    """The converted zoo CNN's fwd+bwd contiguous / channels-last (bridge/layout.py), interleaved, and
+    what --memory-format auto chose for it on this machine."""
+    contiguous, x = _mosaic(device, batch, "contiguous")
+    fast, _ = _mosaic(device, batch, "channels-last")
+    chosen, _ = _mosaic(device, batch)
+    best = interleaved({"contiguous": _forward_backward(contiguous.attack_logits, x, inner),
+                        "channels-last": _forward_backward(fast.attack_logits, x, inner)}, repeats, syncer(fast),
+                       statistic=min)
+    auto = next((note.split(":")[0].removeprefix("memory format ") for note in chosen.notes
+                 if note.startswith("memory format ")), "contiguous")
+    return {"ratio": best["contiguous"] / best["channels-last"], "auto": auto, "batch": batch,
+            "contiguous_ms": best["contiguous"] / inner * 1e3, "channels_last_ms": best["channels-last"] / inner * 1e3}
 
 
 def _wide_model(folder: Path, labels: int, seed: int = 0) -> Path:

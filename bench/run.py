@@ -37,6 +37,7 @@ def figures(device: str, count: int, exhaustive_iter: int = 1000, memory_inputs:
     budget = search.budget_curve(count, device, exhaustive_iter=exhaustive_iter)
     step = overhead.step_overhead(device)
     graph = overhead.graph_overhead(device)
+    layout = overhead.layout_speedup(device)
     qp = overhead.qp_share(device)
     jacobian = overhead.jacobian_modes(device)
     shares = pipeline_costs.shares("ml-cw", 32, device)
@@ -55,6 +56,7 @@ def figures(device: str, count: int, exhaustive_iter: int = 1000, memory_inputs:
         "reference_l2_ratio": {name: case["reference_l2_ratio"] for name, case in with_reference.items()},
         "step_overhead": step["ratio"],
         "graph_overhead": graph["ratio"],
+        "layout_speedup": {"digits-mosaic": layout["ratio"], "auto": layout["auto"]},
         "qp_share": qp["subset"]["share"],
         "validate_share": max(shares["validate_share"], shares_deepfool["validate_share"]),
         "write_share": max(shares["write_share"], shares_deepfool["write_share"]),
@@ -67,7 +69,7 @@ def figures(device: str, count: int, exhaustive_iter: int = 1000, memory_inputs:
                          for calls, entry in budget["curve"].items()},
         "jacobian_batched_over_loop": jacobian["batched_over_loop"],
         **{key: value for key, value in black.items() if key != "details_blackbox"},
-        "details": {"search": cases, "step": step, "graph": graph, "qp": qp, "jacobian": jacobian,
+        "details": {"search": cases, "step": step, "graph": graph, "layout": layout, "qp": qp, "jacobian": jacobian,
                     "pipeline": [shares, shares_deepfool], "memory": memory, "startup": fixed_cost,
                     "budget": budget,
                     "blackbox": black["details_blackbox"]},
@@ -94,6 +96,9 @@ def table(result: dict) -> str:
     for name, entry in result["reference_success"].items():
         lines.append(f"  reference success {name}: ours {entry['ours']:.2f}, reference {entry['reference']:.2f}, "
                      f"L2 ratio {result['reference_l2_ratio'][name]:.3f}")
+    lines.append(f"  layout_speedup (converted CNN fwd+bwd, contiguous / channels-last): "
+                 f"{result['layout_speedup']['digits-mosaic']:.2f}; --memory-format auto chose "
+                 f"{result['layout_speedup']['auto']}")
     lines.append(f"  black box: square_queries_ratio {result['square_queries_ratio']:.3f} (goal <= 0.1), "
                  f"square_vs_whitebox_success {result['square_vs_whitebox_success']:.3f} (goal >= 0.9), "
                  f"hsj_l2_ratio {result['hsj_l2_ratio']:.3f}")

@@ -1,7 +1,8 @@
 """The converted graph's 4-D weights in channels-last memory format where that is measured faster.
 
 On the CPU, oneDNN's convolutions and torch's max-pool run much faster on NHWC data than on NCHW:
-a fwd+bwd of the zoo's digits CNN 1.3-1.4x, a [187, 96] audio tagger 1.5-1.7x (bench/layouts.py).
+a fwd+bwd of the zoo's digits CNN 1.3-1.4x (`layout_speedup` in make bench), a [187, 96] audio tagger
+1.5-1.7x (bench/large_inputs.py's, timed alone).
 Converting the weights is enough: a convolution whose weight is channels-last returns channels-last
 output, every later op keeps that format, and the attacked input (and so its gradient) stays as it
 came (converting the input too made openwakeword's tf2onnx embedding model, NHWC and transposed in the
@@ -57,8 +58,10 @@ def channels_last(graph: torch.nn.Module) -> torch.nn.Module:
 def choose_layout(graph: torch.nn.Module, probe: torch.Tensor, requested: str, key: str,
                   tolerance: float) -> LayoutChoice:
     """The graph in the memory format asked for, or for "auto" the one measured faster (kept per `key`)."""
-    if requested == "contiguous" or probe.device.type != "cpu" or not has_4d_weights(graph):
+    if requested == "contiguous" or not has_4d_weights(graph):
         return LayoutChoice(graph, "contiguous", "contiguous")
+    if requested == "auto" and probe.device.type != "cpu":  # measured on the CPU only so far
+        return LayoutChoice(graph, "contiguous", "contiguous (auto measures on the CPU only)")
     candidate = channels_last(graph)
     if not _agrees(graph, candidate, probe, tolerance):
         return LayoutChoice(graph, "contiguous", "channels-last scores or input gradients differ: kept contiguous")
