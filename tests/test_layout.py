@@ -140,3 +140,23 @@ def test_cli_memory_format(cnn_path, home, tmp_path) -> None:
     with h5py.File(out, "r") as handle:
         notes = json.loads(handle.attrs["notes"])
     assert any(note.startswith("memory format channels-last") for note in notes)
+
+
+def test_a_graph_that_cannot_be_copied_stays_contiguous(home) -> None:
+    import threading
+
+    from onnxattack.bridge.layout import choose_layout
+
+    class Locked(nn.Module):  # holds a lock: deepcopy refuses it
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3)
+            self.lock = threading.Lock()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x).flatten(1)
+
+    graph = Locked()
+    choice = choose_layout(graph, torch.rand(2, 2, 5, 5), "auto", "key", 1e-4)
+    assert choice.graph is graph and choice.memory_format == "contiguous"
+    assert not (home / "layouts").exists()

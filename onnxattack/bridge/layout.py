@@ -62,7 +62,10 @@ def choose_layout(graph: torch.nn.Module, probe: torch.Tensor, requested: str, k
         return LayoutChoice(graph, "contiguous", "contiguous")
     if requested == "auto" and probe.device.type != "cpu":  # measured on the CPU only so far
         return LayoutChoice(graph, "contiguous", "contiguous (auto measures on the CPU only)")
-    candidate = channels_last(graph)
+    try:
+        candidate = channels_last(graph)
+    except Exception:  # a module that cannot be copied or converted: the graph stays as it is
+        return LayoutChoice(graph, "contiguous", "contiguous (the graph cannot be copied to channels-last)")
     if not _agrees(graph, candidate, probe, tolerance):
         return LayoutChoice(graph, "contiguous", "channels-last scores or input gradients differ: kept contiguous")
     if requested == "channels-last":
