@@ -628,18 +628,26 @@ def _torch_source(loaded: LoadedModel, score_graph: onnx.ModelProto, fixed: int 
 def _in_faster_layout(loaded: LoadedModel, graph: torch.nn.Module, probe: np.ndarray, tolerance: float,
                       memory_format: str, fidelity: float) -> tuple[torch.nn.Module, float]:
     """The graph with its 4-D weights channels-last where that was asked for or measured faster
-    (bridge/layout.py), checked against onnxruntime again; said in a note."""
+    (bridge/layout.py), checked against onnxruntime again; said in a note. Graphs bound to pass-through
+    inputs or run row by row keep their layout: the copy would not share their per-batch state."""
     x = torch.as_tensor(probe, dtype=loaded.torch_dtype, device=loaded.device)
-    if not x.is_floating_point():
+    asked = memory_format == "channels-last"
+    if not x.is_floating_point() or loaded.passthrough_inputs or loaded.per_sample:
+        if asked:
+            loaded.notes.append("memory format contiguous: channels-last is not applied to a model with "
+                                "pass-through inputs or run row by row")
         return graph, fidelity
     key = layout_key(loaded.info.sha256, loaded.score_output.name, loaded.input.name, loaded.device)
     choice = choose_layout(graph, x, memory_format, key, tolerance)
     if choice.memory_format != "channels-last":
+        if asked:
+            loaded.notes.append(f"memory format {choice.why}")
         return graph, fidelity
     try:
         fidelity = check_fidelity(choice.graph, loaded.reader, loaded.scorer, probe, tolerance, loaded.torch_dtype,
                                   loaded.device)
     except (ConversionError, FidelityError):
+        loaded.notes.append("memory format contiguous: the channels-last graph missed the onnxruntime check")
         return graph, fidelity
     loaded.notes.append(f"memory format {choice.why}")
     return choice.graph, fidelity

@@ -160,3 +160,17 @@ def test_a_graph_that_cannot_be_copied_stays_contiguous(home) -> None:
     choice = choose_layout(graph, torch.rand(2, 2, 5, 5), "auto", "key", 1e-4)
     assert choice.graph is graph and choice.memory_format == "contiguous"
     assert not (home / "layouts").exists()
+
+
+def test_the_choice_is_measured_once_and_a_broken_lock_does_not_stop_a_load(cnn_path, home, monkeypatch) -> None:
+    import onnxattack.bridge.layout as layout
+
+    measured = []
+    original = layout._measure
+    monkeypatch.setattr(layout, "_measure", lambda *args: measured.append(1) or original(*args))
+    (home / "layouts" / ".lock").mkdir(parents=True)  # a lock that cannot be opened: no lock, same results
+    for _ in range(3):
+        load(cnn_path, device="cpu", trace=False)
+    assert len(measured) == 1
+    assert len(list((home / "layouts").glob("*.json"))) == 1
+    assert not list((home / "layouts").glob("*.tmp"))

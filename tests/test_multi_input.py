@@ -123,6 +123,22 @@ def test_image_and_metadata_attacked_on_the_image(image_model, tmp_path):
         assert float(np.abs(handle["x_adv"][:] - handle["x"][:]).max()) > 0
 
 
+def test_channels_last_asked_for_keeps_a_bound_graph_as_it_is(image_model, tmp_path):
+    """A graph bound to pass-through rows holds per-batch state a channels-last copy would not share (it
+    scored every later batch with the probe's metadata): it stays contiguous, said in a note."""
+    model, arrays = image_model
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    out = tmp_path / "r.h5"
+    summary = attack(model, tmp_path / "inputs.npz", out, "--attack-input", "image", "--max-iter", "100",
+                     "--batch-size", "4", "--memory-format", "channels-last")
+    assert summary["success_rate"] >= 0.8
+    recomputed, stored = rescored_from_file(model, out, "image", 0.0)
+    assert np.array_equal(recomputed, stored)
+    with h5py.File(out, "r") as handle:
+        notes = json.loads(handle.attrs["notes"])
+    assert any(note.startswith("memory format contiguous: channels-last is not applied") for note in notes)
+
+
 def test_ml_deepfool_from_an_h5_file_and_validate_rescores_from_the_file(image_model, tmp_path):
     model, arrays = image_model
     with h5py.File(tmp_path / "inputs.h5", "w") as handle:

@@ -67,7 +67,7 @@ def _active_set(q: torch.Tensor, b: torch.Tensor, free: torch.Tensor, rounds: in
 
 
 def _projected_gradient(q: torch.Tensor, b: torch.Tensor, iterations: int, check_every: int = 25) -> torch.Tensor:
-    """FISTA with gradient restarts from lambda = 0; stops once every row's KKT violation is under SETTLED."""
+    """FISTA with gradient restarts from lambda = 0; stops once every row's KKT violation is under CLOSE."""
     step = 1 / torch.linalg.matrix_norm(q, ord=2).clamp_min(1e-30).unsqueeze(1)
     lam = torch.zeros_like(b)
     ahead = lam
@@ -91,12 +91,16 @@ def solve_nonnegative_qp(q: torch.Tensor, b: torch.Tensor, rounds: int = 20, ite
     n, labels = b64.shape
     if n == 0 or labels == 0:
         return torch.zeros_like(b)
-    lam, settled = _active_set(q64, b64, b64 > 0, rounds)
-    stuck = ~settled & (kkt_violation(q64, b64, lam) > SETTLED)
+    lam, _ = _active_set(q64, b64, b64 > 0, rounds)
+    violation = kkt_violation(q64, b64, lam)
+    stuck = violation > SETTLED  # unsettled, or a fixed point on a singular Q_FF that is still off
     if bool(stuck.any()):
         q_stuck, b_stuck = q64[stuck], b64[stuck]
         approximate = _projected_gradient(q_stuck, b_stuck, iterations)
         polished, _ = _active_set(q_stuck, b_stuck, approximate > 0, rounds)
-        better = kkt_violation(q_stuck, b_stuck, polished) < kkt_violation(q_stuck, b_stuck, approximate)
-        lam[stuck] = torch.where(better.unsqueeze(1), polished, approximate)
+        candidates = torch.stack([lam[stuck], approximate, polished])  # per row, the one nearest the KKT conditions
+        violations = torch.stack([violation[stuck], kkt_violation(q_stuck, b_stuck, approximate),
+                                  kkt_violation(q_stuck, b_stuck, polished)]).nan_to_num(float("inf"))
+        best = violations.argmin(dim=0)
+        lam[stuck] = candidates[best, torch.arange(len(best), device=best.device)]
     return lam.to(b.dtype)

@@ -21,13 +21,14 @@ every later process reads it. `--memory-format channels-last | contiguous` skips
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import fcntl
 import hashlib
 import json
 import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +59,10 @@ def channels_last(graph: torch.nn.Module) -> torch.nn.Module:
 def choose_layout(graph: torch.nn.Module, probe: torch.Tensor, requested: str, key: str,
                   tolerance: float) -> LayoutChoice:
     """The graph in the memory format asked for, or for "auto" the one measured faster (kept per `key`)."""
-    if requested == "contiguous" or not has_4d_weights(graph):
-        return LayoutChoice(graph, "contiguous", "contiguous")
+    if requested == "contiguous":
+        return LayoutChoice(graph, "contiguous", "contiguous (asked for)")
+    if not has_4d_weights(graph):
+        return LayoutChoice(graph, "contiguous", "contiguous (the graph has no 4-D weights)")
     if requested == "auto" and probe.device.type != "cpu":  # measured on the CPU only so far
         return LayoutChoice(graph, "contiguous", "contiguous (auto measures on the CPU only)")
     try:
@@ -115,23 +118,52 @@ def layouts_dir() -> Path:
 
 def remembered(key: str, decide: Callable[[], dict[str, str]]) -> dict[str, str]:
     """The decision stored under `key`, else decide() stored there. Processes starting together wait
-    on one lock, so only the first measures. An unreadable or unwritable folder: decide() unstored."""
+    on one lock, so only the first measures; a stored decision is read even where the folder cannot be
+    written. A folder that can be neither read nor written: decide() unstored."""
     folder = layouts_dir()
     path = folder / f"{key}.json"
+    stored = _read(path)  # written by os.replace: never seen half-written
+    if stored is not None:
+        return stored
+    with _locked(folder):
+        stored = _read(path)
+        if stored is not None:
+            return stored
+        decision = decide()
+        _store(path, decision)
+        return decision
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on folder/.lock, or no lock where that cannot be had (no fcntl, no folder)."""
     try:
+        import fcntl
+
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            stored = _read(path)
-            if stored is not None:
-                return stored
-            decision = decide()
-            temporary = path.with_suffix(f".{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(decision))
-            os.replace(temporary, path)
-            return decision
+        handle = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
+def _store(path: Path, decision: dict[str, str]) -> None:
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     except OSError:
-        return decide()
+        return
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(json.dumps(decision))
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
 
 
 def _read(path: Path) -> dict[str, str] | None:
