@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 SETTLED = 1e-8  # KKT violation (relative to 1 + max |b|) under which a row counts as solved
+FAR = 1e-4  # a settled row further than this from the KKT conditions is solved again
 CLOSE = 1e-6  # projected gradient stops here: the active-set pass that follows makes it exact where it can
 
 
@@ -91,9 +92,11 @@ def solve_nonnegative_qp(q: torch.Tensor, b: torch.Tensor, rounds: int = 20, ite
     n, labels = b64.shape
     if n == 0 or labels == 0:
         return torch.zeros_like(b)
-    lam, _ = _active_set(q64, b64, b64 > 0, rounds)
+    lam, settled = _active_set(q64, b64, b64 > 0, rounds)
     violation = kkt_violation(q64, b64, lam)
-    stuck = violation > SETTLED  # unsettled, or a fixed point on a singular Q_FF that is still off
+    # unsettled rows, and fixed points that a singular Q_FF left far off (a solve with the ridge can land
+    # on one); a fixed point within FAR is kept: Q comes from float32 Jacobians
+    stuck = (~settled & (violation > SETTLED)) | (violation > FAR)
     if bool(stuck.any()):
         q_stuck, b_stuck = q64[stuck], b64[stuck]
         approximate = _projected_gradient(q_stuck, b_stuck, iterations)
