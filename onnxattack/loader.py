@@ -198,6 +198,7 @@ class LoadedModel:
     passthrough: PassThroughInputs = field(default_factory=PassThroughInputs)
     per_sample: bool = False  # the model has no batch dim: each input row is one whole model input
     folded: bool = False  # its scores [N, ..., L] fold their middle dims (--reduce)
+    memory_format: str = "contiguous"  # the torch graph's 4-D weights (bridge/layout.py)
     fallback: Callable[[str], None] | None = field(default=None, repr=False)  # switch to estimated gradients
 
     @property
@@ -650,6 +651,7 @@ def _in_faster_layout(loaded: LoadedModel, graph: torch.nn.Module, probe: np.nda
         loaded.notes.append("memory format contiguous: the channels-last graph missed the onnxruntime check")
         return graph, fidelity
     loaded.notes.append(f"memory format {choice.why}")
+    loaded.memory_format = "channels-last"
     return choice.graph, fidelity
 
 

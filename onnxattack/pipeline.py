@@ -6,7 +6,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import torch
 from .attacks import Attack, SetAttack
 from .batch import BatchResult, attack_arrays, batch_targets, check_exclusion_targets, judge, target_spec
 from .config import AttackConfig
-from .errors import BadInputError, UnsupportedModelError
+from .errors import BadInputError, OnnxAttackError, UnsupportedModelError
 from .estimated import STALL_REASONS
 from .feeds import given_once, input_batch_axes, parse_set, without
 from .inputs import InputSource, check_passthrough_sources, open_inputs, open_passthrough, read_whole, scan_inputs
@@ -215,12 +215,24 @@ def _open_writer(out_path: Path, run: RunPlan, config: AttackConfig, inputs_path
              "task": run.attack.task.value, "inputs": str(inputs_path), "notes": json.dumps(model.notes),
              "output": model.score_output.name, "device": str(model.device), "gradients": model.gradients,
              "reduce": config.reduce if model.folded else "none", "attack_input": model.input.name,
-             "stall_reasons": json.dumps(STALL_REASONS)}
+             "stall_reasons": json.dumps(STALL_REASONS), "memory_format": model.memory_format}
     dtypes = {info.name: info.dtype for info in model.passthrough_inputs}
     passthrough = {name: (source.sample_shape, dtypes[name]) for name, source in run.others.items()}
     return ResultWriter.create(out_path, run.source.sample_shape, model.input.dtype, model.num_labels, attrs,
                                rows_per_chunk=config.batch_size, overwrite=config.overwrite, passthrough=passthrough,
                                given=run.given)
+
+
+def recorded_memory_format(path: Path) -> str:
+    """The memory format a result file's rows were computed in (its root attribute memory_format), so a
+    resume with --memory-format auto continues in it whatever this machine's stored choice now says;
+    auto for a file that does not say (written before the attribute existed) or cannot be read."""
+    try:
+        with ResultFile.open(path) as stored:
+            recorded = stored.attrs.get("memory_format")
+    except OnnxAttackError:
+        return "auto"  # the resume itself reports what is wrong with the file
+    return recorded if recorded in ("channels-last", "contiguous") else "auto"
 
 
 def run_attack(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLike, out_path: str | os.PathLike,
@@ -256,6 +268,8 @@ def run_local(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.P
     written_path = replacement_path(out_path) if replacing else out_path
     if replacing:
         written_path.unlink(missing_ok=True)  # a replacement left by an interrupted overwrite is ours
+    if config.resume and config.memory_format == "auto" and written_path.exists():
+        config = replace(config, memory_format=recorded_memory_format(written_path))  # the rows so far's
     run = plan(model_path, inputs_path, config)
     torch.manual_seed(config.seed)
     writer = _open_writer(written_path, run, config, inputs_path)

@@ -174,3 +174,40 @@ def test_the_choice_is_measured_once_and_a_broken_lock_does_not_stop_a_load(cnn_
     assert len(measured) == 1
     assert len(list((home / "layouts").glob("*.json"))) == 1
     assert not list((home / "layouts").glob("*.tmp"))
+
+
+def test_a_resume_continues_in_the_layout_its_rows_were_computed_in(cnn_path, home, tmp_path) -> None:
+    """The stored choice changed between the interruption and --resume (a cleared cache, another machine):
+    the resumed rows are still those of an uninterrupted run in the file's recorded layout."""
+    inputs = tmp_path / "x.npy"
+    np.save(inputs, np.random.default_rng(0).uniform(0, 1, size=(4, 1, 16, 16)).astype(np.float32))
+    runner = CliRunner()
+    common = ["--method", "ml-cw", "--max-iter", "60", "--batch-size", "2", "--quiet"]
+
+    def attack(out, *extra: str) -> None:
+        done = runner.invoke(main, ["attack", cnn_path, str(inputs), "-o", str(out), *common, *extra])
+        assert done.exit_code == 0, done.output
+
+    model = load(cnn_path, device="cpu")
+    key = layout_key(model.info.sha256, model.score_output.name, model.input.name, model.device)
+    stored = layouts_dir() / f"{key}.json"
+
+    def plant(memory_format: str) -> None:
+        stored.write_text(json.dumps({"memory_format": memory_format, "why": f"{memory_format}: planted"}))
+
+    plant("channels-last")
+    whole = tmp_path / "whole.h5"
+    attack(whole)
+    attack(tmp_path / "contiguous.h5", "--memory-format", "contiguous")
+    with h5py.File(whole, "r") as a, h5py.File(tmp_path / "contiguous.h5", "r") as b:
+        assert a.attrs["memory_format"] == "channels-last" and b.attrs["memory_format"] == "contiguous"
+        assert not np.array_equal(a["x_adv"][:], b["x_adv"][:])  # the layouts do round differently
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(whole.read_bytes())
+    with h5py.File(cut, "r+") as handle:
+        handle.attrs["rows_written"], handle.attrs["complete"] = 2, False
+    plant("contiguous")  # this machine's choice is now the other one
+    attack(cut, "--resume")
+    with h5py.File(whole, "r") as a, h5py.File(cut, "r") as b:
+        assert b.attrs["memory_format"] == "channels-last"
+        np.testing.assert_array_equal(b["x_adv"][:], a["x_adv"][:])
