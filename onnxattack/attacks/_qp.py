@@ -13,11 +13,12 @@ which is usually within a round or two of the answer.
 
 PDAS can cycle when Q is far from an M-matrix, and its solves blow up when Q_FF is singular: a
 model whose labels are coupled (360 pitch bins that lean on their neighbours) has a Jacobian of
-lower rank than its label count. Rows still off the KKT conditions after `rounds` are solved by
+lower rank than its label count. Rows still off the KKT conditions after `rounds` (or settled more
+than FAR off: a ridge solve on a singular Q_FF can land on such a fixed point) are solved by
 accelerated projected gradient (FISTA with gradient restarts, O'Donoghue & Candes 2015), batched:
 every iteration is one batched matrix-vector product, however singular Q is, and r = A^T lambda
 converges because the primal problem (min ||r||^2 s.t. A r >= b) is strongly convex. Its free set
-then seeds a last PDAS pass, kept where it settles with a smaller KKT violation (the exact answer).
+then seeds a last PDAS pass; each row keeps whichever of the three answers is nearest the KKT conditions.
 """
 
 from __future__ import annotations
