@@ -211,3 +211,19 @@ def test_a_resume_continues_in_the_layout_its_rows_were_computed_in(cnn_path, ho
     with h5py.File(whole, "r") as a, h5py.File(cut, "r") as b:
         assert b.attrs["memory_format"] == "channels-last"
         np.testing.assert_array_equal(b["x_adv"][:], a["x_adv"][:])
+
+
+def test_a_stored_contiguous_choice_costs_no_copy_of_the_graph(cnn_path, home, monkeypatch) -> None:
+    import onnxattack.bridge.layout as layout
+
+    model = load(cnn_path, device="cpu", trace=False)
+    key = layout_key(model.info.sha256, model.score_output.name, model.input.name, model.device)
+    planted = {"memory_format": "contiguous", "why": "contiguous: planted"}
+    (layouts_dir() / f"{key}.json").write_text(json.dumps(planted))
+    copies = []
+    original = layout.channels_last
+    monkeypatch.setattr(layout, "channels_last", lambda graph: copies.append(1) or original(graph))
+    later = load(cnn_path, device="cpu", trace=False)
+    assert copies == [] and later.memory_format == "contiguous"
+    load(cnn_path, device="cpu", trace=False, memory_format="channels-last")
+    assert copies == [1]  # the counter sees the copies that are made

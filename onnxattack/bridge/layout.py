@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from .trace import _close, _scores_and_gradient
+from ..config import LAYOUTS
+from .trace import _close, _scores_and_gradient, fastest_passes
 
 MIN_SAVING = 0.15  # channels-last must take at most 85% of the NCHW fwd+bwd time
 _TIMING_REPEATS = 5
@@ -58,19 +59,21 @@ def channels_last(graph: torch.nn.Module) -> torch.nn.Module:
 
 def choose_layout(graph: torch.nn.Module, probe: torch.Tensor, requested: str, key: str,
                   tolerance: float) -> LayoutChoice:
-    """The graph in the memory format asked for, or for "auto" the one measured faster (kept per `key`)."""
+    """The graph in the memory format asked for, or for "auto" the one measured faster (kept per `key`:
+    a stored contiguous choice costs no copy of the graph)."""
     if requested == "contiguous":
         return LayoutChoice(graph, "contiguous", "contiguous (asked for)")
     if not has_4d_weights(graph):
         return LayoutChoice(graph, "contiguous", "contiguous (the graph has no 4-D weights)")
     if requested == "auto" and probe.device.type != "cpu":  # measured on the CPU only so far
         return LayoutChoice(graph, "contiguous", "contiguous (auto measures on the CPU only)")
-    try:
-        candidate = channels_last(graph)
-    except Exception:  # a module that cannot be copied or converted: the graph stays as it is
-        return LayoutChoice(graph, "contiguous", "contiguous (the graph cannot be copied to channels-last)")
-    if not _agrees(graph, candidate, probe, tolerance):
-        return LayoutChoice(graph, "contiguous", "channels-last scores or input gradients differ: kept contiguous")
+    if requested == "auto":
+        stored = _read(_stored_path(key))
+        if stored is not None and stored["memory_format"] == "contiguous":
+            return LayoutChoice(graph, "contiguous", stored["why"])
+    candidate = _checked_copy(graph, probe, tolerance)
+    if isinstance(candidate, str):
+        return LayoutChoice(graph, "contiguous", candidate)
     if requested == "channels-last":
         return LayoutChoice(candidate, "channels-last", "channels-last (asked for)")
     decision = remembered(key, lambda: _measure(graph, candidate, probe))
@@ -78,25 +81,25 @@ def choose_layout(graph: torch.nn.Module, probe: torch.Tensor, requested: str, k
     return LayoutChoice(chosen, decision["memory_format"], decision["why"])
 
 
-def _agrees(graph: torch.nn.Module, candidate: torch.nn.Module, x: torch.Tensor, tolerance: float) -> bool:
+def _checked_copy(graph: torch.nn.Module, x: torch.Tensor, tolerance: float) -> torch.nn.Module | str:
+    """The channels-last copy when it agrees with the graph on x (scores, input gradients), else why not."""
+    try:
+        candidate = channels_last(graph)
+    except Exception:  # a module that cannot be copied or converted: the graph stays as it is
+        return "contiguous (the graph cannot be copied to channels-last)"
     try:
         with torch.enable_grad():
             reference, reference_grad = _scores_and_gradient(graph, x, None)
             mine, mine_grad = _scores_and_gradient(candidate, x, None)
     except Exception:  # an op that cannot take a channels-last tensor: the graph stays as it is
-        return False
-    return _close(mine, reference, tolerance) and _close(mine_grad, reference_grad, 10 * tolerance)
+        return "contiguous (the channels-last graph fails)"
+    if _close(mine, reference, tolerance) and _close(mine_grad, reference_grad, 10 * tolerance):
+        return candidate
+    return "channels-last scores or input gradients differ: kept contiguous"
 
 
 def _measure(graph: torch.nn.Module, candidate: torch.nn.Module, x: torch.Tensor) -> dict[str, str]:
-    spent: dict[str, list[float]] = {"contiguous": [], "channels-last": []}
-    with torch.enable_grad():
-        for _ in range(_TIMING_REPEATS):
-            for name, fn in (("contiguous", graph), ("channels-last", candidate)):
-                started = time.perf_counter()
-                _scores_and_gradient(fn, x, None)
-                spent[name].append(time.perf_counter() - started)
-    best = {name: min(values) for name, values in spent.items()}  # a shared machine's stalls only add time
+    best = fastest_passes({"contiguous": graph, "channels-last": candidate}, x, _TIMING_REPEATS)
     pays = best["channels-last"] <= (1 - MIN_SAVING) * best["contiguous"]
     chosen = "channels-last" if pays else "contiguous"
     return {"memory_format": chosen,
@@ -116,12 +119,16 @@ def layouts_dir() -> Path:
     return home() / "layouts"
 
 
+def _stored_path(key: str) -> Path:
+    return layouts_dir() / f"{key}.json"
+
+
 def remembered(key: str, decide: Callable[[], dict[str, str]]) -> dict[str, str]:
     """The decision stored under `key`, else decide() stored there. Processes starting together wait
     on one lock, so only the first measures; a stored decision is read even where the folder cannot be
     written. A folder that can be neither read nor written: decide() unstored."""
-    folder = layouts_dir()
-    path = folder / f"{key}.json"
+    path = _stored_path(key)
+    folder = path.parent
     stored = _read(path)  # written by os.replace: never seen half-written
     if stored is not None:
         return stored
@@ -171,7 +178,7 @@ def _read(path: Path) -> dict[str, str] | None:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if (isinstance(stored, dict) and stored.get("memory_format") in ("channels-last", "contiguous")
+    if (isinstance(stored, dict) and stored.get("memory_format") in LAYOUTS
             and isinstance(stored.get("why"), str)):
         return {"memory_format": stored["memory_format"], "why": stored["why"]}
     return None  # a damaged or foreign file is measured again and replaced

@@ -78,6 +78,25 @@ def _close(mine: torch.Tensor, theirs: torch.Tensor, tolerance: float) -> bool:
     return bool(((mine - theirs)[finite].abs() <= tolerance * (1 + scale)).all())
 
 
+def fastest_passes(functions: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, repeats: int,
+                   settled: Callable[[dict[str, float]], bool] | None = None) -> dict[str, float]:
+    """The fastest fwd+bwd of each function on x, interleaved over `repeats` rounds (a shared machine's
+    stalls only ever add time); from the second round on, `settled(fastest so far)` may end it early."""
+    spent: dict[str, list[float]] = {name: [] for name in functions}
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    with torch.enable_grad():
+        for repeat in range(repeats):
+            for name, fn in functions.items():
+                sync()
+                started = time.perf_counter()
+                _scores_and_gradient(fn, x, None)
+                sync()
+                spent[name].append(time.perf_counter() - started)
+            if repeat >= 1 and settled is not None and settled({name: min(v) for name, v in spent.items()}):
+                break
+    return {name: min(values) for name, values in spent.items()}
+
+
 class TracedGraph(torch.nn.Module):
     """graph(x), computed by a checked trace per batch-size bucket while tracing pays (see the module doc)."""
 
@@ -145,21 +164,11 @@ class TracedGraph(torch.nn.Module):
 
     def _pays(self, trace: torch.jit.ScriptModule, x: torch.Tensor) -> bool:
         """Interleaved fwd+bwd timings of the untraced graph and the trace on the first batch."""
-        spent: dict[str, list[float]] = {"graph": [], "trace": []}
         for _ in range(_WARMUP_RUNS):  # TorchScript optimises a trace over its first runs
             _scores_and_gradient(trace, x, None)
-        sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-        for repeat in range(_TIMING_REPEATS):
-            for name, fn in (("graph", self.graph), ("trace", trace)):
-                sync()
-                started = time.perf_counter()
-                _scores_and_gradient(fn, x, None)
-                sync()
-                spent[name].append(time.perf_counter() - started)
-            if repeat >= 1 and min(spent["trace"]) >= min(spent["graph"]):
-                break  # no faster at all after two rounds: far from the saving asked for, stop timing
-        # the fastest of each: a shared machine's stalls only ever add time
-        self.timing = {name: min(values) for name, values in spent.items()}
+        # no faster at all after two rounds: far from the saving asked for, stop timing
+        self.timing = fastest_passes({"graph": self.graph, "trace": trace}, x, _TIMING_REPEATS,
+                                     settled=lambda best: best["trace"] >= best["graph"])
         if self.timing["trace"] > (1 - self.min_saving) * self.timing["graph"]:
             self._disable(f"untraced: the trace did not pay ({self.timing['trace'] * 1e3:.2f} ms vs "
                           f"{self.timing['graph'] * 1e3:.2f} ms per fwd+bwd of {x.shape[0]} rows)")
