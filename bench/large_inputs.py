@@ -93,8 +93,7 @@ def measure(count: int = 8, device: str = "cpu") -> dict:
                                 "mean_l2": float(result.l2[attacked & result.success].mean())
                                 if (attacked & result.success).any() else None}
             case["trace"] = getattr(model.graph, "status", "not traceable")
-            case["memory_format"] = next((note for note in model.notes if note.startswith("memory format ")),
-                                         "contiguous")
+            case["memory_format"] = model.memory_format
             out[name] = case
     return out
 

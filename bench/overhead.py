@@ -190,9 +190,7 @@ def layout_speedup(device: str, batch: int = 32, repeats: int = 15, inner: int =
     best = interleaved({"contiguous": _forward_backward(contiguous.attack_logits, x, inner),
                         "channels-last": _forward_backward(fast.attack_logits, x, inner)}, repeats, syncer(fast),
                        statistic=min)
-    auto = next((note.split(":")[0].removeprefix("memory format ") for note in chosen.notes
-                 if note.startswith("memory format ")), "contiguous")
-    return {"ratio": best["contiguous"] / best["channels-last"], "auto": auto, "batch": batch,
+    return {"ratio": best["contiguous"] / best["channels-last"], "auto": chosen.memory_format, "batch": batch,
             "contiguous_ms": best["contiguous"] / inner * 1e3, "channels_last_ms": best["channels-last"] / inner * 1e3}
 
 

@@ -19,7 +19,8 @@ IMAGE_LAYOUTS = ("chw", "hwc")
 GRADIENT_CHOICES = ("auto", "torch", "estimate")
 REDUCE_CHOICES = ("max", "mean")
 ENGINE_CHOICES = ("local", "ray")
-MEMORY_FORMATS = ("auto", "channels-last", "contiguous")  # the converted graph's 4-D weights (bridge/layout.py)
+LAYOUTS = ("channels-last", "contiguous")  # the converted graph's 4-D weights (bridge/layout.py)
+MEMORY_FORMATS = ("auto", *LAYOUTS)  # --memory-format: auto measures which of LAYOUTS is faster
 MAX_SEED = 2**63 - 1
 
 

@@ -14,7 +14,7 @@ import torch
 
 from .attacks import Attack, SetAttack
 from .batch import BatchResult, attack_arrays, batch_targets, check_exclusion_targets, judge, target_spec
-from .config import AttackConfig
+from .config import LAYOUTS, AttackConfig
 from .errors import BadInputError, OnnxAttackError, UnsupportedModelError
 from .estimated import STALL_REASONS
 from .feeds import given_once, input_batch_axes, parse_set, without
@@ -232,7 +232,7 @@ def recorded_memory_format(path: Path) -> str:
             recorded = stored.attrs.get("memory_format")
     except OnnxAttackError:
         return "auto"  # the resume itself reports what is wrong with the file
-    return recorded if recorded in ("channels-last", "contiguous") else "auto"
+    return recorded if recorded in LAYOUTS else "auto"
 
 
 def run_attack(model_path: str | os.PathLike | ModelFile, inputs_path: str | os.PathLike, out_path: str | os.PathLike,
