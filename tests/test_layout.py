@@ -227,3 +227,23 @@ def test_a_stored_contiguous_choice_costs_no_copy_of_the_graph(cnn_path, home, m
     assert copies == [] and later.memory_format == "contiguous"
     load(cnn_path, device="cpu", trace=False, memory_format="channels-last")
     assert copies == [1]  # the counter sees the copies that are made
+
+
+def test_a_device_or_a_huge_file_in_place_of_the_stored_choice_is_never_read_whole(cnn_path, home) -> None:
+    import os
+
+    model = load(cnn_path, device="cpu", trace=False)
+    key = layout_key(model.info.sha256, model.score_output.name, model.input.name, model.device)
+    path = layouts_dir() / f"{key}.json"
+    for hostile in ("/dev/zero", "fifo", "huge"):
+        path.unlink(missing_ok=True)
+        if hostile == "fifo":
+            os.mkfifo(path)  # opening it for reading would block forever
+        elif hostile == "huge":
+            path.write_text('{"memory_format": "contiguous", "why": "' + "x" * 100_000 + '"}')
+        else:
+            path.symlink_to(hostile)  # reading it whole would never end
+        again = load(cnn_path, device="cpu", trace=False)
+        assert not any("x" * 100 in note for note in again.notes)
+        assert path.is_file() and not path.is_symlink()  # measured again and replaced by a plain file
+        assert json.loads(path.read_text())["memory_format"] in ("channels-last", "contiguous")

@@ -39,6 +39,7 @@ from .trace import _close, _scores_and_gradient, fastest_passes
 
 MIN_SAVING = 0.15  # channels-last must take at most 85% of the NCHW fwd+bwd time
 _TIMING_REPEATS = 5
+_MAX_STORED_BYTES = 4096  # a stored choice is ~150 bytes; more is not ours and is not read
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,10 @@ def _store(path: Path, decision: dict[str, str]) -> None:
 
 def _read(path: Path) -> dict[str, str] | None:
     try:
-        stored = json.loads(path.read_text())
+        if not path.is_file():  # absent, or a device / FIFO put in its place: never opened
+            return None
+        with open(path, "rb") as handle:
+            stored = json.loads(handle.read(_MAX_STORED_BYTES))
     except (OSError, ValueError):
         return None
     if (isinstance(stored, dict) and stored.get("memory_format") in LAYOUTS
