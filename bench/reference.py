@@ -8,17 +8,16 @@ best iterate (successful, then smallest L2) and per-sample bisection of c. Every
 batch takes part in every iteration: 2 model calls per row and iteration.
 
 On a model whose output is logits, p = sigmoid(z - theta) (the same decisions as z > theta).
-Written from the description in the paper and ../shared/docs/attacks.md, not copied.
+Written from the description in the paper and ../shared/docs/attacks.md, not copied. It imports torch
+alone (not onnxattack), so that bench/bare_reference.py can run it in a process as bare as the reference's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from onnxattack.attacks._search import from_box, to_box
-from onnxattack.attacks.base import Victim
 
 _NO_UPPER_BOUND = 1e10
 
@@ -30,28 +29,40 @@ class ReferenceResult:
     model_calls: torch.Tensor
 
 
-def reference_ml_cw(victim: Victim, x: torch.Tensor, target: torch.Tensor, max_iter: int = 1000,
-                    binary_steps: int = 10, initial_const: float = 1e5, learning_rate: float = 1e-2) -> ReferenceResult:
-    lo, hi = victim.box
-    theta = victim.reader.attack_threshold
+def _to_box(w: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    return lo + (hi - lo) * (torch.tanh(w) + 1) / 2
+
+
+def _from_box(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    return torch.atanh(((x - lo) / (hi - lo) * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+
+
+def reference_ml_cw(logits: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, target: torch.Tensor,
+                    box: tuple[float, float] = (0.0, 1.0), theta: float = 0.0, softmax: bool = False,
+                    max_iter: int = 1000, binary_steps: int = 10, initial_const: float = 1e5,
+                    learning_rate: float = 1e-2, abort_early: bool = True) -> ReferenceResult:
+    """logits: the model's attack tensor; theta: its decision threshold on it; softmax: the model's
+    probabilities are a softmax of it (else a sigmoid); abort_early=False runs every step to max_iter."""
+    lo, hi = box
     n = len(x)
     sign = target.to(x.dtype) * 2 - 1
-    w0 = from_box(x, lo, hi).detach()
-    const = torch.full((n,), initial_const, dtype=x.dtype)
-    lower, upper = torch.zeros(n, dtype=x.dtype), torch.full((n,), _NO_UPPER_BOUND, dtype=x.dtype)
-    best_l2 = torch.full((n,), float("inf"), dtype=x.dtype)
+    w0 = _from_box(x, lo, hi).detach()
+    def full(value: float) -> torch.Tensor:
+        return torch.full((n,), value, dtype=x.dtype, device=x.device)
+
+    const, lower, upper, best_l2 = full(initial_const), full(0.0), full(_NO_UPPER_BOUND), full(float("inf"))
     best_x = x.detach().clone()
-    calls = torch.zeros(n, dtype=torch.long)
+    calls = torch.zeros(n, dtype=torch.long, device=x.device)
     check = max(1, max_iter // 10)
     for _ in range(binary_steps):
         w = w0.clone().requires_grad_(True)
         optimiser = torch.optim.Adam([w], lr=learning_rate)
-        step_success = torch.zeros(n, dtype=torch.bool)
+        step_success = torch.zeros(n, dtype=torch.bool, device=x.device)
         previous = float("inf")
         for iteration in range(max_iter):
-            x_adv = to_box(w, lo, hi)
-            p = torch.sigmoid(victim.logits(x_adv) - theta) if victim.reader.head != "softmax" \
-                else torch.softmax(victim.logits(x_adv), dim=-1)
+            x_adv = _to_box(w, lo, hi)
+            z = logits(x_adv)
+            p = torch.softmax(z, dim=-1) if softmax else torch.sigmoid(z - theta)
             hinge = (-sign * (p - 0.5)).clamp_min(0).sum(dim=1)
             distance = (x_adv - x).flatten(1).pow(2).sum(dim=1)
             loss = distance + const * hinge
@@ -66,7 +77,7 @@ def reference_ml_cw(victim: Victim, x: torch.Tensor, target: torch.Tensor, max_i
                 best_l2 = torch.where(better, l2, best_l2)
                 best_x[better] = x_adv.detach()[better]
                 step_success |= success
-            if (iteration + 1) % check == 0:
+            if abort_early and (iteration + 1) % check == 0:
                 current = float(loss.detach().sum())
                 if current > previous * 0.9999:
                     break

@@ -5,7 +5,8 @@
 
 Keys (goals in docs/benchmarks.md): search_efficiency, calls_ratio, reference_calls_ratio,
 reference_success, reference_l2_ratio, step_overhead, graph_overhead, qp_share, validate_share,
-write_share, memory_ratio, startup_s and startup_share (bench/startup.py);
+write_share, memory_ratio, startup_s and startup_share (bench/startup.py), whole_process_ratio and
+whole_process_equal_calls_ratio (bench/whole_process.py);
 square_queries_ratio, square_vs_whitebox_success, hsj_l2_ratio,
 single_label_queries (bench/blackbox.py, in onnxruntime queries); `details` holds the per-case numbers
 behind them.
@@ -23,16 +24,17 @@ import torch
 
 from onnxattack.loader import resolve_device
 
-from . import blackbox, overhead, pipeline_costs, search, startup
+from . import blackbox, overhead, pipeline_costs, search, startup, whole_process
 
 GOALS = {"search_efficiency": 1.05, "calls_ratio": 0.15, "reference_calls_ratio": 0.5, "step_overhead": 1.10,
          "graph_overhead": 1.05, "qp_share": 0.2, "validate_share": 0.05, "write_share": 0.05,
-         "memory_ratio": 1.1, "startup_share": 0.1}
+         "memory_ratio": 1.1, "startup_share": 0.1, "whole_process_ratio": 0.5, "whole_process_equal_calls_ratio": 1.0}
 
 
 def figures(device: str, count: int, exhaustive_iter: int = 1000, memory_inputs: int = 64) -> dict:
     started = time.monotonic()
     fixed_cost = startup.startup(32, device)
+    processes = whole_process.whole_process(32, device=device)
     cases = search.measure(count, device, exhaustive_iter=exhaustive_iter)
     budget = search.budget_curve(count, device, exhaustive_iter=exhaustive_iter)
     step = overhead.step_overhead(device)
@@ -63,6 +65,8 @@ def figures(device: str, count: int, exhaustive_iter: int = 1000, memory_inputs:
         "memory_ratio": memory["ratio"],
         "startup_s": fixed_cost["startup_s"],
         "startup_share": fixed_cost["startup_share"],
+        "whole_process_ratio": processes["ratio_published"],
+        "whole_process_equal_calls_ratio": processes["ratio_equal_calls"],
         "budget_curve": {calls: {"success": entry["success"], "mean_l2": entry["mean_l2"],
                                  "dominates_published": entry["dominates_published"],
                                  "dominates_reference": entry["dominates_reference"]}
@@ -71,6 +75,7 @@ def figures(device: str, count: int, exhaustive_iter: int = 1000, memory_inputs:
         **{key: value for key, value in black.items() if key != "details_blackbox"},
         "details": {"search": cases, "step": step, "graph": graph, "layout": layout, "qp": qp, "jacobian": jacobian,
                     "pipeline": [shares, shares_deepfool], "memory": memory, "startup": fixed_cost,
+                    "whole_process": processes,
                     "budget": budget,
                     "blackbox": black["details_blackbox"]},
         "machine": {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -96,6 +101,14 @@ def table(result: dict) -> str:
     for name, entry in result["reference_success"].items():
         lines.append(f"  reference success {name}: ours {entry['ours']:.2f}, reference {entry['reference']:.2f}, "
                      f"L2 ratio {result['reference_l2_ratio'][name]:.3f}")
+    processes = result["details"]["whole_process"]
+    ours, published = processes["ours"], processes["reference_published"]
+    lines.append(f"  whole processes, zoo CNN, {processes['attacked']} rows: onnxattack attack "
+                 f"{ours['process_s']} s (success {ours['success']:.2f}, L2 {ours['mean_l2']:.3f}, "
+                 f"{ours['mean_calls']:.0f} calls) | bare reference at equal calls "
+                 f"{processes['reference_equal_calls']['process_s']} s | published sizes {published['process_s']} s "
+                 f"(success {published['success']:.2f}, L2 {published['mean_l2']:.3f}, "
+                 f"{published['mean_calls']:.0f} calls)")
     lines.append(f"  layout_speedup (converted CNN fwd+bwd, contiguous / channels-last): "
                  f"{result['layout_speedup']['digits-mosaic']:.2f}; --memory-format auto chose "
                  f"{result['layout_speedup']['auto']}")

@@ -63,7 +63,8 @@ class Case:
     def reference(self) -> Outcome:
         started = time.perf_counter()
         victim = self.model.victim(self.model.box)
-        result = reference_ml_cw(victim, self.x, self.target)
+        result = reference_ml_cw(victim.logits, self.x, self.target, victim.box, victim.reader.attack_threshold,
+                                 victim.reader.head == "softmax")
         return self.judge(result.x_adv, result.model_calls, time.perf_counter() - started)
 
 

@@ -11,6 +11,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from tests.converter_checks import const, model_of, session
+from tests.fuzz_inputs import FEATURES, tiny_model
 
 
 def _imported_after(code: str) -> set[str]:
@@ -62,3 +63,29 @@ def test_the_cli_asks_each_method_for_its_options_a_few_times_not_per_option() -
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     calls, methods = map(int, out.stdout.split())
     assert calls <= 3 * methods, calls
+
+
+def test_an_ml_cw_run_does_not_import_sympy(tmp_path) -> None:
+    """autograd imports torch.fx.experimental.symbolic_shapes (and sympy: 0.3-0.7 s) the first time it is given
+    tensors as grad_outputs; ML-CW's step seeds its backward through a scalar instead, so a run never pays it."""
+    model = tiny_model(tmp_path / "tiny.onnx")
+    code = f"""
+import sys
+import numpy as np
+import torch
+from onnxattack.attacks import MLCarliniWagner
+from onnxattack.loader import load
+from onnxattack.scores import ThresholdCriterion
+model = load({str(model)!r})
+x = np.random.default_rng(1).uniform(0, 1, (4, {FEATURES})).astype(np.float32)
+criterion = ThresholdCriterion(threshold=model.reader.threshold)
+target = criterion.predict(model.ort_scores(x)).astype(bool)
+target[:, 0] = ~target[:, 0]
+result = MLCarliniWagner(max_iter=20, binary_steps=2)(model.victim(), model.as_tensor(x), torch.as_tensor(target),
+                                                     criterion)
+print(int(result.model_calls.min()), "sympy" in sys.modules, "torch.fx.experimental.symbolic_shapes" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    calls, sympy, symbolic_shapes = out.stdout.split()
+    assert int(calls) > 2  # the search ran past its first iteration (which seeds with term.sum())
+    assert (sympy, symbolic_shapes) == ("False", "False")

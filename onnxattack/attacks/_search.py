@@ -154,6 +154,13 @@ def _start(x: torch.Tensor, target: torch.Tensor, settings: SearchSettings, lo: 
         unset=settings.initial_const is None)
 
 
+def _seeded(term: torch.Tensor, const: torch.Tensor, x_adv: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """c . term + <x', seed>: its gradient is that of term seeded with c plus `seed` on x'. Passing tensors as
+    autograd's grad_outputs instead would import torch.fx.experimental.symbolic_shapes (and sympy: 0.5-1 s
+    of a run's first step) for autograd's shape check."""
+    return torch.dot(term, const.to(term.dtype)) + torch.dot(x_adv.reshape(-1), seed.reshape(-1))
+
+
 def _iterate(state: _Rows, victim: Victim, loss_term: LossTerm, criterion: Criterion, settings: SearchSettings,
              full_batch: int) -> None:
     """One Adam iteration of every row in the batch, with best-iterate bookkeeping.
@@ -184,8 +191,8 @@ def _iterate(state: _Rows, victim: Victim, loss_term: LossTerm, criterion: Crite
                 state.const = torch.where(torch.isnan(state.const),
                                           torch.where(usable, guess, torch.ones_like(guess)), state.const)
                 grad = (2 * delta + state.const.view(shape) * g_term) * (2 * (hi - lo) * unit * (1 - unit))
-        else:
-            (grad,) = torch.autograd.grad((term, x_adv), w, (state.const, 2 * delta))
+        else:  # a scalar, not (term, x_adv) seeded with (c, 2 delta): see _seeded
+            (grad,) = torch.autograd.grad(_seeded(term, state.const, x_adv, 2 * delta), w)
     state.calls += 2
     with torch.no_grad():
         term = term.detach()
