@@ -10,6 +10,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxattack.bridge.convert import to_torch
+from onnxattack.bridge.converters.indexing import ConstantSlice
+from onnxattack.bridge.converters.reshape import ConstantShapeReshape
 
 
 def _graph(node: onnx.NodeProto, opset: int, in_shape, out_shapes, initializers=()) -> onnx.ModelProto:
@@ -84,3 +86,82 @@ def test_dilated_average_pool_converts_and_matches_onnxruntime():
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (expected,) = sess.run(None, {"x": x})
     np.testing.assert_allclose(to_torch(model)(torch.from_numpy(x)).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [5, 13, 14, 19, 21])
+def test_a_constant_reshape_shape_is_held_by_the_module_and_a_computed_one_read_per_call(opset):
+    """A constant shape (0 = copy the input's size, -1 = infer) is read once at conversion; a shape the graph
+    computes (Shape -> Slice -> Concat, as dynamic-batch exports write) is still read on every call, so a
+    second batch size reshapes to its own rows."""
+    constant = _graph(helper.make_node("Reshape", ["x", "shape"], ["y"]), opset, [3, 4, 5], None,
+                      (_ints("shape", [0, -1]),))
+    nodes = [helper.make_node("Shape", ["x"], ["dims"]),
+             helper.make_node("Slice", ["dims", "zero", "one"], ["batch"]),
+             helper.make_node("Concat", ["batch", "rest"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["shape_input", "shape"], ["y"])]
+    nodes.insert(0, helper.make_node("Identity", ["x"], ["shape_input"]))
+    graph = helper.make_graph(nodes, "computed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [_ints("zero", [0]), _ints("one", [1]), _ints("rest", [20])])
+    computed = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, 13))])
+    for model, held in ((constant, True), (computed, False)):
+        module = to_torch(model)
+        assert any(isinstance(m, ConstantShapeReshape) for m in module.modules()) == held
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        for rows in ((3,) if held else (3, 7)):
+            x = np.random.default_rng(rows).normal(size=(rows, 4, 5)).astype(np.float32)
+            (expected,) = session.run(None, {"x": x})
+            np.testing.assert_array_equal(module(torch.from_numpy(x)).numpy(), expected)
+
+
+_MAX, _MIN = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+SLICES = [  # opset, starts, ends, axes, steps (None: left out); opsets 1 and 9 take them as attributes
+    (13, [1], [_MAX], [1], [1]),
+    (13, [-1], [_MIN], [-1], [-1]),
+    (13, [5, 0], [-7, 4], [1, 0], [-2, 3]),
+    (13, [100], [-100], [1], [-1]),
+    (13, [-2], [-1], [2], [-1]),
+    (11, [0, 1], [2, -1], None, None),
+    (10, [-100], [100], [2], None),
+    (9, [1, 0], [3, 1000], [0, 2], None),
+    (1, [0], [-1], None, None),
+]
+
+
+@pytest.mark.parametrize("opset,starts,ends,axes,steps", SLICES,
+                         ids=[f"slice-{case[0]}-{i}" for i, case in enumerate(SLICES)])
+def test_a_constant_slice_is_held_by_the_module_and_matches_onnxruntime(opset, starts, ends, axes, steps):
+    """onnx2torch reads Slice's bound tensors on every call and fails on Slice-9 at its first; constant
+    bounds (negative steps, out-of-range and INT64 extremes included) become slices held by the module."""
+    if opset < 10:
+        extra = {} if axes is None else {"axes": axes}
+        node = helper.make_node("Slice", ["x"], ["y"], starts=starts, ends=ends, **extra)
+        initializers = []
+    else:
+        bounds = [("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps)]
+        given = [(name, values) for name, values in bounds if values is not None]
+        node = helper.make_node("Slice", ["x", *[name for name, _ in given]], ["y"])
+        initializers = [_ints(name, values) for name, values in given]
+    model = _graph(node, opset, [4, 6, 5], None, initializers)
+    x = np.random.default_rng(0).normal(size=(4, 6, 5)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {"x": x})
+    module = to_torch(model)
+    assert any(isinstance(m, ConstantSlice) for m in module.modules())
+    np.testing.assert_array_equal(module(torch.from_numpy(x)).numpy(), expected)
+
+
+def test_slice_bounds_computed_at_run_time_stay_with_onnx2torch():
+    nodes = [helper.make_node("Shape", ["x"], ["dims"]), helper.make_node("Gather", ["dims", "last"], ["end"], axis=0),
+             helper.make_node("Sub", ["end", "one"], ["stop"]),
+             helper.make_node("Slice", ["x", "one", "stop", "axis"], ["y"])]
+    graph = helper.make_graph(nodes, "computed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [_ints("last", [1]), _ints("one", [1]), _ints("axis", [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {"x": x})
+    module = to_torch(model)
+    assert not any(isinstance(m, ConstantSlice) for m in module.modules())
+    np.testing.assert_array_equal(module(torch.from_numpy(x)).numpy(), expected)

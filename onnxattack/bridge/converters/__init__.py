@@ -8,7 +8,8 @@ Conv, ConvTranspose, MaxPool and AveragePool are replaced too, but hand the case
 handles back to its converter (upstream_converter, looked up before the replacement). One module
 per op family:
 - reduce.py: Reduce*-18/20 (axes moved from an attribute to an input)
-- reshape.py: Reshape-19/21 (allowzero honoured)
+- reshape.py: Reshape with a constant shape as a static module (every version, replacing onnx2torch's,
+  which reads the shape tensor on every call); Reshape-19/21 (allowzero honoured)
 - indexing.py: Squeeze-13/21 with constant axes and Gather with a constant scalar index, as static
   modules (replacing onnx2torch's, which read the constant tensor on every call)
 - activations.py: Gelu-20, Mish, ThresholdedRelu, Shrink, Clip-11/12/13 (bounds computed in the graph)
