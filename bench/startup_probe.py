@@ -20,6 +20,9 @@ def main() -> None:
         stamps_path.write_text(json.dumps(stamps))
 
     atexit.register(exiting)
+    from .gpu_check import ensure_layout
+
+    ensure_layout()  # a checkout that is not installed (a lent GPU machine): cli/ as onnxattack.cli
     from onnxattack.cli.main import entry
 
     from onnxattack.victim import Victim

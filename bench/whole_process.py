@@ -44,9 +44,7 @@ def _timed(command: list[str]) -> float:
 
 def _engine_command() -> list[str]:
     script = Path(sys.executable).with_name("onnxattack")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from onnxattack.cli.main import entry; entry()"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bench.cli_process"]
 
 
 def whole_process(rows: int = 32, rounds: int = 3, device: str = "cpu") -> dict:
