@@ -156,8 +156,8 @@ def _start(x: torch.Tensor, target: torch.Tensor, settings: SearchSettings, lo: 
 
 def _seeded(term: torch.Tensor, const: torch.Tensor, x_adv: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """c . term + <x', seed>: its gradient is that of term seeded with c plus `seed` on x'. Passing tensors as
-    autograd's grad_outputs instead would import torch.fx.experimental.symbolic_shapes (and sympy: 0.5-1 s
-    of a run's first step) for autograd's shape check."""
+    autograd's grad_outputs instead would import torch.fx.experimental.symbolic_shapes (and sympy: 0.3-0.5 s
+    of a run's first step, measured) for autograd's shape check."""
     return torch.dot(term, const.to(term.dtype)) + torch.dot(x_adv.reshape(-1), seed.reshape(-1))
 
 
