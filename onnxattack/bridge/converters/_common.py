@@ -7,12 +7,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import torch
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto
 from onnx2torch.node_converters import registry as _registry
 from onnx2torch.node_converters.registry import OperationDescription, TConverter
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
-from onnx2torch.utils.common import OnnxMapping, get_const_value
+from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value
 
 ML_DOMAIN = "ai.onnx.ml"
 MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops
@@ -86,6 +87,22 @@ def optional_constant(graph: OnnxGraph, name: str | None) -> Any | None:
         return get_const_value(name, graph)
     except KeyError:
         return None
+
+
+def constant_integers(graph: OnnxGraph, name: str | None, rank: int) -> torch.Tensor | None:
+    """The input `name` as an integer tensor of `rank` dims when it is a constant; None when it is absent,
+    computed at run time, floating or of another rank."""
+    value = optional_constant(graph, name)
+    if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.dim() != rank:
+        return None
+    return value
+
+
+def run_upstream(node: OnnxNode, graph: OnnxGraph, converter: TConverter | None) -> OperationConverterResult:
+    """onnx2torch's own converter (upstream_converter) for a node whose inputs are computed at run time."""
+    if converter is None:
+        raise NotImplementedError(f"{node.operation_type} with inputs computed at run time")
+    return converter(node, graph)
 
 
 def optional_constant_list(graph: OnnxGraph, name: str | None) -> list[Any] | None:

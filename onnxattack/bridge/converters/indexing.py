@@ -18,7 +18,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult
 from torch import nn
 
-from ._common import inputs_padded, mapping, optional_constant, register, upstream_converter
+from ._common import constant_integers, inputs_padded, mapping, register, run_upstream, upstream_converter
 
 
 class SqueezeAxes(nn.Module, OnnxToTorchModule):
@@ -62,28 +62,16 @@ class ConstantSlice(nn.Module, OnnxToTorchModule):
         return x[tuple(index)]
 
 
-def _integer_vector(value: object) -> bool:
-    return isinstance(value, torch.Tensor) and value.dim() == 1 and not value.is_floating_point()
-
-
-def _constant_ints(graph: OnnxGraph, names: list[str], rank: int) -> torch.Tensor | None:
-    """The second input as an integer tensor of `rank` dims when it is a constant, else None."""
-    value = optional_constant(graph, names[1] if len(names) > 1 else None)
-    if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.dim() != rank:
-        return None
-    return value
-
-
 def _slice_from_inputs(version: int):
     upstream = upstream_converter("Slice", version)
 
     def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
         names = inputs_padded(node, 5)  # data, starts, ends, axes, steps ('' where left out)
-        values = [optional_constant(graph, name) for name in names[1:]]  # None: left out or computed
-        constant = all(not name or _integer_vector(value) for name, value in zip(names[1:], values, strict=True))
+        values = [constant_integers(graph, name, rank=1) for name in names[1:]]  # None: left out or not constant
+        constant = all(not name or value is not None for name, value in zip(names[1:], values, strict=True))
         starts, ends, axes, steps = (None if value is None else value.tolist() for value in values)
         if not constant or starts is None or ends is None:
-            return _upstream(node, graph, upstream)
+            return run_upstream(node, graph, upstream)
         return _constant_slice(starts, ends, axes, steps, names[:1], node)
 
     return convert
@@ -111,18 +99,12 @@ _UPSTREAM_SQUEEZE = {version: upstream_converter("Squeeze", version) for version
 _UPSTREAM_GATHER = {version: upstream_converter("Gather", version) for version in (1, 11, 13)}
 
 
-def _upstream(node: OnnxNode, graph: OnnxGraph, converter) -> OperationConverterResult:
-    if converter is None:
-        raise NotImplementedError(f"{node.operation_type} with inputs computed at run time")
-    return converter(node, graph)
-
-
 def _squeeze(version: int):
     def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
         names = list(node.input_values)
-        axes = _constant_ints(graph, names, rank=1)
+        axes = constant_integers(graph, names[1] if len(names) > 1 else None, rank=1)
         if axes is None or axes.numel() == 0:  # no axes: every dim of size 1, known only at run time
-            return _upstream(node, graph, _UPSTREAM_SQUEEZE[version])
+            return run_upstream(node, graph, _UPSTREAM_SQUEEZE[version])
         module = SqueezeAxes(tuple(int(axis) for axis in axes.tolist()))
         return OperationConverterResult(torch_module=module, onnx_mapping=mapping(names[:1], node))
 
@@ -132,9 +114,9 @@ def _squeeze(version: int):
 def _gather(version: int):
     def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
         names = list(node.input_values)
-        index = _constant_ints(graph, names, rank=0)
+        index = constant_integers(graph, names[1] if len(names) > 1 else None, rank=0)
         if index is None:
-            return _upstream(node, graph, _UPSTREAM_GATHER[version])
+            return run_upstream(node, graph, _UPSTREAM_GATHER[version])
         module = SelectIndex(int(node.attributes.get("axis", 0)), int(index))
         return OperationConverterResult(torch_module=module, onnx_mapping=mapping(names[:1], node))
 

@@ -16,7 +16,7 @@ from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult, onnx_mapping_from_node
 from torch import nn
 
-from ._common import mapping, optional_constant, register, upstream_converter
+from ._common import constant_integers, mapping, register, run_upstream, upstream_converter
 
 
 class Reshape(nn.Module, OnnxToTorchModule):
@@ -56,14 +56,12 @@ def _reshape(run_time: TConverter | None) -> TConverter:
 
     def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
         names = list(node.input_values)
-        shape = optional_constant(graph, names[1] if len(names) > 1 else None)
-        if isinstance(shape, torch.Tensor) and shape.dim() == 1 and not shape.is_floating_point():
-            module = ConstantShapeReshape(tuple(int(size) for size in shape.tolist()),
-                                          allow_zero=bool(node.attributes.get("allowzero", 0)))
-            return OperationConverterResult(torch_module=module, onnx_mapping=mapping(names[:1], node))
-        if run_time is None:
-            raise NotImplementedError("Reshape with a shape computed at run time")
-        return run_time(node, graph)
+        shape = constant_integers(graph, names[1] if len(names) > 1 else None, rank=1)
+        if shape is None:
+            return run_upstream(node, graph, run_time)
+        module = ConstantShapeReshape(tuple(int(size) for size in shape.tolist()),
+                                      allow_zero=bool(node.attributes.get("allowzero", 0)))
+        return OperationConverterResult(torch_module=module, onnx_mapping=mapping(names[:1], node))
 
     return convert
 
