@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from ..config import LAYOUTS
-from .trace import _close, _scores_and_gradient, fastest_passes
+from .compare import agrees, fastest_passes
 
 MIN_SAVING = 0.15  # channels-last must take at most 85% of the NCHW fwd+bwd time
 _TIMING_REPEATS = 5
@@ -90,11 +90,10 @@ def _checked_copy(graph: torch.nn.Module, x: torch.Tensor, tolerance: float) -> 
         return "contiguous (the graph cannot be copied to channels-last)"
     try:
         with torch.enable_grad():
-            reference, reference_grad = _scores_and_gradient(graph, x, None)
-            mine, mine_grad = _scores_and_gradient(candidate, x, None)
+            same = agrees(graph, candidate, x, tolerance, 10 * tolerance)
     except Exception:  # an op that cannot take a channels-last tensor: the graph stays as it is
         return "contiguous (the channels-last graph fails)"
-    if _close(mine, reference, tolerance) and _close(mine_grad, reference_grad, 10 * tolerance):
+    if same:
         return candidate
     return "channels-last scores or input gradients differ: kept contiguous"
 

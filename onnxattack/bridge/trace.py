@@ -22,12 +22,12 @@ Graphs holding control flow (If, Loop, Scan) or data-dependent shapes are never 
 
 from __future__ import annotations
 
-import time
 import warnings
-from collections.abc import Callable
 
 import onnx
 import torch
+
+from .compare import agrees, fastest_passes, scores_and_gradient
 
 UNTRACEABLE_OPS = frozenset({"If", "Loop", "Scan", "NonZero", "Unique", "Compress", "NonMaxSuppression",
                              "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -57,44 +57,6 @@ def traceable(model: onnx.ModelProto) -> bool:
 def _padded(x: torch.Tensor, size: int) -> torch.Tensor:
     missing = size - x.shape[0]
     return x if missing <= 0 else torch.cat([x, x[-1:].expand(missing, *x.shape[1:])])
-
-
-def _scores_and_gradient(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                         weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    leaf = x.detach().requires_grad_(True)
-    z = fn(leaf)
-    w = torch.ones_like(z) if weights is None else weights
-    (grad,) = torch.autograd.grad((z * w).sum(), leaf)
-    return z.detach(), grad
-
-
-def _close(mine: torch.Tensor, theirs: torch.Tensor, tolerance: float) -> bool:
-    if mine.shape != theirs.shape or mine.dtype != theirs.dtype:
-        return False
-    if not bool(torch.equal(torch.isfinite(mine), torch.isfinite(theirs))):
-        return False
-    finite = torch.isfinite(theirs)
-    scale = float(theirs[finite].abs().max()) if bool(finite.any()) else 0.0
-    return bool(((mine - theirs)[finite].abs() <= tolerance * (1 + scale)).all())
-
-
-def fastest_passes(functions: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, repeats: int,
-                   settled: Callable[[dict[str, float]], bool] | None = None) -> dict[str, float]:
-    """The fastest fwd+bwd of each function on x, interleaved over `repeats` rounds (a shared machine's
-    stalls only ever add time); from the second round on, `settled(fastest so far)` may end it early."""
-    spent: dict[str, list[float]] = {name: [] for name in functions}
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-    with torch.enable_grad():
-        for repeat in range(repeats):
-            for name, fn in functions.items():
-                sync()
-                started = time.perf_counter()
-                _scores_and_gradient(fn, x, None)
-                sync()
-                spent[name].append(time.perf_counter() - started)
-            if repeat >= 1 and settled is not None and settled({name: min(v) for name, v in spent.items()}):
-                break
-    return {name: min(values) for name, values in spent.items()}
 
 
 class TracedGraph(torch.nn.Module):
@@ -155,17 +117,14 @@ class TracedGraph(torch.nn.Module):
             with torch.no_grad():
                 shape = self.graph(batch).shape
             weights = torch.rand(shape, generator=generator).to(batch.device, batch.dtype)
-            reference, reference_grad = _scores_and_gradient(self.graph, batch, weights)
-            mine, mine_grad = _scores_and_gradient(trace, batch, weights)
-            if not (_close(mine, reference, self.tolerance) and _close(mine_grad, reference_grad,
-                                                                         self.gradient_tolerance)):
+            if not agrees(self.graph, trace, batch, self.tolerance, self.gradient_tolerance, weights):
                 return False
         return True
 
     def _pays(self, trace: torch.jit.ScriptModule, x: torch.Tensor) -> bool:
         """Interleaved fwd+bwd timings of the untraced graph and the trace on the first batch."""
         for _ in range(_WARMUP_RUNS):  # TorchScript optimises a trace over its first runs
-            _scores_and_gradient(trace, x, None)
+            scores_and_gradient(trace, x)
         # no faster at all after two rounds: far from the saving asked for, stop timing
         self.timing = fastest_passes({"graph": self.graph, "trace": trace}, x, _TIMING_REPEATS,
                                      settled=lambda best: best["trace"] >= best["graph"])
