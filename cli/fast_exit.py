@@ -45,3 +45,24 @@ def exit_now(code: object) -> NoReturn:
     if _hdf5_files_open_for_writing():
         raise SystemExit(code)
     os._exit(code)
+
+
+def settle() -> None:
+    """What the interpreter's end would do that matters, for a process that ends with os._exit whatever
+    happens (a command run by `onnxattack serve`): its threads finished, atexit handlers run, HDF5 files
+    open for writing closed, streams flushed."""
+    for thread in threading.enumerate():
+        if thread.is_alive() and not thread.daemon and thread is not threading.current_thread():
+            thread.join()
+    atexit._run_exitfuncs()
+    h5py = sys.modules.get("h5py")
+    if h5py is not None:
+        for file in h5py.h5f.get_obj_ids(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE):
+            if file.valid and file.get_intent() & h5py.h5f.ACC_RDWR:
+                h5py.h5f.flush(file)
+                file.close()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass

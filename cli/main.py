@@ -6,6 +6,8 @@ Exit codes: 0 done, 1 internal error, 2 bad usage or input, 3 the model cannot b
 
 from __future__ import annotations
 
+from . import warm  # noqa: I001  first: it records the environment before any import can change it
+
 import functools
 import json
 import os
@@ -37,7 +39,7 @@ from onnxattack.results import StoreWriteError, write_texts
 from onnxattack.safety import check_image_output
 from onnxattack.tokenizer import load_decoder
 
-from .fast_exit import exit_now
+from .fast_exit import exit_now, settle
 
 EXIT_CODES = ("Exit codes: 0 done (whatever the success rate), 1 internal error, 2 bad usage or input, "
               "3 the model cannot be handled, 130 interrupted (the file stays readable; --resume continues).")
@@ -658,6 +660,51 @@ def export(results: str, out: str, only_success: bool, eps: str | None, overwrit
 
     path, rows = export_npz(results, out, only_success=only_success, overwrite=overwrite, eps=eps)
     click.echo(f"{path}: {rows} rows")
+
+
+@main.command(epilog="Exit codes: 0 stopped, 2 the socket's path is taken or not private.")
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False), default=None,
+              help="Where to listen (default: $ONNXATTACK_SERVER, else $XDG_RUNTIME_DIR/onnxattack/server.sock "
+                   "or /tmp/onnxattack-UID/server.sock).")
+@click.option("--idle-timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="Stop after this many seconds without a command (0: never).")
+def serve(socket_path: str | None, idle_timeout: float) -> None:
+    """Keep torch and the rest imported and run this user's `onnxattack` commands in forks of this process.
+
+    While it runs, `onnxattack attack ...` (and every other command) started by the same user, with the same
+    install and the same import-time settings (OMP_*, CUDA_*, ...), is handed to it and starts its first step
+    ~2 s sooner; output, exit codes and files are those of a run in its own process. Set ONNXATTACK_SERVER=off
+    to run a command in its own process. Stop with Ctrl-C.
+    """
+    from .serve import ServeError, preload
+    from .serve import serve as serve_forever
+
+    chosen = warm.chosen_socket()
+    path = Path(socket_path) if socket_path else (chosen or warm.default_socket())
+    preload()
+    try:
+        serve_forever(path.absolute(), idle_timeout, lambda line: click.echo(f"onnxattack serve: {line}", err=True),
+                      run_in_child)
+    except ServeError as exc:
+        _fail(str(exc), 2)
+    except OSError as exc:
+        _fail(f"cannot listen on {path}: {exc.strerror or exc}", 2)
+
+
+def run_in_child(argv: list[str]) -> int:
+    """A command handed to `onnxattack serve`, run in its forked child; the child ends with os._exit."""
+    try:
+        main.main(args=argv, prog_name="onnxattack")
+        code: object = 0
+    except SystemExit as done:
+        code = done.code
+    if code is None:
+        code = 0
+    if not isinstance(code, int) or isinstance(code, bool):
+        click.echo(str(code), err=True)
+        code = 1
+    settle()
+    return code
 
 
 @main.group(epilog=EXIT_CODES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,10 @@ from onnxattack.zoo.build import build
 from onnxattack.zoo.sample_inputs import test_inputs
 
 warnings.filterwarnings("ignore")
+
+# Every `onnxattack` process a test starts runs in its own process, even where the developer has an
+# `onnxattack serve` running (tests/test_serve.py names its own server explicitly).
+os.environ["ONNXATTACK_SERVER"] = "off"
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ def test_the_distribution_claims_only_the_onnxattack_name(tmp_path):
     assert (site / "onnxattack" / "cli" / "main.py").is_file()
     assert (site / "onnxattack" / "zoo" / "registry.py").is_file()
     (dist_info,) = site.glob("onnxattack-*.dist-info")
-    assert "onnxattack = onnxattack.cli.main:entry" in (dist_info / "entry_points.txt").read_text()
+    assert "onnxattack = onnxattack.cli.launch:entry" in (dist_info / "entry_points.txt").read_text()
 
 
 def test_the_console_script_does_not_import_the_zoo_training_extras():
