@@ -29,14 +29,19 @@ VALIDATION_NOTE = ("onnxruntime validates on its CPU provider: onnxruntime-gpu i
                    "attacks, Jacobians and timings run on the requested torch device")
 
 
-def ensure_layout() -> None:
-    """Make onnxattack.zoo and onnxattack.cli importable from a checkout that is not installed."""
+ZOO_MODULES = ("registry", "data", "models", "build", "sample_inputs")
+
+
+def ensure_layout(cli_modules: tuple[str, ...] = ("main",), zoo_modules: tuple[str, ...] = ZOO_MODULES) -> None:
+    """Make onnxattack.zoo and onnxattack.cli importable from a checkout that is not installed (only the
+    modules named: a console-script process imports cli.launch and cli.warm, not torch)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     import onnxattack
 
-    for alias, folder, subs in (("zoo", "model_zoo", ("registry", "data", "models", "build", "sample_inputs")),
-                                ("cli", "cli", ("main",))):
+    for alias, folder, subs in (("zoo", "model_zoo", zoo_modules), ("cli", "cli", cli_modules)):
+        if not subs:
+            continue
         name = f"onnxattack.{alias}"
         try:
             importlib.import_module(name)
