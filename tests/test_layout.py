@@ -15,7 +15,7 @@ from onnxattack.cli.main import main
 from torch import nn
 
 from onnxattack import MLCarliniWagner, attack_arrays, load
-from onnxattack.bridge.layout import layout_key, layouts_dir
+from onnxattack.bridge.layout import TIMING_ROWS, layout_key, layouts_dir
 from onnxattack.bridge.trace import TracedGraph
 
 from . import exporters as ex
@@ -93,6 +93,12 @@ def test_auto_measures_once_and_every_later_load_reads_the_stored_choice(cnn_pat
         weight = _conv_weights(later.graph)[0]
         assert weight.is_contiguous() is (planted == "contiguous")
         assert (f"memory format {planted}: planted by the test" in later.notes) is (planted == "channels-last")
+
+
+def test_the_layouts_are_timed_at_a_runs_first_batch_not_on_the_probes_few_rows(cnn_path, home) -> None:
+    load(cnn_path, device="cpu", trace=False, probe=np.random.default_rng(0).random((3, 1, 16, 16), np.float32))
+    (stored,) = (home / "layouts").glob("*.json")
+    assert f"a fwd+bwd of {TIMING_ROWS} rows took" in json.loads(stored.read_text())["why"]
 
 
 def test_a_damaged_choice_file_is_measured_again_and_replaced(cnn_path, home) -> None:
