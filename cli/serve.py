@@ -26,8 +26,10 @@ from typing import Any
 
 from .warm import LineReader, difference, fingerprint, private_socket, send_line
 
+# What a command imports before its first step; symbolic_shapes (and sympy, 0.3-0.5 s) is what autograd
+# imports at ML-DeepFool's first batched Jacobian.
 PRELOADED = ("onnxattack.pipeline", "onnxattack.loader", "onnxattack.bridge", "onnxattack.results", "onnx",
-             "onnxruntime", "onnx2torch", "h5py", "tqdm")
+             "onnxruntime", "onnx2torch", "h5py", "tqdm", "torch.fx.experimental.symbolic_shapes")
 
 
 class ServeError(Exception):
