@@ -133,6 +133,47 @@ def test_ctrl_c_on_the_caller_interrupts_the_command_and_leaves_its_file_readabl
     assert report.returncode == 0 and "incomplete" in report.stdout
 
 
+def test_a_caller_that_dies_interrupts_its_command_which_keeps_its_file_readable(server, tmp_path, zoo_model,
+                                                                                  zoo_inputs):
+    np.save(tmp_path / "x.npy", zoo_inputs("digits-mosaic", 32))
+    caller = subprocess.Popen([SCRIPT, "attack", str(zoo_model("digits-mosaic")), "x.npy", "-o", "orphan.h5",
+                               "--max-iter", "1000", "--no-early-stop"], cwd=tmp_path, env=_environment(server.socket),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "orphan.h5").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    caller.kill()  # SIGKILL: nothing is relayed, the connection just closes
+    caller.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while not any(": exit " in line for line in server.ran("orphan.h5")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert any(": exit 130" in line for line in server.ran("orphan.h5")), server.log.read_text()
+    report = _run(["report", "orphan.h5"], tmp_path, _environment("off"))
+    assert report.returncode == 0 and "incomplete" in report.stdout
+
+
+def test_the_fingerprints_name_what_differs():
+    from onnxattack.cli.warm import difference, fingerprint
+
+    own = fingerprint()
+    assert difference(own, dict(own)) is None
+    assert "older or newer" in difference(own, {**own, "code": "0" * 64})
+    assert "another Python" in difference(own, {**own, "python": "/usr/bin/python9"})
+    other = difference(own, {**own, "settings": {**own["settings"], "CUDA_VISIBLE_DEVICES": "7"}})
+    assert other == "it was started with other CUDA_VISIBLE_DEVICES"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("off", None), ("OFF", None), ("0", None), ("", None),
+                                                 ("/tmp/x/s.sock", Path("/tmp/x/s.sock"))])
+def test_onnxattack_server_names_a_socket_or_switches_handing_over_off(monkeypatch, value, expected):
+    from onnxattack.cli.warm import chosen_socket, default_socket
+
+    monkeypatch.setenv("ONNXATTACK_SERVER", value)
+    assert chosen_socket() == expected
+    monkeypatch.delenv("ONNXATTACK_SERVER")
+    assert chosen_socket() == default_socket()
+
+
 def test_no_command_is_handed_to_a_path_that_is_not_a_private_socket(tmp_path, zoo_model):
     planted = tmp_path / "server.sock"
     planted.write_text("a user's file")
