@@ -28,7 +28,8 @@ from . import blackbox, overhead, pipeline_costs, search, startup, whole_process
 
 GOALS = {"search_efficiency": 1.05, "calls_ratio": 0.15, "reference_calls_ratio": 0.5, "step_overhead": 1.10,
          "graph_overhead": 1.05, "qp_share": 0.2, "validate_share": 0.05, "write_share": 0.05,
-         "memory_ratio": 1.1, "startup_share": 0.1, "startup_share_warm": 0.1, "whole_process_ratio": 0.5, "whole_process_equal_calls_ratio": 1.0}
+         "memory_ratio": 1.1, "startup_share": 0.1, "startup_share_warm": 0.1, "whole_process_ratio": 0.5,
+         "whole_process_equal_calls_ratio": 1.0}
 
 
 def figures(device: str, count: int, exhaustive_iter: int = 1000, memory_inputs: int = 64) -> dict:

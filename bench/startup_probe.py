@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-
 STAMPS_VARIABLE = "ONNXATTACK_BENCH_STAMPS"
 
 

@@ -6,8 +6,6 @@ Exit codes: 0 done, 1 internal error, 2 bad usage or input, 3 the model cannot b
 
 from __future__ import annotations
 
-from . import warm  # noqa: I001  first: it records the environment before any import can change it
-
 import functools
 import json
 import os
@@ -39,6 +37,7 @@ from onnxattack.results import StoreWriteError, write_texts
 from onnxattack.safety import check_image_output
 from onnxattack.tokenizer import load_decoder
 
+from . import warm
 from .fast_exit import exit_now, settle
 
 EXIT_CODES = ("Exit codes: 0 done (whatever the success rate), 1 internal error, 2 bad usage or input, "

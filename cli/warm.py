@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import STARTING_ENVIRONMENT
+
 SERVER_VARIABLE = "ONNXATTACK_SERVER"  # a socket path, or "off": never hand commands to a server
 OFF = "off"
 # Settings read once, when torch, onnxruntime, OpenMP or Python start: a server started under other values
@@ -27,10 +29,6 @@ IMPORT_TIME_PREFIXES = ("OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "CUDA_", "
                         "PYTHON", "LD_", "HDF5_", "ONNXATTACK_IMPORT")
 NOT_FORWARDED = ("serve",)  # commands that always run in the caller's process
 MAX_LINE = 1 << 20
-# The environment this process started with, before any library it imports sets variables of its own
-# (scikit-learn sets KMP_*): the import-time settings a server and a caller compare. cli/main.py imports
-# this module before anything else for that reason.
-STARTING_ENVIRONMENT = dict(os.environ)
 
 
 def default_socket() -> Path:

@@ -30,7 +30,12 @@ _EXPORTS = {
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = sorted(_HOME)
+__all__ = [  # the same names as _HOME's (tests/test_packaging.py), written out for readers and linters
+    "METHODS", "Attack", "AttackConfig", "AttackResult", "BadInputError", "BatchResult", "ConfigError",
+    "ConversionError", "FidelityError", "LoadedModel", "MLALP", "MLCarliniWagner", "MLDeepFool", "MLHotFlip", "MLPGD",
+    "OnnxAttackError", "RankI", "RankII", "ResultFile", "TkMLTargeted", "TkMLUntargeted", "UniversalPerturbation",
+    "UnsupportedModelError", "Victim", "attack_arrays", "load", "open_dataset", "run_attack", "run_curve",
+]
 
 
 def _installed_version() -> str:

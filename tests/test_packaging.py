@@ -35,3 +35,15 @@ def test_the_version_comes_from_the_installed_metadata():
     import onnxattack
 
     assert onnxattack.__version__ == version("onnxattack")
+
+
+def test_every_public_name_resolves_on_first_use_in_a_fresh_process():
+    code = ("import sys, onnxattack; assert 'torch' not in sys.modules; "
+            "assert sorted(onnxattack.__all__) == sorted(onnxattack._HOME); "
+            "values = [getattr(onnxattack, name) for name in onnxattack.__all__]; "
+            "from onnxattack.attacks import MLDeepFool; assert onnxattack.MLDeepFool is MLDeepFool; "
+            "assert onnxattack.bridge.__name__ == 'onnxattack.bridge'; "
+            "missing = getattr(onnxattack, 'no_such_name', None); assert missing is None")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
