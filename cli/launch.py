@@ -47,7 +47,14 @@ def _hand_over(path: Path, argv: list[str]) -> int | None:
 def _wait(connection: socket.socket, reader: warm.LineReader) -> int:
     """Relay this process's Ctrl-C / SIGTERM / SIGHUP to the command until it reports its exit code."""
 
+    relayed: list[int] = []
+
     def relay(signum: int, frame: FrameType | None) -> None:
+        relayed.append(signum)
+        if len(relayed) >= 3:  # a command that does not end: leave it; it sees this end close (Ctrl-C)
+            print("onnxattack: error: interrupted (the command did not end; it is interrupted in the "
+                  "background)", file=sys.stderr)
+            os._exit(130)
         try:
             warm.send_line(connection, {"signal": signum})
         except OSError:
@@ -76,7 +83,11 @@ def entry() -> None:
     argv = sys.argv[1:]
     path = warm.chosen_socket() if os.name == "posix" and hasattr(socket, "send_fds") else None
     if path is not None and (not argv or argv[0] not in warm.NOT_FORWARDED):
-        code = _hand_over(path, argv)
+        try:
+            code = _hand_over(path, argv)
+        except KeyboardInterrupt:  # before the command started: it ends as its caller's connection closes
+            print("onnxattack: error: interrupted", file=sys.stderr)
+            os._exit(130)
         if code is not None:
             sys.stdout.flush()
             os._exit(code)

@@ -26,7 +26,7 @@ OFF = "off"
 # Settings read once, when torch, onnxruntime, OpenMP or Python start: a server started under other values
 # would run the command differently, so such a command runs in its own process instead.
 IMPORT_TIME_PREFIXES = ("OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "CUDA_", "PYTORCH_", "TORCH", "ORT_",
-                        "PYTHON", "LD_", "HDF5_", "ONNXATTACK_IMPORT")
+                        "PYTHON", "LD_", "HDF5_")
 NOT_FORWARDED = ("serve",)  # commands that always run in the caller's process
 MAX_LINE = 1 << 20
 
