@@ -41,6 +41,9 @@ from .compare import agrees, fastest_passes
 MIN_SAVING = 0.15  # channels-last must take at most 85% of the NCHW fwd+bwd time
 _TIMING_REPEATS = 5
 TIMING_ROWS = 32  # AttackConfig.batch_size's default: the rows a default run's steps start with
+# channels-last / contiguous time ratios between which the timing runs all its repeats; outside, two
+# rounds decide (the rule's threshold, 1 - MIN_SAVING = 0.85, lies inside)
+_CLOSE_CALL = (0.7, 1.0)
 _MAX_STORED_BYTES = 4096  # a stored choice is ~150 bytes; more is not ours and is not read
 
 
@@ -101,12 +104,16 @@ def _checked_copy(graph: torch.nn.Module, x: torch.Tensor, tolerance: float) -> 
 
 
 def _measure(graph: torch.nn.Module, candidate: torch.nn.Module, probe: torch.Tensor) -> dict[str, str]:
+    def clear(best: dict[str, float]) -> bool:  # a large model's 32-row passes take a while: stop once it is plain
+        return not _CLOSE_CALL[0] < best["channels-last"] / best["contiguous"] < _CLOSE_CALL[1]
+
+    layouts = {"contiguous": graph, "channels-last": candidate}
     x = probe.repeat((-(-TIMING_ROWS // probe.shape[0]),) + (1,) * (probe.dim() - 1))[:TIMING_ROWS]
     try:
-        best = fastest_passes({"contiguous": graph, "channels-last": candidate}, x, _TIMING_REPEATS)
+        best = fastest_passes(layouts, x, _TIMING_REPEATS, settled=clear)
     except Exception:  # a graph that takes no other batch than the probe's (a batch size baked in)
         x = probe
-        best = fastest_passes({"contiguous": graph, "channels-last": candidate}, x, _TIMING_REPEATS)
+        best = fastest_passes(layouts, x, _TIMING_REPEATS, settled=clear)
     pays = best["channels-last"] <= (1 - MIN_SAVING) * best["contiguous"]
     chosen = "channels-last" if pays else "contiguous"
     return {"memory_format": chosen,
