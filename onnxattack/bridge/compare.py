@@ -5,7 +5,7 @@ layout.py, which each swap a graph for a faster form only when both answers say 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -41,7 +41,7 @@ def agrees(reference: Graph, candidate: Graph, x: torch.Tensor, tolerance: float
     return close(mine, theirs, tolerance) and close(my_grad, their_grad, gradient_tolerance)
 
 
-def fastest_passes(functions: dict[str, Graph], x: torch.Tensor, repeats: int,
+def fastest_passes(functions: Mapping[str, Graph], x: torch.Tensor, repeats: int,
                    settled: Callable[[dict[str, float]], bool] | None = None) -> dict[str, float]:
     """The fastest fwd+bwd of each function on x, interleaved over `repeats` rounds (a shared machine's
     stalls only ever add time); from the second round on, `settled(fastest so far)` may end it early."""
