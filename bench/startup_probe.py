@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 STAMPS_VARIABLE = "ONNXATTACK_BENCH_STAMPS"
 
 
-def serve(socket_path: str) -> None:
-    import os
-
+def _cli_entry(on_first_step: Callable[[], None]) -> Callable[[], None]:
+    """The CLI's entry (from an installed package or a checkout that is not: a lent GPU machine), with
+    `on_first_step` called at the first model call of the attack (once per process: per fork in a server)."""
     from .gpu_check import ensure_layout
 
     ensure_layout()
@@ -27,15 +29,24 @@ def serve(socket_path: str) -> None:
     from onnxattack.victim import Victim
 
     original = Victim.attack_space
-    stamped: list[bool] = []
+    called: list[bool] = []
 
-    def first_step(self: Victim, x):  # type: ignore[no-untyped-def]  # runs in the server's forks
-        if not stamped and os.environ.get(STAMPS_VARIABLE):
-            stamped.append(True)
-            Path(os.environ[STAMPS_VARIABLE]).write_text(json.dumps({"first_step": time.time()}))
+    def first_step(self: Victim, x):  # type: ignore[no-untyped-def]
+        if not called:
+            called.append(True)
+            on_first_step()
         return original(self, x)
 
     Victim.attack_space = first_step  # type: ignore[method-assign]
+    return entry
+
+
+def serve(socket_path: str) -> None:
+    def stamp() -> None:  # runs in the server's forks, with their caller's environment
+        if os.environ.get(STAMPS_VARIABLE):
+            Path(os.environ[STAMPS_VARIABLE]).write_text(json.dumps({"first_step": time.time()}))
+
+    entry = _cli_entry(stamp)
     sys.argv = ["onnxattack", "serve", "--socket", socket_path, "--idle-timeout", "900"]
     entry()
 
@@ -51,24 +62,13 @@ def main() -> None:
         stamps["exiting"] = time.time()
         stamps_path.write_text(json.dumps(stamps))
 
+    def stamp() -> None:
+        stamps["first_step"] = time.time()
+        stamps_path.write_text(json.dumps(stamps))
+
     atexit.register(exiting)
-    from .gpu_check import ensure_layout
-
-    ensure_layout()  # a checkout that is not installed (a lent GPU machine): cli/ as onnxattack.cli
-    from onnxattack.cli.main import entry
-
-    from onnxattack.victim import Victim
-
+    entry = _cli_entry(stamp)
     stamps["imported"] = time.time()
-    original = Victim.attack_space
-
-    def first_step(self: Victim, x):  # type: ignore[no-untyped-def]
-        if "first_step" not in stamps:
-            stamps["first_step"] = time.time()
-            stamps_path.write_text(json.dumps(stamps))
-        return original(self, x)
-
-    Victim.attack_space = first_step  # type: ignore[method-assign]
     stamps_path.write_text(json.dumps(stamps))
     sys.argv = ["onnxattack", *args]
     entry()

@@ -17,17 +17,17 @@ import threading
 from typing import NoReturn
 
 
-def _other_threads_running() -> bool:
-    return any(thread.is_alive() and not thread.daemon and thread is not threading.main_thread()
-               for thread in threading.enumerate())
+def _other_threads_running() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate()
+            if thread.is_alive() and not thread.daemon and thread is not threading.main_thread()]
 
 
-def _hdf5_files_open_for_writing() -> bool:
+def _hdf5_files_open_for_writing() -> list:
     h5py = sys.modules.get("h5py")
     if h5py is None:
-        return False
+        return []
     files = h5py.h5f.get_obj_ids(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE)
-    return any(file.get_intent() & h5py.h5f.ACC_RDWR for file in files)
+    return [file for file in files if file.get_intent() & h5py.h5f.ACC_RDWR]
 
 
 def exit_now(code: object) -> NoReturn:
@@ -51,16 +51,12 @@ def settle() -> None:
     """What the interpreter's end would do that matters, for a process that ends with os._exit whatever
     happens (a command run by `onnxattack serve`): its threads finished, atexit handlers run, HDF5 files
     open for writing closed, streams flushed."""
-    for thread in threading.enumerate():
-        if thread.is_alive() and not thread.daemon and thread is not threading.current_thread():
-            thread.join()
+    for thread in _other_threads_running():
+        thread.join()
     atexit._run_exitfuncs()
-    h5py = sys.modules.get("h5py")
-    if h5py is not None:
-        for file in h5py.h5f.get_obj_ids(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE):
-            if file.valid and file.get_intent() & h5py.h5f.ACC_RDWR:
-                h5py.h5f.flush(file)
-                file.close()
+    for file in _hdf5_files_open_for_writing():
+        sys.modules["h5py"].h5f.flush(file)
+        file.close()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
