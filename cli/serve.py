@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .warm import LineReader, difference, fingerprint, private_socket, send_line
+from .warm import LineReader, difference, fingerprint, private_folder, private_socket, send_line
 
 # What a command imports before its first step; symbolic_shapes (and sympy, 0.3-0.5 s) is what autograd
 # imports at ML-DeepFool's first batched Jacobian.
@@ -48,7 +48,7 @@ def preload() -> None:
 def _listening_socket(path: Path) -> socket.socket:
     folder = path.parent
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o022:
+    if not private_folder(folder):
         raise ServeError(f"{folder} is not a private folder of yours (others may write to it)")
     if path.exists() or path.is_symlink():
         if not private_socket(path):
@@ -87,7 +87,7 @@ def serve(path: Path, idle_timeout: float, log: Callable[[str], None], run: Call
     listener = _listening_socket(path)
     server_pid = os.getpid()
     own = fingerprint()
-    children: dict[int, tuple[float, str]] = {}
+    children: dict[int, float] = {}  # pid -> when it started
     stopping = threading.Event()
 
     def stop(signum: int, frame: Any) -> None:
@@ -97,7 +97,7 @@ def serve(path: Path, idle_timeout: float, log: Callable[[str], None], run: Call
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     last_activity = time.monotonic()
-    log(f"serving on {path} (pid {os.getpid()}); stop with Ctrl-C")
+    log(f"serving on {path} (pid {server_pid}); stop with Ctrl-C")
     try:
         while not stopping.is_set():
             if selector.select(timeout=0.5):
@@ -105,11 +105,11 @@ def serve(path: Path, idle_timeout: float, log: Callable[[str], None], run: Call
                 with connection:
                     started = _start(connection, own, listener, run)
                 if started is not None:
-                    children[started[0]] = (time.monotonic(), started[1])
+                    children[started[0]] = time.monotonic()
                     log(f"pid {started[0]}: {started[1]}")
                 last_activity = time.monotonic()
             for pid, status in _reaped():
-                began, command = children.pop(pid, (time.monotonic(), "?"))
+                began = children.pop(pid, time.monotonic())
                 log(f"pid {pid}: exit {os.waitstatus_to_exitcode(status)} after {time.monotonic() - began:.1f} s")
                 last_activity = time.monotonic()
             if idle_timeout and not children and time.monotonic() - last_activity > idle_timeout:
@@ -172,8 +172,8 @@ def _child(connection: socket.socket, reader: LineReader, fds: list[int], argv: 
     code = 1
     try:
         os.setpgid(0, 0)  # the server's Ctrl-C is not the command's: its signals come from its caller
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a process of its own
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         send_line(connection, {"started": os.getpid()})
         above = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in fds]  # none may be overwritten by another
         for fd in fds:
@@ -214,10 +214,9 @@ def _reopen_standard_streams() -> None:
     encoding = sys.stdout.encoding if sys.stdout is not None else "utf-8"
 
     def text(fd: int, mode: str, errors: str) -> io.TextIOWrapper:
-        interactive = os.isatty(fd)
+        line_buffered = os.isatty(fd) or fd == 2  # stderr is line-buffered everywhere (Python >= 3.9)
         return io.TextIOWrapper(open(fd, mode + "b", closefd=False), encoding=encoding, errors=errors,  # noqa: SIM115
-                                line_buffering=interactive or mode == "w" and fd == 2,
-                                write_through=fd == 2)
+                                line_buffering=line_buffered, write_through=fd == 2)
 
     sys.stdin = sys.__stdin__ = text(0, "r", "strict")
     sys.stdout = sys.__stdout__ = text(1, "w", "strict")

@@ -47,17 +47,23 @@ def chosen_socket() -> Path | None:
     return Path(value) if value else default_socket()
 
 
-def private_socket(path: Path) -> bool:
-    """True when `path` is a socket of this user's in a folder no one else can write to: the only kind a command
-    (and its streams) is handed to."""
+def private_folder(folder: Path) -> bool:
+    """True when `folder` is this user's and no one else can write to it."""
     try:
-        own = os.stat(path)
-        folder = os.stat(path.parent)
+        status = os.stat(folder)
     except OSError:
         return False
-    uid = os.getuid()
-    return (stat.S_ISSOCK(own.st_mode) and own.st_uid == uid and folder.st_uid == uid
-            and not folder.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+    return status.st_uid == os.getuid() and not status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def private_socket(path: Path) -> bool:
+    """True when `path` is a socket of this user's in a private folder: the only kind a command (and its
+    streams) is handed to."""
+    try:
+        own = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(own.st_mode) and own.st_uid == os.getuid() and private_folder(path.parent)
 
 
 def _source_stamp() -> str:
