@@ -6,11 +6,13 @@ Exit codes: 0 done, 1 internal error, 2 bad usage or input, 3 the model cannot b
 
 from __future__ import annotations
 
+import _thread
 import functools
 import json
 import os
 import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Callable
@@ -75,9 +77,19 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _quiet_h5py_teardown(unraisable) -> None:
-    """After a failed write (disk full), h5py objects that are garbage-collected retry their flush
-    and report each failure as an 'Exception ignored' traceback; the error line already said it."""
+def _unraisable(unraisable) -> None:
+    """Exceptions Python can only report ("Exception ignored in ..."), handled as a command line should.
+
+    A Ctrl-C (or SIGTERM) whose KeyboardInterrupt is raised while a finalizer runs (a weakref callback,
+    a __del__) is swallowed there and the command would run on as if never interrupted: it is delivered
+    again a moment later, from a timer thread (raised in this hook, it would be swallowed again).
+    After a failed write (disk full), h5py objects that are garbage-collected retry their flush and
+    report each failure; the error line already said it."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        again = threading.Timer(0.05, _thread.interrupt_main)
+        again.daemon = True
+        again.start()
+        return
     frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
     if any("h5py" in frame.filename for frame in frames) or "h5py" in repr(getattr(unraisable, "object", "")):
         return
@@ -90,7 +102,7 @@ def handle_errors(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-        sys.unraisablehook = _quiet_h5py_teardown
+        sys.unraisablehook = _unraisable
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -198,3 +198,35 @@ def test_resume_refuses_other_inputs_or_model(setup, tmp_path, zoo_model):
         run_attack(zoo_model("digits-ranker"), folder / "x.npy", out,
                    AttackConfig(method="ml-deepfool", max_iter=10, target="random", seed=5, batch_size=3,
                                 resume=True, device="cpu"))
+
+
+# A command whose Ctrl-C is raised while a finalizer runs: Python can only report such an exception
+# ("Exception ignored in ..."), and the command would run to its end as if never interrupted. This is how
+# a Ctrl-C, or a server's command whose caller died, was lost when it landed in a weakref callback.
+CTRL_C_IN_A_FINALIZER = """
+import signal, sys, time
+from onnxattack.cli.main import handle_errors
+
+class Finalized:
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+        for _ in range(1000):  # the KeyboardInterrupt is raised here, inside the finalizer
+            pass
+
+@handle_errors
+def command():
+    Finalized()
+    time.sleep(0.2)
+    print("ran to its end")
+
+command()
+"""
+
+
+def test_a_ctrl_c_that_lands_in_a_finalizer_still_interrupts_the_command():
+    done = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_FINALIZER], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "onnxattack: error: interrupted; what was written stays readable (continue with --resume)"]
