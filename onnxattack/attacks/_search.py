@@ -47,7 +47,7 @@ from .base import Attack, AttackResult, Option, Victim
 LossTerm = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 _NO_UPPER_BOUND = 1e10
-CONST_FACTOR = 4.0  # c0 = CONST_FACTOR x the linearised multiplier (measured: bench/run.py search cases)
+CONST_FACTOR = 2.0  # c0 = CONST_FACTOR x the linearised multiplier (measured: bench/run.py search cases, docs/benchmarks.md)
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 _ABORT_RATIO = 0.9999
 _CORRECTIONS_SETTLED = 18_000  # beta2^k < 2^-25 from here: 1 - beta2^k rounds to 1 in float32

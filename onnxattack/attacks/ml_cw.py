@@ -16,7 +16,7 @@ class MLCarliniWagner(ConstantSearchAttack):
 
     The hinge is stated on the attack tensor (logits, or log-softmax), so a unit of margin means
     the same whatever the model's output; it asks for kappa plus the criterion's float guard.
-    The first constant comes from the clean margins: c0 = 4 x 2 h(x) / ||grad h(x)||^2, the
+    The first constant comes from the clean margins: c0 = 2 x 2 h(x) / ||grad h(x)||^2, the
     multiplier of the linearised constraint (see _search); failures raise c tenfold until a
     success bounds it, then c is bisected per sample. The hinge is an exact penalty, so any c
     above the true multiplier gives the same minimiser. (The reference code's 1e5 compensates
