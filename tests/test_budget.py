@@ -35,6 +35,17 @@ def test_calls_never_exceed_the_budget_and_more_calls_buy_quality(mosaic) -> Non
     assert large.success.mean() >= small.success.mean()
 
 
+def test_a_budget_too_short_for_a_second_constant_step_still_reaches_every_row(mosaic) -> None:
+    # 250 calls = 125 iterations, less than one constant step: a row crosses in its first step or never.
+    # Started at 2x the linearised multiplier (the unbudgeted search's choice), half of these rows never did.
+    model, x = mosaic
+    result = attack_arrays(model, x, MLCarliniWagner(budget=250), target="hide-single")
+    attacked = result.attacked
+    assert attacked.sum() >= 6
+    assert result.success[attacked].all(), result.success  # onnxruntime's verdict
+    assert (result.model_calls[attacked] <= 250).all()
+
+
 def test_a_budget_of_less_than_one_iteration_returns_the_inputs(mosaic) -> None:
     model, x = mosaic
     result = attack_arrays(model, x[:3], MLCarliniWagner(budget=1), target="hide-single")
