@@ -17,9 +17,7 @@ The search is per row, and the batch shrinks (departures from the paper's batch-
   ended) instead of from x, with a fresh Adam state;
 - first constant: c0 = 2 h(x) / ||grad_x h(x)||^2, the multiplier of the linearised problem
   min ||r||^2 s.t. h(x) + g.r <= 0, read from the first iteration's own gradient (no extra pass),
-  times a factor since the linearisation underestimates curved boundaries: `CONST_FACTOR` (2), or
-  `TIGHT_BUDGET_CONST_FACTOR` (4) when the call budget leaves less than half a constant step's iterations
-  (budget < max_iter calls), where a row must cross the boundary in its first step or not at all.
+  times `CONST_FACTOR` since the linearisation underestimates curved boundaries.
 `exhaustive` settings (fixed c0, no abort, no convergence, cold starts) are the old search.
 
 Adam is written out per row (its own step count per row) so rows can start steps at different
@@ -49,11 +47,7 @@ from .base import Attack, AttackResult, Option, Victim
 LossTerm = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 _NO_UPPER_BOUND = 1e10
-# c0 = factor x the linearised multiplier. Measured (docs/benchmarks.md, 8 rows per case): 2x gives the lowest L2
-# on bench/search's four cases and the 2000-call budget point; within 250-500 calls per row half the rows never
-# succeed at 2x (their first step is the only one and ends short of the boundary) and all of them do at 4x.
-CONST_FACTOR = 2.0
-TIGHT_BUDGET_CONST_FACTOR = 4.0
+CONST_FACTOR = 4.0  # c0 = CONST_FACTOR x the linearised multiplier (measured: bench/run.py search cases)
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 _ABORT_RATIO = 0.9999
 _CORRECTIONS_SETTLED = 18_000  # beta2^k < 2^-25 from here: 1 - beta2^k rounds to 1 in float32
@@ -70,11 +64,6 @@ class SearchSettings:
     warm_start: bool = True  # start each step from the best iterate, not from x
     tolerance: float = 1e-2  # relative L2 gain per step (and constant interval) counted as nothing
     max_calls: int | None = None  # per row: the search stops a row before it would exceed this many model calls
-
-    @property
-    def const_factor(self) -> float:
-        tight = self.max_calls is not None and self.max_calls < self.max_iter
-        return TIGHT_BUDGET_CONST_FACTOR if tight else CONST_FACTOR
 
 
 def to_box(w: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -197,7 +186,7 @@ def _iterate(state: _Rows, victim: Victim, loss_term: LossTerm, criterion: Crite
             with torch.no_grad():
                 state.unset = False
                 norm2 = g_term.flatten(1).pow(2).sum(dim=1)
-                guess = settings.const_factor * 2 * term / norm2.clamp_min(1e-12)
+                guess = CONST_FACTOR * 2 * term / norm2.clamp_min(1e-12)
                 usable = (term > 0) & (norm2 > 0) & torch.isfinite(guess)
                 state.const = torch.where(torch.isnan(state.const),
                                           torch.where(usable, guess, torch.ones_like(guess)), state.const)

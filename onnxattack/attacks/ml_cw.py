@@ -16,11 +16,11 @@ class MLCarliniWagner(ConstantSearchAttack):
 
     The hinge is stated on the attack tensor (logits, or log-softmax), so a unit of margin means
     the same whatever the model's output; it asks for kappa plus the criterion's float guard.
-    The first constant comes from the clean margins: c0 = 2 x 2 h(x) / ||grad h(x)||^2 (4 x within a
-    budget under max_iter calls), twice the multiplier of the linearised constraint (see _search);
-    failures raise c tenfold until a success bounds it, then c is bisected per sample. The hinge
-    is an exact penalty, so any c above the true multiplier gives the same minimiser. (The
-    reference code's 1e5 compensates for flat sigmoid outputs, which attacking logits avoids.)
+    The first constant comes from the clean margins: c0 = 4 x 2 h(x) / ||grad h(x)||^2, the
+    multiplier of the linearised constraint (see _search); failures raise c tenfold until a
+    success bounds it, then c is bisected per sample. The hinge is an exact penalty, so any c
+    above the true multiplier gives the same minimiser. (The reference code's 1e5 compensates
+    for flat sigmoid outputs, which attacking logits avoids.)
     """
 
     name = "ml-cw"
