@@ -42,7 +42,7 @@ class Victim:
 
     The attack space always comes back in the dtype of the x it was given: a graph whose score output is
     float16 or float64 (a Cast at its end) must not leak that dtype into the attacks' float32 tensors.
-    shows progress before it ends. budget: the onnxruntime queries each row may spend (a scores-only
+    budget: the onnxruntime queries each row may spend (a scores-only
     victim: --max-queries; None: no limit), which black-box attacks plan their schedules by.
     """
 

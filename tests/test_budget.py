@@ -37,7 +37,8 @@ def test_calls_never_exceed_the_budget_and_more_calls_buy_quality(mosaic) -> Non
 
 def test_a_budget_too_short_for_a_second_constant_step_still_reaches_every_row(mosaic) -> None:
     # 250 calls = 125 iterations, less than one constant step: a row crosses in its first step or never.
-    # Started at 2x the linearised multiplier instead of 4x (measured and dropped), half of these rows never did.
+    # The first constant stays at 4x the linearised multiplier for a step cut this short (first_factor): started
+    # at 2x, as a full 1000-iteration step is, half of these rows never crossed.
     model, x = mosaic
     result = attack_arrays(model, x, MLCarliniWagner(budget=250), target="hide-single")
     attacked = result.attacked

@@ -251,3 +251,45 @@ def test_adam_step_past_the_tables_end_is_still_adam():
         expected.append(w[row] - 0.01 / c1 * m_new / (v_new.sqrt() / c2 ** 0.5 + 1e-8))
     adam_step(w, m, v, grad, taken, adam_schedule(20, 0.01, w))
     torch.testing.assert_close(w, torch.stack(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_the_first_constant_is_twice_the_linearised_multiplier_only_for_a_full_step_on_exact_gradients():
+    """first_factor: 2x where the first step has FULL_STEP iterations of exact gradients, 4x where max_iter or
+    a call budget cuts it shorter or the gradients are estimated (their noise inflates ||g||)."""
+    from onnxattack.attacks._search import FULL_STEP, SearchSettings, first_factor
+
+    full = SearchSettings(max_iter=FULL_STEP, binary_steps=10, initial_const=None, learning_rate=0.01)
+    assert first_factor(full, spent=0, estimated=False) == 2.0
+    assert first_factor(full, spent=0, estimated=True) == 4.0
+    assert first_factor(SearchSettings(100, 4, None, 0.05), spent=0, estimated=False) == 4.0
+    budgeted = SearchSettings(FULL_STEP, 10, None, 0.01, max_calls=2 * FULL_STEP)
+    assert first_factor(budgeted, spent=0, estimated=False) == 2.0
+    assert first_factor(budgeted, spent=2, estimated=False) == 4.0  # a clean forward spent: 999 iterations left
+    assert first_factor(SearchSettings(FULL_STEP, 10, None, 0.01, max_calls=500), spent=0, estimated=False) == 4.0
+
+
+@pytest.mark.parametrize("factor", [2.0, 4.0])
+def test_the_first_iteration_sets_the_factor_times_the_linearised_multiplier(yeast, factor):
+    """c0 = factor x 2 h(x) / ||grad_x h(x)||^2 per row, h the loss term at x (its gradient taken here
+    independently, through x itself rather than w)."""
+    from onnxattack.attacks._search import SearchSettings, _iterate, _start
+
+    model, x, target, criterion = yeast
+    victim = model.victim(BOX)
+    x = x.clamp(*BOX)
+    labels = criterion.in_attack_space(victim.reader)
+
+    def term(scores, goal, rows):
+        return (labels.margin - labels.label_margins(scores, goal)).clamp_min(0).sum(dim=1)
+
+    settings = SearchSettings(max_iter=20, binary_steps=2, initial_const=None, learning_rate=0.05)
+    state = _start(x, target, settings, *BOX, torch.zeros(len(x), dtype=torch.long), factor)
+    x_start = torch.sigmoid(2 * state.w)  # the iterate the first iteration evaluates, in [0, 1]
+    leaf = (x_start * (BOX[1] - BOX[0]) + BOX[0]).detach().requires_grad_(True)
+    h = term(victim.attack_space(leaf), target, None)
+    (g,) = torch.autograd.grad(h.sum(), leaf)
+    expected = factor * 2 * h.detach() / g.flatten(1).pow(2).sum(dim=1)
+    _iterate(state, victim, term, labels, settings, len(x))
+    active = h.detach() > 0
+    assert bool(active.any())
+    torch.testing.assert_close(state.const[active], expected[active], rtol=1e-4, atol=0.0)

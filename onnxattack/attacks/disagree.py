@@ -110,8 +110,9 @@ class Disagree(PairAttack):
 
         joint = Victim(_JointMargins(pair, originals), _MARGINS, pair.box, progress=pair.progress)
         settings = SearchSettings(self.max_iter, self.binary_steps, None, self.learning_rate)
+        estimated = pair.a.jacobian is not None or pair.b.jacobian is not None
         found = constant_search(joint, expanded, torch.zeros(len(expanded), 1, device=x.device), loss_term,
-                                criterion, settings)
+                                criterion, settings, estimated=estimated)
         success = found.success.view(n, copies)
         l2 = torch.where(success, found.l2.view(n, copies), torch.full_like(found.l2.view(n, copies), float("inf")))
         best = torch.where(success.any(dim=1), l2.argmin(dim=1), torch.full((n,), copies - 1, device=x.device))
