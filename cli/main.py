@@ -96,6 +96,10 @@ def _unraisable(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+# Set once a command has taken a Ctrl-C (handle_errors): `onnxattack serve` repeats a gone caller's until then.
+INTERRUPT_TAKEN = threading.Event()
+
+
 def handle_errors(command: Callable) -> Callable:
     """Typed library errors become one line and their exit code; Ctrl-C and SIGTERM exit 130."""
 
@@ -118,6 +122,7 @@ def handle_errors(command: Callable) -> Callable:
         except OnnxAttackError as exc:
             _fail(first_line(exc), exc.exit_code)
         except KeyboardInterrupt:
+            INTERRUPT_TAKEN.set()
             _fail("interrupted; what was written stays readable (continue with --resume)", 130)
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -695,7 +700,7 @@ def serve(socket_path: str | None, idle_timeout: float) -> None:
     preload()
     try:
         serve_forever(path.absolute(), idle_timeout, lambda line: click.echo(f"onnxattack serve: {line}", err=True),
-                      run_in_child)
+                      run_in_child, INTERRUPT_TAKEN)
     except ServeError as exc:
         _fail(str(exc), 2)
     except OSError as exc:

@@ -30,6 +30,7 @@ from .warm import LineReader, difference, fingerprint, private_folder, private_s
 # imports at ML-DeepFool's first batched Jacobian.
 PRELOADED = ("onnxattack.pipeline", "onnxattack.loader", "onnxattack.bridge", "onnxattack.results", "onnx",
              "onnxruntime", "onnx2torch", "h5py", "tqdm", "torch.fx.experimental.symbolic_shapes")
+REPEAT_S = 1.0  # a gone caller's Ctrl-C is raised again this often until the command takes it
 
 
 class ServeError(Exception):
@@ -82,8 +83,12 @@ def _peer_uid(connection: socket.socket) -> int | None:
     return uid
 
 
-def serve(path: Path, idle_timeout: float, log: Callable[[str], None], run: Callable[[list[str]], int]) -> None:
-    """Accept commands on `path` until SIGINT / SIGTERM or `idle_timeout` seconds (0: never) without one."""
+def serve(path: Path, idle_timeout: float, log: Callable[[str], None], run: Callable[[list[str]], int],
+          taken: threading.Event | None = None) -> None:
+    """Accept commands on `path` until SIGINT / SIGTERM or `idle_timeout` seconds (0: never) without one.
+
+    taken: set in a command's process once the command has taken a Ctrl-C; until then a Ctrl-C standing for a
+    caller that is gone is raised again every REPEAT_S seconds (None: once)."""
     listener = _listening_socket(path)
     server_pid = os.getpid()
     own = fingerprint()
@@ -103,7 +108,7 @@ def serve(path: Path, idle_timeout: float, log: Callable[[str], None], run: Call
             if selector.select(timeout=0.5):
                 connection, _ = listener.accept()
                 with connection:
-                    started = _start(connection, own, listener, run)
+                    started = _start(connection, own, listener, run, taken)
                 if started is not None:
                     children[started[0]] = time.monotonic()
                     log(f"pid {started[0]}: {started[1]}")
@@ -139,7 +144,7 @@ def _reaped() -> Iterator[tuple[int, int]]:
 
 
 def _start(connection: socket.socket, own: dict[str, Any], listener: socket.socket,
-           run: Callable[[list[str]], int]) -> tuple[int, str] | None:
+           run: Callable[[list[str]], int], taken: threading.Event | None) -> tuple[int, str] | None:
     """Read one request; fork its child. Returns (child's pid, the command) or None when refused."""
     fds: list[int] = []
     try:
@@ -158,7 +163,7 @@ def _start(connection: socket.socket, own: dict[str, Any], listener: socket.sock
         pid = os.fork()
         if pid == 0:  # the child: never returns; it says "started" itself, so that line precedes its "exit"
             listener.close()
-            _child(connection, reader, fds, list(map(str, argv)), str(cwd), dict(environment), umask, run)
+            _child(connection, reader, fds, list(map(str, argv)), str(cwd), dict(environment), umask, run, taken)
         return pid, " ".join(argv)[:200]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -168,7 +173,8 @@ def _start(connection: socket.socket, own: dict[str, Any], listener: socket.sock
 
 
 def _child(connection: socket.socket, reader: LineReader, fds: list[int], argv: list[str], cwd: str,
-           environment: dict[str, str], umask: int, run: Callable[[list[str]], int]) -> None:
+           environment: dict[str, str], umask: int, run: Callable[[list[str]], int],
+           taken: threading.Event | None) -> None:
     code = 1
     try:
         os.setpgid(0, 0)  # the server's Ctrl-C is not the command's: its signals come from its caller
@@ -188,7 +194,7 @@ def _child(connection: socket.socket, reader: LineReader, fds: list[int], argv: 
         os.environ.clear()
         os.environ.update(environment)
         connection.settimeout(None)
-        threading.Thread(target=_relay_signals, args=(reader,), daemon=True).start()
+        threading.Thread(target=relay_signals, args=(reader, taken), daemon=True).start()
         code = run(argv)
     except BaseException:  # the child must never unwind into the server's loop
         import traceback
@@ -223,16 +229,21 @@ def _reopen_standard_streams() -> None:
     sys.stderr = sys.__stderr__ = text(2, "w", "backslashreplace")
 
 
-def _relay_signals(reader: LineReader) -> None:
-    """The caller's Ctrl-C / SIGTERM, sent as lines, raised here; the caller gone: as if it pressed Ctrl-C."""
+def relay_signals(reader: LineReader, taken: threading.Event | None) -> None:
+    """The caller's Ctrl-C / SIGTERM, sent as lines, raised here; the caller gone: as if it pressed Ctrl-C, again
+    every REPEAT_S seconds until the command has taken it (`taken` set). A KeyboardInterrupt can be lost where
+    Python cannot raise it (a finalizer) or in a library that catches everything; a person would press Ctrl-C
+    again, a caller that is gone cannot."""
     while True:
         try:
             message = reader.next()
         except (OSError, ValueError):
             message = None
         if message is None:
-            os.kill(os.getpid(), signal.SIGINT)
-            return
+            while True:
+                os.kill(os.getpid(), signal.SIGINT)
+                if taken is None or taken.wait(REPEAT_S):
+                    return
         number = message.get("signal")
         if number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             os.kill(os.getpid(), signal.SIGINT if number == signal.SIGHUP else number)

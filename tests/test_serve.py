@@ -136,9 +136,11 @@ def test_ctrl_c_on_the_caller_interrupts_the_command_and_leaves_its_file_readabl
 def test_a_caller_that_dies_interrupts_its_command_which_keeps_its_file_readable(server, tmp_path, zoo_model,
                                                                                   zoo_inputs):
     np.save(tmp_path / "x.npy", zoo_inputs("digits-mosaic", 32))
-    caller = subprocess.Popen([SCRIPT, "attack", str(zoo_model("digits-mosaic")), "x.npy", "-o", "orphan.h5",
-                               "--max-iter", "1000", "--no-early-stop"], cwd=tmp_path, env=_environment(server.socket),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    errors = tmp_path / "stderr.txt"  # the command writes on the caller's stderr, which outlives the caller
+    with errors.open("w") as stderr:
+        caller = subprocess.Popen([SCRIPT, "attack", str(zoo_model("digits-mosaic")), "x.npy", "-o", "orphan.h5",
+                                   "--max-iter", "1000", "--no-early-stop"], cwd=tmp_path,
+                                  env=_environment(server.socket), stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 120
     while not (tmp_path / "orphan.h5").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -147,9 +149,48 @@ def test_a_caller_that_dies_interrupts_its_command_which_keeps_its_file_readable
     deadline = time.monotonic() + 60
     while not any(": exit " in line for line in server.ran("orphan.h5")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert any(": exit 130" in line for line in server.ran("orphan.h5")), server.log.read_text()
+    assert any(": exit 130" in line for line in server.ran("orphan.h5")), server.log.read_text() + errors.read_text()
     report = _run(["report", "orphan.h5"], tmp_path, _environment("off"))
     assert report.returncode == 0 and "incomplete" in report.stdout
+
+
+GONE_CALLER = """
+import signal, socket, sys, threading, time
+from onnxattack.cli.serve import relay_signals
+from onnxattack.cli.warm import LineReader
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+ours, callers = socket.socketpair()
+taken = threading.Event()
+threading.Thread(target=relay_signals, args=(LineReader(ours), taken), daemon=True).start()
+callers.close()  # the caller is gone
+lost = False
+deadline = time.monotonic() + 20
+try:
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.01)
+        except KeyboardInterrupt:
+            if lost:
+                raise
+            lost = True  # the first one is swallowed, as by a library that catches everything
+except KeyboardInterrupt:
+    taken.set()
+    later = []
+    signal.signal(signal.SIGINT, lambda number, frame: later.append(number))
+    time.sleep(2.5)
+    print(f"interrupted again; {len(later)} more")
+    sys.exit(130)
+print("ran on")
+"""
+
+
+def test_a_gone_callers_ctrl_c_is_raised_again_until_the_command_takes_it():
+    """A real socket pair and real signals: the first KeyboardInterrupt is lost, the relay raises another
+    (without the repetition the loop runs on to its deadline), and stops once the command has taken one."""
+    done = subprocess.run([sys.executable, "-c", GONE_CALLER], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert done.stdout.strip() in ("interrupted again; 0 more", "interrupted again; 1 more"), done.stdout
 
 
 def test_the_fingerprints_name_what_differs():
