@@ -200,20 +200,25 @@ def test_per_row_adam_is_torch_adam_for_rows_started_at_different_times():
         torch.testing.assert_close(w[row], leaf.detach(), rtol=1e-5, atol=1e-6)
 
 
+def _hinge_problem(yeast, box):
+    """(victim, x in the box, target, the criterion in attack space, ML-CW's hinge term) on the yeast MLP."""
+    model, x, target, criterion = yeast
+    victim = model.victim(box)
+    labels = criterion.in_attack_space(victim.reader)
+
+    def term(scores, goal, rows):
+        return (labels.margin - labels.label_margins(scores, goal)).clamp_min(0).sum(dim=1)
+
+    return victim, x.clamp(*box), target, labels, term
+
+
 @pytest.mark.parametrize(("initial_const", "box"), [(0.7, BOX), (None, BOX), (0.7, (0.0, 1.0))])
 def test_one_iteration_is_torch_adam_on_the_penalised_loss(yeast, initial_const, box):
     """_iterate's gradient (one seeded autograd call; the hand chain on the iteration that reads c0) and
     update equal torch.optim.Adam on ||box(w) - x||^2 + c * term, with the old tanh box."""
     from onnxattack.attacks._search import SearchSettings, _iterate, _start, to_box
 
-    model, x, target, criterion = yeast
-    victim = model.victim(box)
-    x = x.clamp(*box)
-    labels = criterion.in_attack_space(victim.reader)
-
-    def term(scores, goal, rows):
-        return (labels.margin - labels.label_margins(scores, goal)).clamp_min(0).sum(dim=1)
-
+    victim, x, target, labels, term = _hinge_problem(yeast, box)
     settings = SearchSettings(max_iter=20, binary_steps=2, initial_const=initial_const, learning_rate=0.05)
     state = _start(x, target, settings, *box, torch.zeros(len(x), dtype=torch.long))
     reference = [state.w[row].clone().requires_grad_(True) for row in range(len(x))]
@@ -272,20 +277,12 @@ def test_the_first_constant_is_twice_the_linearised_multiplier_only_for_a_full_s
 def test_the_first_iteration_sets_the_factor_times_the_linearised_multiplier(yeast, factor):
     """c0 = factor x 2 h(x) / ||grad_x h(x)||^2 per row, h the loss term at x (its gradient taken here
     independently, through x itself rather than w)."""
-    from onnxattack.attacks._search import SearchSettings, _iterate, _start
+    from onnxattack.attacks._search import SearchSettings, _iterate, _start, to_box
 
-    model, x, target, criterion = yeast
-    victim = model.victim(BOX)
-    x = x.clamp(*BOX)
-    labels = criterion.in_attack_space(victim.reader)
-
-    def term(scores, goal, rows):
-        return (labels.margin - labels.label_margins(scores, goal)).clamp_min(0).sum(dim=1)
-
+    victim, x, target, labels, term = _hinge_problem(yeast, BOX)
     settings = SearchSettings(max_iter=20, binary_steps=2, initial_const=None, learning_rate=0.05)
     state = _start(x, target, settings, *BOX, torch.zeros(len(x), dtype=torch.long), factor)
-    x_start = torch.sigmoid(2 * state.w)  # the iterate the first iteration evaluates, in [0, 1]
-    leaf = (x_start * (BOX[1] - BOX[0]) + BOX[0]).detach().requires_grad_(True)
+    leaf = to_box(state.w, *BOX).detach().requires_grad_(True)  # the iterate the first iteration evaluates
     h = term(victim.attack_space(leaf), target, None)
     (g,) = torch.autograd.grad(h.sum(), leaf)
     expected = factor * 2 * h.detach() / g.flatten(1).pow(2).sum(dim=1)
